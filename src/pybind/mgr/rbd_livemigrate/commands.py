@@ -1,0 +1,342 @@
+"""
+What each command does.  ``module.py`` declares the commands and calls one
+method here per command; results are ``(retval, stdout, stderr)``.
+"""
+
+import errno
+import fnmatch
+import json
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
+                     NotAuthorized, NotFound, TryAgain, WrongState)
+from .formatting import check_format, dump, status_text, task_rows
+from .preflight import PoolInfo, find_blockers, validate_layout
+from .rbd_adapter import Adapter, MigrationRef, Step
+from .scheduler import Worker
+from .spec import ImageSpec, PoolSpec, parse_bytes
+from .task import Layout, State, Task
+
+log = logging.getLogger(__name__)
+
+CommandResult = Tuple[int, str, str]
+CANCEL_WAIT_SECONDS = 60.0
+MAX_PRIORITY = 1000
+
+
+def _blockers_json(blockers: List[Blocked]) -> List[Dict[str, Any]]:
+    return [{'errno': -b.errno, 'error': errno.errorcode.get(b.errno, str(b.errno)),
+             'message': str(b), 'can_wait': b.wait} for b in blockers]
+
+
+class Commands:
+    def __init__(self, worker: Worker, adapter: Adapter,
+                 pools: Callable[[], Dict[str, PoolInfo]],
+                 authorized: Callable[[str, str], bool],
+                 clock: Callable[[], float]) -> None:
+        self.worker = worker
+        self.adapter = adapter
+        self.pools = pools
+        self.authorized = authorized
+        self.clock = clock
+        self.add_lock = threading.Lock()
+        self.orphans: List[MigrationRef] = []
+
+    # -- helpers -------------------------------------------------------
+
+    def _ready(self) -> None:
+        if not self.worker.loaded:
+            raise TryAgain('rbd_livemigrate is still loading its tasks; try again in a moment')
+
+    def _authorize(self, pool: str, namespace: str) -> None:
+        if not self.authorized(pool, namespace):
+            raise NotAuthorized('not authorized on pool={}, namespace={}'.format(
+                pool, namespace))
+
+    def _authorize_task(self, task: Task) -> None:
+        for spec in (task.source, task.destination):
+            s = ImageSpec.parse(spec)
+            self._authorize(s.pool, s.namespace)
+
+    def view(self, task: Task) -> Dict[str, Any]:
+        v = task.view()
+        v['orphan'] = False
+        v['running'] = task.id in self.worker.running()
+        if task.state == State.QUEUED and not v['blocked_reason']:
+            v['waiting_reason'] = self.worker.waiting_reason(task.id)
+        return v
+
+    def _find_task(self, text: str) -> Task:
+        task = self.worker.find(text)
+        if task is not None:
+            return task
+        if '/' in text:
+            spec = str(ImageSpec.parse(text))
+            matches = [t for t in self.worker.all() if spec in (t.source, t.destination)]
+            if matches:
+                live = [t for t in matches if not t.done]
+                return (live or matches)[-1]
+            raise NotFound("no task for image '{}': see ceph rbd livemigrate ls".format(spec))
+        raise NotFound("no task '{}': see ceph rbd livemigrate ls".format(text))
+
+    # -- add -----------------------------------------------------------
+
+    @staticmethod
+    def build_layout(object_size: Optional[str], stripe_unit: Optional[str],
+                     stripe_count: Optional[int], features: Optional[str],
+                     data_pool: Optional[str], flatten: bool) -> Layout:
+        feats: Optional[List[str]] = None
+        if features is not None:
+            feats = sorted({f.strip() for f in features.split(',') if f.strip()})
+            if not feats:
+                raise InvalidArgument('--features is empty: give a comma list such as '
+                                      'layering,exclusive-lock')
+        layout = Layout(object_size=parse_bytes('object size', object_size),
+                        stripe_unit=parse_bytes('stripe unit', stripe_unit),
+                        stripe_count=stripe_count, features=feats, data_pool=data_pool,
+                        flatten=bool(flatten))
+        validate_layout(layout)
+        return layout
+
+    def add(self, source_spec: str, dest_spec: Optional[str], layout: Layout,
+            manual_commit: bool, allow_descendants: bool, priority: int,
+            bandwidth_limit: Optional[int], dry_run: bool) -> CommandResult:
+        self._ready()
+        source = ImageSpec.parse(source_spec)
+        dest = ImageSpec.parse(dest_spec) if dest_spec else source
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidArgument('priority {} is out of range: use -{} to {}'.format(
+                priority, MAX_PRIORITY, MAX_PRIORITY))
+        self._authorize(source.pool, source.namespace)
+        self._authorize(dest.pool, dest.namespace)
+        with self.add_lock:
+            existing = self._existing(source, dest)
+            if existing is not None:
+                return 0, dump(self.view(existing), 'json'), ''
+            blockers, info = find_blockers(self.adapter, self.pools(), source, dest, layout,
+                                           allow_descendants)
+            if dry_run:
+                report = {'dry_run': True, 'source': str(source), 'destination': str(dest),
+                          'layout': layout.to_json(), 'blockers': _blockers_json(blockers),
+                          'ok': not blockers}
+                if info is not None:
+                    report['size_bytes'] = info.size
+                    report['used_bytes'] = info.used_bytes
+                if blockers:
+                    return (-blockers[0].errno, dump(report, 'json'),
+                            '{} blocker(s): {}'.format(len(blockers),
+                                                       '; '.join(str(b) for b in blockers)))
+                return 0, dump(report, 'json'), ''
+            hard = [b for b in blockers if not b.wait]
+            if hard:
+                more = (' (and {} more: see --dry-run)'.format(len(hard) - 1)
+                        if len(hard) > 1 else '')
+                raise Blocked(str(hard[0]) + more, hard[0].errno)
+            assert info is not None
+            now = self.clock()
+            waiting = [b for b in blockers if b.wait]
+            task = Task(id=self._new_id(), source=str(source), destination=str(dest),
+                        layout=layout, manual_commit=manual_commit,
+                        allow_descendants=allow_descendants, priority=priority,
+                        bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
+                        size_bytes=info.size, created=now,
+                        blocked_reason=str(waiting[0]) if waiting else None,
+                        blocked_since=now if waiting else None)
+            self.worker.put(task)
+        self.worker.kick()
+        log.info('added task %s: %s -> %s', task.id, task.source, task.destination)
+        return 0, dump(self.view(task), 'json'), ''
+
+    def _new_id(self) -> str:
+        while True:
+            task_id = Task.new_id()
+            if self.worker.find(task_id) is None:
+                return task_id
+
+    def _existing(self, source: ImageSpec, dest: ImageSpec) -> Optional[Task]:
+        for t in self.worker.all():
+            if t.done:
+                continue
+            if t.source == str(source):
+                if t.destination != str(dest):
+                    raise Busy("image '{}' is already being migrated to '{}' by task {}: "
+                               'cancel it first'.format(source, t.destination, t.id))
+                return t
+            if t.destination == str(dest):
+                raise AlreadyExists("'{}' is already the destination of task {}".format(
+                    dest, t.id))
+            if t.destination == str(source):
+                raise Busy("image '{}' is the destination of running task {}: wait for it "
+                           'to finish'.format(source, t.id))
+        return None
+
+    def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
+                 layout: Layout, manual_commit: bool, allow_descendants: bool,
+                 priority: int, bandwidth_limit: Optional[int],
+                 dry_run: bool) -> CommandResult:
+        self._ready()
+        src = PoolSpec.parse(source_pool)
+        dst = PoolSpec.parse(dest_pool)
+        self._authorize(src.pool, src.namespace)
+        self._authorize(dst.pool, dst.namespace)
+        images = self.adapter.list_images(src)
+        if pattern:
+            images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
+        results: List[Dict[str, Any]] = []
+        worst = 0
+        for image in images:
+            s = str(ImageSpec(src.pool, src.namespace, image))
+            d = str(ImageSpec(dst.pool, dst.namespace, image))
+            try:
+                r, out, err = self.add(s, d, layout, manual_commit, allow_descendants, priority,
+                                       bandwidth_limit, dry_run)
+            except LiveMigrateError as e:
+                r, out, err = e.to_result()
+            if out:
+                results.append(json.loads(out))
+            else:
+                results.append({'source': s, 'destination': d, 'errno': r, 'error': err})
+            worst = worst or r
+        return (worst if dry_run else 0), dump(results, 'json'), ''
+
+    # -- reads ---------------------------------------------------------
+
+    def ls(self, fmt: Optional[str]) -> CommandResult:
+        fmt = check_format(fmt)
+        self._ready()
+        views = [self.view(t) for t in self.worker.all()]
+        views += self.orphan_views()
+        if fmt == 'plain':
+            return 0, task_rows(views), ''
+        return 0, dump(views, fmt), ''
+
+    def orphan_views(self) -> List[Dict[str, Any]]:
+        known = {(t.source, t.destination) for t in self.worker.all() if not t.done}
+        out = []
+        for ref in self.orphans:
+            if (ref.source, ref.destination) in known:
+                continue
+            out.append({'id': None, 'orphan': True, 'source': ref.source,
+                        'destination': ref.destination, 'state': 'orphan', 'progress': 0.0,
+                        'error': None, 'created': None, 'started': None, 'finished': None,
+                        'blocked_reason': 'no task: adopt with ceph rbd livemigrate adopt '
+                                          '{}'.format(ref.destination)})
+        return out
+
+    def status(self, target: str, fmt: Optional[str]) -> CommandResult:
+        fmt = check_format(fmt)
+        self._ready()
+        v = self.view(self._find_task(target))
+        if fmt == 'plain':
+            return 0, status_text(v), ''
+        return 0, dump(v, fmt), ''
+
+    # -- changes -------------------------------------------------------
+
+    def cancel(self, task_id: str) -> CommandResult:
+        self._ready()
+        task = self._find_task(task_id)
+        self._authorize_task(task)
+        if task.terminal:
+            raise WrongState('task {} is already {}: nothing to cancel'.format(task.id, task.state))
+        if task.state == State.COMMITTING:
+            raise Busy('task {} is committing: a commit cannot be cancelled; wait for '
+                       'it'.format(task.id))
+        before = task.state
+        self.worker.update(task.id, lambda t: t.evolve(cancel_requested=True, paused=False,
+                                                       next_retry=None))
+        self.worker.interrupt(task.id)
+        self.worker.kick()
+        self.worker.wait_for(lambda: self.worker.get(task.id).terminal, CANCEL_WAIT_SECONDS)
+        task = self.worker.get(task.id)
+        v = self.view(task)
+        if task.state == State.ABORTED:
+            v['action'] = ('removed from the queue' if before in (State.QUEUED, State.FAILED)
+                           and task.error == 'cancelled before prepare'
+                           else 'migration aborted; {} restored'.format(task.source))
+        elif task.state == State.COMMITTED:
+            v['action'] = 'too late: the migration was committed'
+        else:
+            v['action'] = 'cancel in progress (state {}); see status'.format(task.state)
+        return 0, dump(v, 'json'), ''
+
+    def commit(self, task_id: str) -> CommandResult:
+        self._ready()
+        task = self._find_task(task_id)
+        self._authorize_task(task)
+        if not task.manual_commit:
+            raise WrongState('task {} commits by itself (it was not added with '
+                             '--manual-commit)'.format(task.id))
+        if task.state != State.EXECUTED:
+            raise WrongState('task {} is {}: commit needs it executed; see status'.format(
+                task.id, task.state))
+        self.worker.update(task.id, lambda t: t.evolve(commit_requested=True))
+        self.worker.kick()
+        self.worker.wait_for(lambda: self.worker.get(task.id).state != State.EXECUTED, 10.0)
+        return 0, dump(self.view(self.worker.get(task.id)), 'json'), ''
+
+    def retry(self, task_id: str) -> CommandResult:
+        self._ready()
+        task = self._find_task(task_id)
+        self._authorize_task(task)
+        if task.state != State.FAILED:
+            raise WrongState('task {} is {}: only failed tasks can be retried'.format(
+                task.id, task.state))
+        now = self.clock()
+        task = self.worker.update(task.id, lambda t: t.moved_to(
+            State.QUEUED, now, attempts=0, error=None, next_retry=None, cancel_requested=False,
+            blocked_reason=None, blocked_since=None))
+        self.worker.kick()
+        return 0, dump(self.view(task), 'json'), ''
+
+    def pause(self, task_id: Optional[str], paused: bool) -> CommandResult:
+        self._ready()
+        if task_id is None:
+            self.worker.set_queue_paused(paused)
+            return 0, dump({'queue_paused': paused}, 'json'), ''
+        task = self._find_task(task_id)
+        self._authorize_task(task)
+        if task.done:
+            raise WrongState('task {} is {}: nothing to {}'.format(
+                task.id, task.state, 'pause' if paused else 'resume'))
+        task = self.worker.update(task.id, lambda t: t.evolve(
+            paused=paused, next_retry=None if not paused else t.next_retry))
+        self.worker.kick()
+        return 0, dump(self.view(task), 'json'), ''
+
+    def adopt(self, image_spec: str) -> CommandResult:
+        """Make a task of a migration that librbd has but no task knows."""
+        self._ready()
+        dest = ImageSpec.parse(image_spec)
+        self._authorize(dest.pool, dest.namespace)
+        for t in self.worker.all():
+            if not t.done and t.destination == str(dest):
+                return 0, dump(self.view(t), 'json'), ''
+        status = self.adapter.migration_status(dest)
+        if status is None:
+            raise NotFound("'{}' is not the target of a migration: see rbd migration "
+                           'status'.format(dest))
+        src_pool = self.adapter.pool_name(status['source_pool_id'])
+        source = ImageSpec(src_pool, status.get('source_pool_namespace') or '',
+                           status['source_image_name'])
+        self._authorize(source.pool, source.namespace)
+        now = self.clock()
+        step = self.adapter.observe(source, dest, status['source_image_id']).step
+        state = {Step.EXECUTED: State.EXECUTED}.get(step, State.PREPARED)
+        task = Task(id=self._new_id(), source=str(source), destination=str(dest),
+                    state=state, source_image_id=status['source_image_id'],
+                    dest_image_id=status.get('dest_image_id'), created=now, started=now,
+                    adopted=True, size_bytes=self.adapter.size_of(dest))
+        self.worker.put(task)
+        self.worker.kick()
+        return 0, dump(self.view(task), 'json'), ''
+
+    def scan_orphans(self) -> None:
+        pools = [p.name for p in self.pools().values() if p.is_rbd]
+        self.orphans = self.adapter.find_migrations(pools)
+        if self.orphans:
+            log.warning('found %d migration(s) without a task: %s', len(self.orphans),
+                        ', '.join('{} -> {}'.format(r.source, r.destination)
+                                  for r in self.orphans))

@@ -1,0 +1,186 @@
+"""
+rbd_livemigrate: RBD live migration as a managed service in ceph-mgr.
+
+Commands, options and lifecycle only; each command is one call into
+``commands.Commands``.
+"""
+
+import time
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, Option
+
+from .commands import Commands
+from .errors import handle_errors
+from .health import HealthChecks
+from .pipeline import Runner
+from .preflight import PoolInfo, pools_from_maps
+from .progress import ProgressReporter
+from .rbd_adapter import Adapter, ClientFactory
+from .scheduler import Options, Worker
+from .store import TaskStore
+from .task import Task
+
+ORPHAN_SCAN_SECONDS = 300.0
+
+
+class Module(MgrModule):
+    MODULE_OPTIONS = [
+        Option('max_concurrent', type='int', default=2, min=1, max=64, runtime=True,
+               desc='migrations in prepare, execute or commit at once'),
+        Option('max_concurrent_per_pool', type='int', default=0, min=0, max=64, runtime=True,
+               desc='migrations at once touching one pool (source or destination); 0: no limit'),
+        Option('max_history', type='int', default=100, min=0, max=10000, runtime=True,
+               desc='finished tasks kept for ls/status'),
+        Option('stall_warn_seconds', type='secs', default=600, min=0, runtime=True,
+               desc='raise RBD_LIVEMIGRATE_STALLED after this long without copy progress'),
+        Option('blocked_warn_seconds', type='secs', default=300, min=0, runtime=True,
+               desc='raise RBD_LIVEMIGRATE_BLOCKED after a task waited this long'),
+        Option('retry_max_attempts', type='int', default=5, min=1, max=100, runtime=True,
+               desc='attempts before a task with transient errors fails'),
+        Option('retry_backoff_seconds', type='secs', default=10, min=0, runtime=True,
+               desc='first retry delay; doubles each attempt'),
+        Option('retry_backoff_max_seconds', type='secs', default=600, min=0, runtime=True,
+               desc='longest retry delay'),
+        Option('blocked_recheck_seconds', type='secs', default=5, min=1, runtime=True,
+               desc='how often a blocked task (watchers) checks again'),
+    ]
+
+    if TYPE_CHECKING:
+        max_concurrent: int
+        max_concurrent_per_pool: int
+        max_history: int
+        stall_warn_seconds: int
+        blocked_warn_seconds: int
+        retry_max_attempts: int
+        retry_backoff_seconds: int
+        retry_backoff_max_seconds: int
+        blocked_recheck_seconds: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.factory = ClientFactory(
+            name='mgr.{}'.format(self.get_mgr_id()),
+            conf={'mon_host': str(self.get_ceph_option('mon_host') or ''),
+                  'keyring': str(self.get_ceph_option('keyring') or '')},
+            context=self.get_context(),
+            register=self._ceph_register_client,
+            unregister=self._ceph_unregister_client)
+        self.adapter = Adapter(self.factory)
+        self.worker = Worker(
+            store=TaskStore(self.get_store_prefix, self.set_store),
+            progress=ProgressReporter(self.remote),
+            runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools,
+                                                     self.hold_reason),
+            set_health=self.set_health,
+            cluster_block=self.cluster_block)
+        self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
+                                 time.time)
+        self.config_notify()
+
+    # -- lifecycle -----------------------------------------------------
+
+    def config_notify(self) -> None:
+        for opt in self.MODULE_OPTIONS:
+            setattr(self, opt['name'], self.get_module_option(opt['name']))
+        self.worker.options = Options(**{
+            k: getattr(self, k) for k in Options.__dataclass_fields__})
+        self.worker.kick()
+
+    def serve(self) -> None:
+        self.worker.load()
+        try:
+            self.commands.scan_orphans()
+        except Exception:
+            self.log.exception('orphan scan failed')
+        self.worker.serve()
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
+        self.adapter.shutdown()
+        super().shutdown()
+
+    # -- what the worker asks of the mgr -------------------------------
+
+    def pools(self) -> Dict[str, PoolInfo]:
+        return pools_from_maps(self.get('osd_map'), self.get('df'))
+
+    def set_health(self, checks: HealthChecks) -> None:
+        self.set_health_checks(checks)
+
+    def cluster_block(self) -> Optional[str]:
+        return None
+
+    def hold_reason(self, task: Task) -> Optional[str]:
+        if task.paused:
+            return 'paused'
+        if self.worker.queue_paused:
+            return 'queue paused'
+        return None
+
+    def authorized(self, pool: str, namespace: str) -> bool:
+        return bool(self.is_authorized({'pool': pool, 'namespace': namespace}))
+
+    # -- commands ------------------------------------------------------
+
+    @CLIWriteCommand('rbd livemigrate add')
+    @handle_errors
+    def add(self, source_spec: str, dest_spec: Optional[str] = None,
+            object_size: Optional[str] = None, stripe_unit: Optional[str] = None,
+            stripe_count: Optional[int] = None, features: Optional[str] = None,
+            data_pool: Optional[str] = None, flatten: bool = False,
+            manual_commit: bool = False, allow_descendants: bool = False,
+            priority: int = 0, dry_run: bool = False) -> Any:
+        """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place"""  # noqa: E501
+        layout = self.commands.build_layout(object_size, stripe_unit, stripe_count, features,
+                                            data_pool, flatten)
+        return self.commands.add(source_spec, dest_spec, layout, manual_commit,
+                                 allow_descendants, priority, None, dry_run)
+
+    @CLIReadCommand('rbd livemigrate ls')
+    @handle_errors
+    def ls(self, format: Optional[str] = 'plain') -> Any:
+        """List migration tasks (oldest first) and migrations that have no task"""
+        return self.commands.ls(format)
+
+    @CLIReadCommand('rbd livemigrate status')
+    @handle_errors
+    def status(self, target: str, format: Optional[str] = 'plain') -> Any:
+        """Show one task, by task id or image spec"""
+        return self.commands.status(target, format)
+
+    @CLIWriteCommand('rbd livemigrate cancel')
+    @handle_errors
+    def cancel(self, task_id: str) -> Any:
+        """Cancel a task: dequeue it, or abort its migration and restore the source"""
+        return self.commands.cancel(task_id)
+
+    @CLIWriteCommand('rbd livemigrate commit')
+    @handle_errors
+    def commit(self, task_id: str) -> Any:
+        """Commit a --manual-commit task that is executed"""
+        return self.commands.commit(task_id)
+
+    @CLIWriteCommand('rbd livemigrate retry')
+    @handle_errors
+    def retry(self, task_id: str) -> Any:
+        """Queue a failed task again"""
+        return self.commands.retry(task_id)
+
+    @CLIWriteCommand('rbd livemigrate pause')
+    @handle_errors
+    def pause(self, task_id: Optional[str] = None) -> Any:
+        """Pause one task, or the whole queue without a task id"""
+        return self.commands.pause(task_id, True)
+
+    @CLIWriteCommand('rbd livemigrate resume')
+    @handle_errors
+    def resume(self, task_id: Optional[str] = None) -> Any:
+        """Resume one task, or the whole queue without a task id"""
+        return self.commands.pause(task_id, False)
+
+    @CLIWriteCommand('rbd livemigrate adopt')
+    @handle_errors
+    def adopt(self, image_spec: str) -> Any:
+        """Make a task of a migration (its target image spec) that no task knows"""
+        return self.commands.adopt(image_spec)

@@ -1,0 +1,167 @@
+"""
+Preflight: every reason a migration cannot start, found before prepare.
+
+``validate_layout`` is pure.  ``find_blockers`` reads the cluster through
+the adapter and the mgr's osd map and df, and returns every blocker it
+finds (a dry run prints them all); ``Blocked.wait`` marks the ones a task
+may wait out (watchers) instead of failing.
+"""
+
+import errno
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from .errors import Blocked, InvalidArgument, NotFound
+from .rbd_adapter import FEATURES, Adapter, ImageInfo
+from .spec import ImageSpec, is_power_of_two, validate_name
+from .task import Layout
+
+MIN_OBJECT_SIZE = 4096
+MAX_OBJECT_SIZE = 32 << 20
+MAX_STRIPE_COUNT = 1 << 16
+POOL_TYPE_ERASURE = 3
+
+
+class PoolInfo(NamedTuple):
+    name: str
+    id: int
+    is_rbd: bool
+    erasure: bool
+    ec_overwrites: bool
+    max_avail: Optional[int]
+
+
+def pools_from_maps(osd_map: Dict[str, Any], df: Dict[str, Any]) -> Dict[str, PoolInfo]:
+    avail = {p['name']: p.get('stats', {}).get('max_avail')
+             for p in (df or {}).get('pools', [])}
+    pools: Dict[str, PoolInfo] = {}
+    for p in (osd_map or {}).get('pools', []):
+        name = p['pool_name']
+        pools[name] = PoolInfo(
+            name=name, id=p['pool'],
+            is_rbd='rbd' in p.get('application_metadata', {}),
+            erasure=p.get('type') == POOL_TYPE_ERASURE,
+            ec_overwrites='ec_overwrites' in p.get('flags_names', ''),
+            max_avail=avail.get(name))
+    return pools
+
+
+def validate_layout(layout: Layout) -> None:
+    """Reject layout values librbd would refuse, with a line saying why."""
+    if layout.object_size is not None:
+        if not is_power_of_two(layout.object_size) or not (
+                MIN_OBJECT_SIZE <= layout.object_size <= MAX_OBJECT_SIZE):
+            raise InvalidArgument(
+                'object size {} is invalid: use a power of two from 4K to 32M'.format(
+                    layout.object_size))
+    if layout.stripe_unit is not None:
+        if not is_power_of_two(layout.stripe_unit) or layout.stripe_unit < MIN_OBJECT_SIZE:
+            raise InvalidArgument('stripe unit {} is invalid: use a power of two of at '
+                                  'least 4K'.format(layout.stripe_unit))
+        if layout.object_size is not None and layout.object_size % layout.stripe_unit:
+            raise InvalidArgument('stripe unit {} is not a factor of the object size {}'.format(
+                layout.stripe_unit, layout.object_size))
+    if layout.stripe_count is not None and not 1 <= layout.stripe_count <= MAX_STRIPE_COUNT:
+        raise InvalidArgument('stripe count {} is invalid: use 1 to {}'.format(
+            layout.stripe_count, MAX_STRIPE_COUNT))
+    if layout.features is not None:
+        for f in layout.features:
+            if f not in FEATURES:
+                raise InvalidArgument('unknown feature {!r}: use a comma list of {}'.format(
+                    f, ', '.join(sorted(FEATURES))))
+        need = {'object-map': 'exclusive-lock', 'fast-diff': 'object-map',
+                'journaling': 'exclusive-lock'}
+        for f, dep in need.items():
+            if f in layout.features and dep not in layout.features:
+                raise InvalidArgument('feature {} needs {}: add it to --features'.format(f, dep))
+    if layout.data_pool is not None:
+        validate_name('data pool', layout.data_pool)
+
+
+def _check_pool(pools: Dict[str, PoolInfo], name: str, role: str,
+                blockers: List[Blocked], data: bool = False) -> Optional[PoolInfo]:
+    pool = pools.get(name)
+    if pool is None:
+        blockers.append(Blocked("{} pool '{}' does not exist: create it or check the "
+                                'spec'.format(role, name), errno.ENOENT))
+        return None
+    if data:
+        if pool.erasure and not pool.ec_overwrites:
+            blockers.append(Blocked(
+                "data pool '{}' is erasure-coded without overwrites: run ceph osd pool set "
+                '{} allow_ec_overwrites true'.format(name, name), errno.EINVAL))
+        return pool
+    if pool.erasure:
+        blockers.append(Blocked(
+            "{} pool '{}' is erasure-coded: image headers need a replicated pool; give the "
+            'EC pool as --data-pool'.format(role, name), errno.EINVAL))
+    elif not pool.is_rbd:
+        blockers.append(Blocked(
+            "{} pool '{}' is not an RBD pool: run rbd pool init {}".format(role, name, name),
+            errno.EINVAL))
+    return pool
+
+
+def find_blockers(adapter: Adapter, pools: Dict[str, PoolInfo], source: ImageSpec,
+                  dest: ImageSpec, layout: Layout,
+                  allow_descendants: bool) -> Tuple[List[Blocked], Optional[ImageInfo]]:
+    """Every blocker found (none: prepare may run), and the source's info."""
+    blockers: List[Blocked] = []
+    if source == dest and layout == Layout():
+        blockers.append(Blocked(
+            "source and destination are both '{}' and no layout option was given: "
+            'nothing to migrate'.format(source), errno.EINVAL))
+        return blockers, None
+    src_pool = _check_pool(pools, source.pool, 'source', blockers)
+    dst_pool = _check_pool(pools, dest.pool, 'destination', blockers)
+    data_pool = None
+    if layout.data_pool is not None:
+        data_pool = _check_pool(pools, layout.data_pool, 'data', blockers, data=True)
+    info: Optional[ImageInfo] = None
+    if src_pool is not None:
+        if not adapter.namespace_exists(source.pool, source.namespace):
+            blockers.append(Blocked("source namespace '{}' does not exist in pool '{}'".format(
+                source.namespace, source.pool), errno.ENOENT))
+        else:
+            try:
+                info = adapter.image_info(source)
+            except NotFound:
+                blockers.append(Blocked("source image '{}' does not exist: check the "
+                                        'spec with rbd ls'.format(source), errno.ENOENT))
+    if dst_pool is not None:
+        if not adapter.namespace_exists(dest.pool, dest.namespace):
+            blockers.append(Blocked(
+                "destination namespace '{}' does not exist in pool '{}': run rbd namespace "
+                'create {}/{}'.format(dest.namespace, dest.pool, dest.pool, dest.namespace),
+                errno.ENOENT))
+        elif dest != source and adapter.image_exists(dest):
+            blockers.append(Blocked("destination image '{}' already exists: choose another "
+                                    'name or remove it'.format(dest), errno.EEXIST))
+    if info is None:
+        return blockers, None
+    if info.migrating:
+        blockers.append(Blocked("source image '{}' is already being migrated: see rbd "
+                                'migration status or ceph rbd livemigrate ls'.format(source),
+                                errno.EBUSY))
+    if info.watchers:
+        blockers.append(Blocked(
+            "source image '{}' is open by {} client(s) ({}): stop them; the task waits "
+            'until they close'.format(source, len(info.watchers), ', '.join(info.watchers[:3])),
+            errno.EBUSY, wait=True))
+    if info.descendants and not allow_descendants:
+        blockers.append(Blocked(
+            "source image '{}' is the parent of {} clone(s) ({}): make sure none is open "
+            'read-only and add with --allow-descendants'.format(
+                source, len(info.descendants), ', '.join(info.descendants[:3])), errno.EBUSY))
+    if (layout.object_size is not None and layout.stripe_unit is None
+            and info.stripe_count > 1 and layout.object_size % info.stripe_unit):
+        blockers.append(Blocked(
+            'the image stripe unit {} is not a factor of object size {}: give '
+            '--stripe-unit'.format(info.stripe_unit, layout.object_size), errno.EINVAL))
+    space_pool = data_pool or dst_pool
+    if (space_pool is not None and space_pool.max_avail is not None
+            and info.used_bytes > space_pool.max_avail):
+        blockers.append(Blocked(
+            "pool '{}' has {} bytes available but the image uses {}: free space or add "
+            'OSDs'.format(space_pool.name, space_pool.max_avail, info.used_bytes),
+            errno.ENOSPC))
+    return blockers, info

@@ -1,0 +1,544 @@
+"""
+The one narrow adapter to librados/librbd.
+
+Everything that talks to the cluster's data path sits here.  Methods take
+specs and plain values, return plain values and raise the typed errors of
+``errors.py``; nothing outside this file imports ``rados`` or ``rbd``.
+
+Clients: the copy runs on clients this module creates with their own
+CephContext (measured about 1.5x faster than the mgr's shared context, see
+doc/mgr/rbd_livemigrate.rst).  Each is registered with the mgr so that the
+monitors blocklist it when this mgr fails over, which frees its image locks
+at once.  Each running task gets its own client: cancelling an executing
+copy blocklists that client, which is the only way to stop
+``migration_execute`` on Pacific.
+"""
+
+import enum
+import errno
+import logging
+import struct
+import threading
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import rados
+import rbd
+
+from .errors import (AlreadyExists, InvalidArgument, LiveMigrateError, NotFound,
+                     Transient, TryAgain)
+from .spec import ImageSpec, PoolSpec
+from .task import Layout
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+FEATURES: Dict[str, int] = {
+    'layering': rbd.RBD_FEATURE_LAYERING,
+    'striping': rbd.RBD_FEATURE_STRIPINGV2,
+    'exclusive-lock': rbd.RBD_FEATURE_EXCLUSIVE_LOCK,
+    'object-map': rbd.RBD_FEATURE_OBJECT_MAP,
+    'fast-diff': rbd.RBD_FEATURE_FAST_DIFF,
+    'deep-flatten': rbd.RBD_FEATURE_DEEP_FLATTEN,
+    'journaling': rbd.RBD_FEATURE_JOURNALING,
+}
+
+# librbd.h values the Pacific binding does not export
+OPERATION_FEATURE_MIGRATION = getattr(rbd, 'RBD_OPERATION_FEATURE_MIGRATION', 1 << 4)
+TRASH_SOURCE_MIGRATION = getattr(rbd, 'RBD_TRASH_IMAGE_SOURCE_MIGRATION', 2)
+
+TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ESHUTDOWN,
+                              errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
+
+
+def feature_mask(names: List[str]) -> int:
+    mask = 0
+    for n in names:
+        if n not in FEATURES:
+            raise InvalidArgument('unknown feature {!r}: use a comma list of {}'.format(
+                n, ', '.join(sorted(FEATURES))))
+        mask |= FEATURES[n]
+    return mask
+
+
+def feature_names(mask: int) -> List[str]:
+    return [n for n, bit in sorted(FEATURES.items()) if mask & bit]
+
+
+def translate(e: Exception, what: str) -> LiveMigrateError:
+    """A rados/rbd exception as a typed error with its errno."""
+    err = abs(getattr(e, 'errno', 0) or errno.EIO)
+    msg = '{}: {}'.format(what, e)
+    if err in TRANSIENT_ERRNOS or isinstance(e, (rbd.ConnectionShutdown,
+                                                 rados.ConnectionShutdown)):
+        return Transient(msg, err)
+    if err == errno.ENOENT:
+        return NotFound(msg)
+    if err == errno.EEXIST:
+        return AlreadyExists(msg)
+    return LiveMigrateError(msg, err)
+
+
+def client_addr(addrs: str) -> str:
+    """'[v2:127.0.0.1:0/123,v1:...]' or '127.0.0.1:0/123' -> '127.0.0.1:0/123'."""
+    first = addrs.strip().strip('[]').split(',')[0]
+    for prefix in ('v2:', 'v1:', 'any:'):
+        if first.startswith(prefix):
+            first = first[len(prefix):]
+    return first
+
+
+class Step(enum.Enum):
+    """Where librbd says a migration is (read from the image headers)."""
+    NOT_PREPARED = 'not prepared'
+    PREPARING = 'preparing'
+    PREPARED = 'prepared'
+    EXECUTING = 'executing'
+    EXECUTED = 'executed'
+    ABORTING = 'aborting'
+    ERROR = 'error'
+    COMMITTED = 'committed'
+    SOURCE_MISSING = 'source missing'
+    CONFLICT = 'conflict'
+
+
+_LIBRBD_STATES = {
+    rbd.RBD_IMAGE_MIGRATION_STATE_PREPARING: Step.PREPARING,
+    rbd.RBD_IMAGE_MIGRATION_STATE_PREPARED: Step.PREPARED,
+    rbd.RBD_IMAGE_MIGRATION_STATE_EXECUTING: Step.EXECUTING,
+    rbd.RBD_IMAGE_MIGRATION_STATE_EXECUTED: Step.EXECUTED,
+    rbd.RBD_IMAGE_MIGRATION_STATE_ERROR: Step.ERROR,
+    getattr(rbd, 'RBD_IMAGE_MIGRATION_STATE_ABORTING', 5): Step.ABORTING,
+}
+
+
+class Observed(NamedTuple):
+    step: Step
+    detail: str = ''
+    dest_image_id: Optional[str] = None
+
+
+class ImageInfo(NamedTuple):
+    id: str
+    size: int
+    object_size: int
+    stripe_unit: int
+    stripe_count: int
+    features: int
+    data_pool_id: int
+    watchers: List[str]
+    descendants: List[str]
+    snapshots: List[str]
+    used_bytes: int
+    migrating: bool
+    has_parent: bool
+
+
+class MigrationRef(NamedTuple):
+    """A migration found in the image headers (for orphans)."""
+    source: str
+    destination: str
+    source_image_id: str
+
+
+class Client:
+    """One connected rados client, registered with the mgr for fencing."""
+
+    def __init__(self, factory: 'ClientFactory', handle: rados.Rados) -> None:
+        self.factory = factory
+        self.handle = handle
+        self.addrs = handle.get_addrs()
+        self.addr = client_addr(self.addrs)
+        self.closed = False
+
+    def ioctx(self, pool: str, namespace: str = '') -> rados.Ioctx:
+        try:
+            io = self.handle.open_ioctx(pool)
+        except rados.ObjectNotFound:
+            raise NotFound("pool '{}' does not exist: create it or check the spec".format(pool))
+        except rados.Error as e:
+            raise translate(e, "cannot open pool '{}'".format(pool))
+        io.set_namespace(namespace)
+        return io
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.handle.shutdown()
+        except Exception:
+            log.debug('shutdown of client %s failed', self.addr, exc_info=True)
+        self.factory.unregister(self.addrs)
+
+
+class ClientFactory:
+    """Makes clients with their own CephContext; falls back to the mgr's."""
+
+    def __init__(self, name: str, conf: Dict[str, str], context: Any,
+                 register: Callable[[str], None], unregister: Callable[[str], None]) -> None:
+        self.name = name
+        self.conf = conf
+        self.context = context
+        self.register = register
+        self.unregister = unregister
+        self.own_context = True
+
+    def make(self) -> Client:
+        handle: Optional[rados.Rados] = None
+        if self.own_context:
+            try:
+                handle = rados.Rados(name=self.name, conf=self.conf)
+                handle.connect(timeout=30)
+            except Exception as e:
+                log.warning('cannot make a client with its own context (%s); '
+                            'using the mgr context (slower copies)', e)
+                self.own_context = False
+                handle = None
+        if handle is None:
+            handle = rados.Rados(context=self.context)
+            try:
+                handle.connect(timeout=30)
+            except rados.Error as e:
+                raise translate(e, 'cannot connect to the cluster')
+        client = Client(self, handle)
+        self.register(client.addrs)
+        return client
+
+
+class Adapter:
+    """librbd migration calls on top of a control client (rebuilt on demand)."""
+
+    def __init__(self, factory: ClientFactory) -> None:
+        self.factory = factory
+        self._lock = threading.Lock()
+        self._control: Optional[Client] = None
+
+    # -- clients -------------------------------------------------------
+
+    def control(self) -> Client:
+        with self._lock:
+            if self._control is None or self._control.closed:
+                self._control = self.factory.make()
+            return self._control
+
+    def drop_control(self, client: Optional[Client] = None) -> None:
+        """Forget a dead (blocklisted) control client; the next call makes a new one."""
+        with self._lock:
+            if self._control is not None and (client is None or client is self._control):
+                self._control.close()
+                self._control = None
+
+    def shutdown(self) -> None:
+        self.drop_control()
+
+    def _with_control(self, fn: Callable[[Client], Any]) -> Any:
+        client = self.control()
+        try:
+            return fn(client)
+        except (rados.ConnectionShutdown, rbd.ConnectionShutdown) as e:
+            # blocklisted: rebuild and report EAGAIN for this call
+            self.drop_control(client)
+            raise TryAgain('the module is reconnecting to the cluster ({}); try again'.format(e))
+
+    def blocklist(self, client: Client, expire_seconds: float = 3600.0) -> None:
+        def op(c: Client) -> None:
+            try:
+                c.handle.blocklist_add(client.addr, expire_seconds)
+            except rados.Error as e:
+                raise translate(e, 'cannot blocklist client {}'.format(client.addr))
+        self._with_control(op)
+
+    # -- inspection ----------------------------------------------------
+
+    def pool_exists(self, pool: str) -> bool:
+        return bool(self._with_control(lambda c: c.handle.pool_exists(pool)))
+
+    def namespace_exists(self, pool: str, namespace: str) -> bool:
+        if not namespace:
+            return True
+
+        def op(c: Client) -> bool:
+            io = c.ioctx(pool)
+            try:
+                return namespace in rbd.RBD().namespace_list(io)
+            finally:
+                io.close()
+        return bool(self._with_control(op))
+
+    def pool_name(self, pool_id: int) -> str:
+        def op(c: Client) -> str:
+            try:
+                return str(c.handle.pool_reverse_lookup(pool_id))
+            except rados.Error as e:
+                raise translate(e, 'no pool with id {}'.format(pool_id))
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def list_images(self, spec: PoolSpec) -> List[str]:
+        def op(c: Client) -> List[str]:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                return sorted(rbd.RBD().list(io))
+            except rbd.Error as e:
+                raise translate(e, "cannot list images of '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def size_of(self, spec: ImageSpec) -> Optional[int]:
+        def op(c: Client) -> Optional[int]:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                with rbd.Image(io, spec.image, read_only=True) as image:
+                    return int(image.size())
+            except rbd.Error:
+                return None
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def image_exists(self, spec: ImageSpec) -> bool:
+        def op(c: Client) -> bool:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                return spec.image in rbd.RBD().list(io)
+            except rbd.ImageNotFound:
+                return False
+            finally:
+                io.close()
+        return bool(self._with_control(op))
+
+    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        def op(c: Client) -> ImageInfo:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                try:
+                    image = rbd.Image(io, spec.image, read_only=True)
+                except rbd.ImageNotFound:
+                    raise NotFound("image '{}' does not exist".format(spec))
+                with image:
+                    size = image.size()
+                    info = image.stat()
+                    features = image.features()
+                    watchers = [w.get('addr', '?') for w in image.watchers_list()]
+                    try:
+                        descendants = ['{}/{}'.format(d['pool'], d['image'])
+                                       for d in image.list_descendants()]
+                    except rbd.Error:
+                        descendants = []
+                    snaps = [s['name'] for s in image.list_snaps()]
+                    used = size
+                    if with_used and features & rbd.RBD_FEATURE_FAST_DIFF:
+                        used = _used_bytes(image, size)
+                    migrating = bool(image.op_features() & OPERATION_FEATURE_MIGRATION)
+                    try:
+                        image.parent_id()
+                        has_parent = True
+                    except rbd.ImageNotFound:
+                        has_parent = False
+                    return ImageInfo(
+                        id=image.id(), size=size, object_size=1 << info['order'],
+                        stripe_unit=image.stripe_unit(), stripe_count=image.stripe_count(),
+                        features=features, data_pool_id=image.data_pool_id(),
+                        watchers=watchers, descendants=descendants, snapshots=snaps,
+                        used_bytes=used, migrating=migrating, has_parent=has_parent)
+            except rbd.Error as e:
+                raise translate(e, "cannot inspect image '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def image_id(self, spec: ImageSpec) -> Optional[str]:
+        def op(c: Client) -> Optional[str]:
+            try:
+                io = c.ioctx(spec.pool, spec.namespace)
+            except NotFound:
+                return None
+            try:
+                with rbd.Image(io, spec.image, read_only=True) as image:
+                    return str(image.id())
+            except rbd.ImageNotFound:
+                return None
+            except rbd.Error as e:
+                raise translate(e, "cannot open image '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def migration_status(self, spec: ImageSpec) -> Optional[Dict[str, Any]]:
+        """librbd's migration status of the image at ``spec``; None if not migrating."""
+        def op(c: Client) -> Optional[Dict[str, Any]]:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                return dict(rbd.RBD().migration_status(io, spec.image))
+            except (rbd.ImageNotFound, rbd.InvalidArgument):
+                return None
+            except rbd.Error as e:
+                raise translate(e, "cannot read the migration state of '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def observe(self, source: ImageSpec, dest: ImageSpec,
+                source_image_id: Optional[str]) -> Observed:
+        """Where the migration of ``source`` to ``dest`` is, from the headers."""
+        status = self.migration_status(dest)
+        if status is not None:
+            if source_image_id and status.get('source_image_id') != source_image_id:
+                return Observed(Step.CONFLICT, "'{}' is the target of another migration "
+                                "(source image id {})".format(dest, status.get('source_image_id')))
+            step = _LIBRBD_STATES.get(status.get('state', -1), Step.ERROR)
+            return Observed(step, status.get('state_description') or '',
+                            status.get('dest_image_id'))
+        dest_id = self.image_id(dest)
+        source_id = dest_id if source == dest else self.image_id(source)
+        if source_id is not None and (source_image_id is None or source_id == source_image_id):
+            if dest_id is not None and source != dest:
+                return Observed(Step.CONFLICT, "destination '{}' exists".format(dest))
+            return Observed(Step.NOT_PREPARED)
+        if dest_id is not None:
+            return Observed(Step.COMMITTED, dest_image_id=dest_id)
+        return Observed(Step.SOURCE_MISSING, "source image '{}' does not exist".format(source))
+
+    # -- the migration steps -------------------------------------------
+
+    def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Layout,
+                info: ImageInfo) -> None:
+        kwargs: Dict[str, Any] = {}
+        if layout.features is not None:
+            kwargs['features'] = feature_mask(layout.features)
+        object_size = layout.object_size
+        if object_size is not None:
+            kwargs['order'] = object_size.bit_length() - 1
+        stripe_unit, stripe_count = layout.stripe_unit, layout.stripe_count
+        if object_size is not None and stripe_unit is None and stripe_count is None:
+            # librbd keeps the source's stripe unit, which must divide the
+            # new object size: move to plain striping unless asked otherwise
+            if info.stripe_count == 1 or info.stripe_unit > object_size:
+                stripe_unit, stripe_count = object_size, 1
+        if stripe_unit is not None:
+            kwargs['stripe_unit'] = stripe_unit
+            kwargs['stripe_count'] = stripe_count or 1
+        elif stripe_count is not None:
+            kwargs['stripe_unit'] = info.stripe_unit
+            kwargs['stripe_count'] = stripe_count
+        if layout.data_pool is not None:
+            kwargs['data_pool'] = layout.data_pool
+        if layout.flatten:
+            kwargs['flatten'] = True
+        src_io = client.ioctx(source.pool, source.namespace)
+        dst_io = client.ioctx(dest.pool, dest.namespace)
+        try:
+            rbd.RBD().migration_prepare(src_io, source.image, dst_io, dest.image, **kwargs)
+        except rbd.Error as e:
+            raise translate(e, 'prepare failed')
+        finally:
+            src_io.close()
+            dst_io.close()
+
+    def _run(self, client: Client, dest: ImageSpec, what: str,
+             call: Callable[..., Any], on_progress: Optional[ProgressCallback]) -> None:
+        def cb(offset: int, total: int) -> int:
+            if on_progress is not None:
+                on_progress(offset, total)
+            return 0
+        io = client.ioctx(dest.pool, dest.namespace)
+        try:
+            call(io, dest.image, on_progress=cb)
+        except rbd.Error as e:
+            raise translate(e, '{} failed'.format(what))
+        finally:
+            io.close()
+
+    def execute(self, client: Client, dest: ImageSpec,
+                on_progress: Optional[ProgressCallback] = None) -> None:
+        self._run(client, dest, 'execute', rbd.RBD().migration_execute, on_progress)
+
+    def commit(self, client: Client, dest: ImageSpec,
+               on_progress: Optional[ProgressCallback] = None) -> None:
+        self._run(client, dest, 'commit', rbd.RBD().migration_commit, on_progress)
+
+    def abort(self, client: Client, dest: ImageSpec,
+              on_progress: Optional[ProgressCallback] = None) -> None:
+        self._run(client, dest, 'abort', rbd.RBD().migration_abort, on_progress)
+
+    # -- orphans -------------------------------------------------------
+
+    def find_migrations(self, pools: List[str]) -> List[MigrationRef]:
+        """Every migration source parked in the trash of these pools."""
+        def op(c: Client) -> List[MigrationRef]:
+            refs: List[MigrationRef] = []
+            names = {p: p for p in pools}
+            for pool in pools:
+                try:
+                    io = c.ioctx(pool)
+                except NotFound:
+                    continue
+                try:
+                    namespaces = [''] + list(rbd.RBD().namespace_list(io))
+                    for ns in namespaces:
+                        io.set_namespace(ns)
+                        for entry in rbd.RBD().trash_list(io):
+                            if entry.get('source') != TRASH_SOURCE_MIGRATION:
+                                continue
+                            ref = _read_migration_ref(c, io, pool, ns, entry, names)
+                            if ref is not None:
+                                refs.append(ref)
+                except rbd.Error as e:
+                    log.warning('cannot scan pool %s for migrations: %s', pool, e)
+                finally:
+                    io.close()
+            return refs
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+
+def _used_bytes(image: 'rbd.Image', size: int) -> int:
+    """Allocated bytes of the head (whole objects), from the object map."""
+    total = [0]
+
+    def cb(offset: int, length: int, exists: bool) -> int:
+        if exists:
+            total[0] += length
+        return 0
+    try:
+        image.diff_iterate(0, size, None, cb, include_parent=False, whole_object=True)
+    except rbd.Error:
+        return size
+    return total[0]
+
+
+def _read_string(buf: bytes, off: int) -> Tuple[str, int]:
+    (n,) = struct.unpack_from('<I', buf, off)
+    off += 4
+    return buf[off:off + n].decode('utf-8', 'replace'), off + n
+
+
+def _read_migration_ref(c: Client, io: 'rados.Ioctx', pool: str, ns: str,
+                        entry: Dict[str, Any], names: Dict[str, str]) -> Optional[MigrationRef]:
+    """Decode the source header's cls::rbd::MigrationSpec to find the target."""
+    image_id = entry['id']
+    try:
+        ret, out = io.execute('rbd_header.' + image_id, 'rbd', 'migration_get', b'')
+    except rados.Error as e:
+        log.debug('migration_get on %s/%s failed: %s', pool, image_id, e)
+        return None
+    try:
+        buf = bytes(out)
+        off = 6                                   # ENCODE_START: v, compat, len
+        header_type = buf[off]
+        off += 1
+        (pool_id,) = struct.unpack_from('<q', buf, off)
+        off += 8
+        dest_ns, off = _read_string(buf, off)
+        dest_name, off = _read_string(buf, off)
+    except (IndexError, struct.error):
+        return None
+    if header_type != 0:                          # 0: source header
+        return None
+    try:
+        dest_pool = c.handle.pool_reverse_lookup(pool_id)
+    except rados.Error:
+        dest_pool = str(pool_id)
+    return MigrationRef(source=str(ImageSpec(pool, ns, entry['name'])),
+                        destination=str(ImageSpec(dest_pool, dest_ns, dest_name)),
+                        source_image_id=image_id)

@@ -1,0 +1,307 @@
+"""
+What runs next (``decide``, a pure function) and the worker that applies it.
+
+``decide`` looks only at (tasks, running set, options, clock, cluster
+block) and is unit-tested rule by rule.  ``Worker`` owns the in-memory
+task table, persists every change, starts one ``Runner`` thread per task
+the decision lets start, and rebuilds the health checks each pass.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+
+from .errors import NotFound
+from .health import HealthChecks, build_checks
+from .progress import ProgressReporter
+from .store import TaskStore
+from .task import Task
+
+log = logging.getLogger(__name__)
+
+IDLE_TICK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Options:
+    max_concurrent: int = 2
+    max_concurrent_per_pool: int = 0
+    max_history: int = 100
+    stall_warn_seconds: float = 600
+    blocked_warn_seconds: float = 300
+    retry_max_attempts: int = 5
+    retry_backoff_seconds: float = 10
+    retry_backoff_max_seconds: float = 600
+    blocked_recheck_seconds: float = 5
+
+
+class Decision(NamedTuple):
+    start: List[str]                 # task ids to start now, in order
+    waiting: Dict[str, str]          # task id -> why it may not start now
+    next_tick: float                 # seconds until the decision may change
+
+
+def _pools(t: Task) -> Set[str]:
+    return {t.source.split('/')[0], t.destination.split('/')[0]}
+
+
+def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
+           cluster_block: Optional[str] = None) -> Decision:
+    """Which tasks start now.  Rules:
+
+    - a cancel always starts (it frees resources, never uses them);
+    - paused, manual-commit-waiting, done and retry-waiting tasks wait;
+    - while the cluster blocks new work, nothing else starts;
+    - the rest start by priority (higher first), then age, while the global
+      limit and the per-pool limit (source or destination pool) allow.
+    """
+    tasks = list(tasks)
+    start: List[str] = []
+    waiting: Dict[str, str] = {}
+    next_tick = IDLE_TICK_SECONDS
+    busy = [t for t in tasks if t.id in running]
+    per_pool: Dict[str, int] = {}
+    for t in busy:
+        for p in _pools(t):
+            per_pool[p] = per_pool.get(p, 0) + 1
+    slots = max(0, opts.max_concurrent - len(busy))
+    candidates: List[Task] = []
+    for t in tasks:
+        if t.id in running or not t.needs_worker:
+            continue
+        if t.cancel_requested:
+            start.append(t.id)
+            continue
+        if t.paused:
+            waiting[t.id] = 'paused'
+            continue
+        if t.next_retry is not None and t.next_retry > now:
+            waiting[t.id] = t.blocked_reason or 'waiting to retry'
+            next_tick = min(next_tick, t.next_retry - now)
+            continue
+        candidates.append(t)
+    candidates.sort(key=lambda t: (-t.priority, t.created, t.id))
+    for t in candidates:
+        if cluster_block:
+            waiting[t.id] = cluster_block
+            continue
+        if slots <= 0:
+            waiting[t.id] = 'waiting for a free slot (max_concurrent={})'.format(
+                opts.max_concurrent)
+            continue
+        pools = _pools(t)
+        if opts.max_concurrent_per_pool > 0 and any(
+                per_pool.get(p, 0) >= opts.max_concurrent_per_pool for p in pools):
+            waiting[t.id] = 'waiting for a free slot (max_concurrent_per_pool={})'.format(
+                opts.max_concurrent_per_pool)
+            continue
+        start.append(t.id)
+        slots -= 1
+        for p in pools:
+            per_pool[p] = per_pool.get(p, 0) + 1
+    return Decision(start, waiting, max(0.05, next_tick))
+
+
+def retry_delay(attempts: int, opts: Options) -> float:
+    """Capped exponential backoff: base, 2*base, 4*base ... max."""
+    return float(min(opts.retry_backoff_max_seconds,
+                     opts.retry_backoff_seconds * (2 ** max(0, attempts - 1))))
+
+
+def history_to_drop(tasks: Iterable[Task], max_history: int) -> List[str]:
+    """Ids of the oldest finished tasks beyond ``max_history``."""
+    finished = sorted((t for t in tasks if t.terminal),
+                      key=lambda t: (t.finished or 0, t.created))
+    excess = len(finished) - max(0, max_history)
+    return [t.id for t in finished[:excess]] if excess > 0 else []
+
+
+RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
+
+
+class RunnerHandle:
+    """What the worker needs of a running task (see pipeline.Runner)."""
+    task_id: str
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Make a running copy stop now (cancel, shutdown)."""
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def join(self, timeout: float) -> None:
+        raise NotImplementedError
+
+
+class Worker:
+    def __init__(self, store: TaskStore, progress: ProgressReporter,
+                 runner_factory: RunnerFactory,
+                 set_health: Callable[[HealthChecks], None],
+                 cluster_block: Callable[[], Optional[str]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.progress = progress
+        self.runner_factory = runner_factory
+        self.set_health = set_health
+        self.cluster_block = cluster_block
+        self.clock = clock
+        self.options = Options()
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.tasks: Dict[str, Task] = {}
+        self.runners: Dict[str, RunnerHandle] = {}
+        self.waiting: Dict[str, str] = {}
+        self.skipped: Dict[str, str] = {}
+        self.stopping = False
+        self.loaded = False
+        self.queue_paused = False
+
+    # -- table ---------------------------------------------------------
+
+    def load(self) -> None:
+        tasks, skipped = self.store.load()
+        with self.lock:
+            self.tasks = {t.id: t for t in tasks}
+            self.skipped = skipped
+            self.queue_paused = self.store.load_flag('queue_paused')
+            self.loaded = True
+            self.cond.notify_all()
+        log.info('loaded %d task(s), skipped %d unreadable record(s)', len(tasks), len(skipped))
+
+    def get(self, task_id: str) -> Task:
+        with self.lock:
+            task = self.tasks.get(task_id)
+        if task is None:
+            raise NotFound("no task '{}': see ceph rbd livemigrate ls".format(task_id))
+        return task
+
+    def find(self, task_id: str) -> Optional[Task]:
+        with self.lock:
+            return self.tasks.get(task_id)
+
+    def all(self) -> List[Task]:
+        with self.lock:
+            tasks = list(self.tasks.values())
+        return sorted(tasks, key=lambda t: (t.created, t.id))
+
+    def put(self, task: Task) -> Task:
+        with self.lock:
+            self.store.save(task)
+            self.tasks[task.id] = task
+            self.cond.notify_all()
+        return task
+
+    def update(self, task_id: str, fn: Callable[[Task], Task], persist: bool = True) -> Task:
+        """Apply ``fn`` to the current record (never a stale copy) and save it."""
+        with self.lock:
+            old = self.get(task_id)
+            new = fn(old)
+            if new is not old:
+                if persist:
+                    self.store.save(new)
+                self.tasks[task_id] = new
+                self.cond.notify_all()
+            return new
+
+    def remove(self, task_id: str) -> None:
+        with self.lock:
+            self.store.delete(task_id)
+            self.tasks.pop(task_id, None)
+
+    def set_queue_paused(self, paused: bool) -> None:
+        with self.lock:
+            self.store.save_flag('queue_paused', paused)
+            self.queue_paused = paused
+            self.cond.notify_all()
+
+    def kick(self) -> None:
+        with self.lock:
+            self.cond.notify_all()
+
+    def running(self) -> Set[str]:
+        with self.lock:
+            return set(self.runners)
+
+    def interrupt(self, task_id: str) -> None:
+        with self.lock:
+            runner = self.runners.get(task_id)
+        if runner is not None:
+            runner.interrupt()
+
+    def runner_done(self, task_id: str) -> None:
+        with self.lock:
+            self.runners.pop(task_id, None)
+            self.cond.notify_all()
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        with self.lock:
+            while not pred():
+                left = deadline - self.clock()
+                if left <= 0 or self.stopping:
+                    return pred()
+                self.cond.wait(min(left, 1.0))
+            return True
+
+    # -- loop ----------------------------------------------------------
+
+    def tick(self) -> float:
+        """One pass: start what the decision allows, rebuild health; next delay."""
+        now = self.clock()
+        block = None if self.stopping else self.cluster_block()
+        with self.lock:
+            if self.queue_paused and not block:
+                block = 'queue paused'
+            tasks = list(self.tasks.values())
+            decision = decide(tasks, set(self.runners), self.options, now, block)
+            self.waiting = dict(decision.waiting)
+            to_start = [] if self.stopping else decision.start
+            for task_id in to_start:
+                runner = self.runner_factory(self, task_id)
+                self.runners[task_id] = runner
+                runner.start()
+            for task_id in history_to_drop(tasks, self.options.max_history):
+                self.remove(task_id)
+        self.set_health(build_checks(
+            tasks, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
+            len(self.skipped)))
+        return decision.next_tick
+
+    def serve(self) -> None:
+        while True:
+            with self.lock:
+                if self.stopping:
+                    break
+            try:
+                delay = self.tick()
+            except Exception:
+                log.exception('scheduler pass failed')
+                delay = IDLE_TICK_SECONDS
+            with self.lock:
+                if not self.stopping:
+                    self.cond.wait(delay)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self.lock:
+            self.stopping = True
+            runners = list(self.runners.values())
+            self.cond.notify_all()
+        for r in runners:
+            r.interrupt()
+        for r in runners:
+            r.join(timeout)
+
+    def waiting_reason(self, task_id: str) -> Optional[str]:
+        with self.lock:
+            return self.waiting.get(task_id)
+
+    def snapshot(self) -> Tuple[List[Task], Set[str], Dict[str, str]]:
+        with self.lock:
+            return (sorted(self.tasks.values(), key=lambda t: (t.created, t.id)),
+                    set(self.runners), dict(self.waiting))

@@ -1,0 +1,56 @@
+"""
+Persistence: one key per task under ``task/`` in the module's store.
+
+The store lives in the monitors' config-key store
+(``mgr/rbd_livemigrate/task/<id>``).  A corrupt record, or one written by a
+newer module, is logged and skipped: it never stops the module.
+"""
+
+import logging
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .task import CorruptRecord, Task
+
+log = logging.getLogger(__name__)
+
+TASK_PREFIX = 'task/'
+FLAG_PREFIX = 'flag/'
+MAX_VALUE_BYTES = 64 * 1024
+
+
+class TaskStore:
+    def __init__(self, get_prefix: Callable[[str], Dict[str, str]],
+                 set_key: Callable[[str, Optional[str]], None]) -> None:
+        self._get_prefix = get_prefix
+        self._set_key = set_key
+
+    def load(self) -> Tuple[List[Task], Dict[str, str]]:
+        """All readable tasks, and {key: why} for the records skipped."""
+        tasks: List[Task] = []
+        skipped: Dict[str, str] = {}
+        for key, value in sorted(self._get_prefix(TASK_PREFIX).items()):
+            try:
+                task = Task.loads(value)
+                if key != TASK_PREFIX + task.id:
+                    raise CorruptRecord('key does not match task id {!r}'.format(task.id))
+            except CorruptRecord as e:
+                log.error('skipping stored task %s: %s', key, e)
+                skipped[key] = str(e)
+                continue
+            tasks.append(task)
+        return tasks, skipped
+
+    def save(self, task: Task) -> None:
+        value = task.dumps()
+        if len(value) > MAX_VALUE_BYTES:   # never expected; refuse rather than bloat the mons
+            raise ValueError('task {} record is {} bytes'.format(task.id, len(value)))
+        self._set_key(TASK_PREFIX + task.id, value)
+
+    def delete(self, task_id: str) -> None:
+        self._set_key(TASK_PREFIX + task_id, None)
+
+    def load_flag(self, name: str) -> bool:
+        return self._get_prefix(FLAG_PREFIX + name).get(FLAG_PREFIX + name) == 'true'
+
+    def save_flag(self, name: str, value: bool) -> None:
+        self._set_key(FLAG_PREFIX + name, 'true' if value else None)
