@@ -1,0 +1,112 @@
+from typing import Any, Dict, List, Optional, Tuple
+
+from rbd_livemigrate.health import build_checks
+from rbd_livemigrate.progress import ProgressReporter
+from rbd_livemigrate.scheduler import (Options, RunnerHandle, Worker, decide, history_to_drop,
+                                       retry_delay)
+from rbd_livemigrate.store import TaskStore
+from rbd_livemigrate.task import State, Task
+
+NOW = 1_000_000.0
+
+
+def mk(i: int, src: str = 'a', dst: str = 'b', **kw: Any) -> Task:
+    kw.setdefault('created', NOW + i)
+    return Task(id='t{}'.format(i), source='{}/img{}'.format(src, i),
+                destination='{}/img{}'.format(dst, i), **kw)
+
+
+def test_global_limit_and_order() -> None:
+    tasks = [mk(i) for i in range(6)]
+    d = decide(tasks, set(), Options(max_concurrent=2), NOW)
+    assert d.start == ['t0', 't1']
+    assert 'free slot' in d.waiting['t5']
+    d = decide(tasks, {'t0'}, Options(max_concurrent=2), NOW)
+    assert d.start == ['t1']
+
+
+def test_priority_then_age() -> None:
+    tasks = [mk(0), mk(1), mk(2, priority=5)]
+    assert decide(tasks, set(), Options(max_concurrent=1), NOW).start == ['t2']
+
+
+def test_per_pool_limit() -> None:
+    tasks = [mk(0, 'a', 'b'), mk(1, 'a', 'c'), mk(2, 'x', 'y')]
+    d = decide(tasks, set(), Options(max_concurrent=5, max_concurrent_per_pool=1), NOW)
+    assert d.start == ['t0', 't2']
+    assert 'per_pool' in d.waiting['t1']
+
+
+def test_paused_retry_cancel_and_block() -> None:
+    tasks = [mk(0, paused=True), mk(1, next_retry=NOW + 3), mk(2, cancel_requested=True),
+             mk(3)]
+    d = decide(tasks, set(), Options(max_concurrent=1), NOW, cluster_block='OSD full')
+    assert d.start == ['t2']                   # cancels bypass blocks and limits
+    assert d.waiting['t0'] == 'paused'
+    assert d.waiting['t3'] == 'OSD full'
+    assert 2.9 < d.next_tick <= 3
+    d = decide(tasks, set(), Options(max_concurrent=1), NOW + 31)
+    assert d.start == ['t2', 't1']
+
+
+def test_done_and_manual_tasks_not_started() -> None:
+    tasks = [mk(0, state=State.COMMITTED), mk(1, state=State.FAILED),
+             mk(2, state=State.EXECUTED, manual_commit=True)]
+    assert decide(tasks, set(), Options(), NOW).start == []
+
+
+def test_retry_delay_caps() -> None:
+    o = Options(retry_backoff_seconds=10, retry_backoff_max_seconds=60)
+    assert [retry_delay(a, o) for a in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+
+
+def test_history() -> None:
+    tasks = [mk(i, state=State.COMMITTED, finished=NOW + i) for i in range(5)] + [mk(9)]
+    assert history_to_drop(tasks, 3) == ['t0', 't1']
+    assert history_to_drop(tasks, 10) == []
+
+
+def test_health_checks() -> None:
+    tasks = [mk(0, state=State.FAILED, error='boom'),
+             mk(1, state=State.EXECUTING, last_progress_at=NOW - 1000),
+             mk(2, blocked_reason='watchers', blocked_since=NOW - 400)]
+    checks = build_checks(tasks, NOW, 600, 300)
+    assert checks['RBD_LIVEMIGRATE_FAILED']['count'] == 1
+    assert 'boom' in checks['RBD_LIVEMIGRATE_FAILED']['detail'][0]
+    assert checks['RBD_LIVEMIGRATE_STALLED']['count'] == 1
+    assert checks['RBD_LIVEMIGRATE_BLOCKED']['count'] == 1
+    assert build_checks([mk(3)], NOW, 600, 300) == {}
+
+
+class FakeRunner(RunnerHandle):
+    started: List[str] = []
+
+    def __init__(self, worker: Worker, task_id: str) -> None:
+        self.task_id = task_id
+
+    def start(self) -> None:
+        FakeRunner.started.append(self.task_id)
+
+
+def test_worker_persists_and_skips_corrupt() -> None:
+    kv: Dict[str, str] = {'task/bad': '{nope', 'task/t7': mk(7).dumps()}
+
+    def set_key(k: str, v: Optional[str]) -> None:
+        if v is None:
+            kv.pop(k, None)
+        else:
+            kv[k] = v
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    health: List[Dict[str, Any]] = []
+    calls: List[Tuple[Any, ...]] = []
+    w = Worker(store, ProgressReporter(lambda *a, **k: calls.append(a)), FakeRunner,
+               health.append, lambda: None, clock=lambda: NOW)
+    w.load()
+    assert [t.id for t in w.all()] == ['t7'] and 'task/bad' in w.skipped
+    w.put(mk(8))
+    assert 'task/t8' in kv
+    w.update('t8', lambda t: t.evolve(priority=4))
+    assert Task.loads(kv['task/t8']).priority == 4
+    w.tick()
+    assert FakeRunner.started == ['t8', 't7']   # priority first
+    assert 'RBD_LIVEMIGRATE_BAD_RECORD' in health[-1]
