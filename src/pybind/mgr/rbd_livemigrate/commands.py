@@ -8,7 +8,7 @@ import fnmatch
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
@@ -29,6 +29,21 @@ MAX_PRIORITY = 1000
 def _blockers_json(blockers: List[Blocked]) -> List[Dict[str, Any]]:
     return [{'errno': -b.errno, 'error': errno.errorcode.get(b.errno, str(b.errno)),
              'message': str(b), 'can_wait': b.wait} for b in blockers]
+
+
+class AddRequest(NamedTuple):
+    """The options of add and add-pool, as typed."""
+    object_size: Optional[str] = None
+    stripe_unit: Optional[str] = None
+    stripe_count: Optional[int] = None
+    features: Optional[str] = None
+    data_pool: Optional[str] = None
+    flatten: bool = False
+    manual_commit: bool = False
+    allow_descendants: bool = False
+    priority: int = 0
+    bandwidth_limit: Optional[str] = None
+    dry_run: bool = False
 
 
 class Commands:
@@ -84,31 +99,34 @@ class Commands:
     # -- add -----------------------------------------------------------
 
     @staticmethod
-    def build_layout(object_size: Optional[str], stripe_unit: Optional[str],
-                     stripe_count: Optional[int], features: Optional[str],
-                     data_pool: Optional[str], flatten: bool) -> Layout:
+    def build_layout(req: AddRequest) -> Layout:
         feats: Optional[List[str]] = None
-        if features is not None:
-            feats = sorted({f.strip() for f in features.split(',') if f.strip()})
+        if req.features is not None:
+            feats = sorted({f.strip() for f in req.features.split(',') if f.strip()})
             if not feats:
                 raise InvalidArgument('--features is empty: give a comma list such as '
                                       'layering,exclusive-lock')
-        layout = Layout(object_size=parse_bytes('object size', object_size),
-                        stripe_unit=parse_bytes('stripe unit', stripe_unit),
-                        stripe_count=stripe_count, features=feats, data_pool=data_pool,
-                        flatten=bool(flatten))
+        layout = Layout(object_size=parse_bytes('object size', req.object_size),
+                        stripe_unit=parse_bytes('stripe unit', req.stripe_unit),
+                        stripe_count=req.stripe_count, features=feats,
+                        data_pool=req.data_pool, flatten=bool(req.flatten))
         validate_layout(layout)
         return layout
 
-    def add(self, source_spec: str, dest_spec: Optional[str], layout: Layout,
-            manual_commit: bool, allow_descendants: bool, priority: int,
-            bandwidth_limit: Optional[int], dry_run: bool) -> CommandResult:
+    @staticmethod
+    def check_request(req: AddRequest) -> Optional[int]:
+        """Validate the non-layout options; the bandwidth limit in bytes/s."""
+        if not -MAX_PRIORITY <= req.priority <= MAX_PRIORITY:
+            raise InvalidArgument('priority {} is out of range: use -{} to {}'.format(
+                req.priority, MAX_PRIORITY, MAX_PRIORITY))
+        return parse_bytes('bandwidth limit', req.bandwidth_limit)
+
+    def add(self, source_spec: str, dest_spec: Optional[str], req: AddRequest) -> CommandResult:
         self._ready()
         source = ImageSpec.parse(source_spec)
         dest = ImageSpec.parse(dest_spec) if dest_spec else source
-        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-            raise InvalidArgument('priority {} is out of range: use -{} to {}'.format(
-                priority, MAX_PRIORITY, MAX_PRIORITY))
+        layout = self.build_layout(req)
+        bandwidth_limit = self.check_request(req)
         self._authorize(source.pool, source.namespace)
         self._authorize(dest.pool, dest.namespace)
         with self.add_lock:
@@ -116,8 +134,8 @@ class Commands:
             if existing is not None:
                 return 0, dump(self.view(existing), 'json'), ''
             blockers, info = find_blockers(self.adapter, self.pools(), source, dest, layout,
-                                           allow_descendants)
-            if dry_run:
+                                           req.allow_descendants)
+            if req.dry_run:
                 report = {'dry_run': True, 'source': str(source), 'destination': str(dest),
                           'layout': layout.to_json(), 'blockers': _blockers_json(blockers),
                           'ok': not blockers}
@@ -138,8 +156,8 @@ class Commands:
             now = self.clock()
             waiting = [b for b in blockers if b.wait]
             task = Task(id=self._new_id(), source=str(source), destination=str(dest),
-                        layout=layout, manual_commit=manual_commit,
-                        allow_descendants=allow_descendants, priority=priority,
+                        layout=layout, manual_commit=req.manual_commit,
+                        allow_descendants=req.allow_descendants, priority=req.priority,
                         bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
                         size_bytes=info.size, created=now,
                         blocked_reason=str(waiting[0]) if waiting else None,
@@ -173,16 +191,18 @@ class Commands:
         return None
 
     def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
-                 layout: Layout, manual_commit: bool, allow_descendants: bool,
-                 priority: int, bandwidth_limit: Optional[int],
-                 dry_run: bool) -> CommandResult:
+                 req: AddRequest) -> CommandResult:
         self._ready()
         src = PoolSpec.parse(source_pool)
         dst = PoolSpec.parse(dest_pool)
+        self.build_layout(req)
+        self.check_request(req)
         self._authorize(src.pool, src.namespace)
         self._authorize(dst.pool, dst.namespace)
+        if not self.adapter.pool_exists(src.pool):
+            raise NotFound("source pool '{}' does not exist".format(src.pool))
         images = self.adapter.list_images(src)
-        if pattern:
+        if pattern is not None:
             images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
         results: List[Dict[str, Any]] = []
         worst = 0
@@ -190,8 +210,7 @@ class Commands:
             s = str(ImageSpec(src.pool, src.namespace, image))
             d = str(ImageSpec(dst.pool, dst.namespace, image))
             try:
-                r, out, err = self.add(s, d, layout, manual_commit, allow_descendants, priority,
-                                       bandwidth_limit, dry_run)
+                r, out, err = self.add(s, d, req)
             except LiveMigrateError as e:
                 r, out, err = e.to_result()
             if out:
@@ -199,7 +218,7 @@ class Commands:
             else:
                 results.append({'source': s, 'destination': d, 'errno': r, 'error': err})
             worst = worst or r
-        return (worst if dry_run else 0), dump(results, 'json'), ''
+        return (worst if req.dry_run else 0), dump(results, 'json'), ''
 
     # -- reads ---------------------------------------------------------
 

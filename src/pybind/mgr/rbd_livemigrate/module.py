@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, Option
 
-from .commands import Commands
+from .commands import AddRequest, Commands
 from .errors import handle_errors
 from .health import HealthChecks
 from .pipeline import Runner
@@ -44,6 +44,8 @@ class Module(MgrModule):
                desc='longest retry delay'),
         Option('blocked_recheck_seconds', type='secs', default=5, min=1, runtime=True,
                desc='how often a blocked task (watchers) checks again'),
+        Option('bandwidth_limit_bytes', type='size', default=0, min=0, runtime=True,
+               desc='default copy rate limit per task in bytes per second; 0: unlimited'),
     ]
 
     if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class Module(MgrModule):
         retry_backoff_seconds: int
         retry_backoff_max_seconds: int
         blocked_recheck_seconds: int
+        bandwidth_limit_bytes: int
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,12 +133,27 @@ class Module(MgrModule):
             stripe_count: Optional[int] = None, features: Optional[str] = None,
             data_pool: Optional[str] = None, flatten: bool = False,
             manual_commit: bool = False, allow_descendants: bool = False,
-            priority: int = 0, dry_run: bool = False) -> Any:
+            priority: int = 0, bandwidth_limit: Optional[str] = None,
+            dry_run: bool = False) -> Any:
         """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place"""  # noqa: E501
-        layout = self.commands.build_layout(object_size, stripe_unit, stripe_count, features,
-                                            data_pool, flatten)
-        return self.commands.add(source_spec, dest_spec, layout, manual_commit,
-                                 allow_descendants, priority, None, dry_run)
+        return self.commands.add(source_spec, dest_spec, AddRequest(
+            object_size, stripe_unit, stripe_count, features, data_pool, flatten,
+            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run))
+
+    @CLIWriteCommand('rbd livemigrate add-pool')
+    @handle_errors
+    def add_pool(self, source_pool_spec: str, dest_pool_spec: str,
+                 pattern: Optional[str] = None,
+                 object_size: Optional[str] = None, stripe_unit: Optional[str] = None,
+                 stripe_count: Optional[int] = None, features: Optional[str] = None,
+                 data_pool: Optional[str] = None, flatten: bool = False,
+                 manual_commit: bool = False, allow_descendants: bool = False,
+                 priority: int = 0, bandwidth_limit: Optional[str] = None,
+                 dry_run: bool = False) -> Any:
+        """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another"""  # noqa: E501
+        return self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, AddRequest(
+            object_size, stripe_unit, stripe_count, features, data_pool, flatten,
+            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run))
 
     @CLIReadCommand('rbd livemigrate ls')
     @handle_errors

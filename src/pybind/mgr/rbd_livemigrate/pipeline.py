@@ -254,6 +254,17 @@ class Runner(RunnerHandle):
             self.worker.update(self.task_id, lambda t: t.evolve(
                 blocked_reason=None, blocked_since=None, last_progress_at=self._now()))
 
+    def _throttle(self, task: Task, started: float, copied: int) -> None:
+        """Token bucket: sleeping in librbd's progress callback stalls the copy."""
+        limit = self.worker.bandwidth_limit(task)
+        if limit <= 0:
+            return
+        due = started + copied / float(limit)
+        delay = due - self._now()
+        if delay > 0:
+            self.worker.wait_for(lambda: self.interrupted or self.worker.stopping
+                                 or self._now() >= due, delay)
+
     def _execute(self, task: Task, dest: ImageSpec) -> None:
         started = self._now()
         task = self._move(State.EXECUTING, progress=0.0, bytes_copied=0,
@@ -276,6 +287,7 @@ class Runner(RunnerHandle):
                 last_progress_at=now), persist=persist)
             self.worker.progress.update(t)
             self._hold()
+            self._throttle(t, started, copied)
 
         client = self._client()
         with self._lock:

@@ -35,6 +35,7 @@ class Options:
     retry_backoff_seconds: float = 10
     retry_backoff_max_seconds: float = 600
     blocked_recheck_seconds: float = 5
+    bandwidth_limit_bytes: int = 0
 
 
 class Decision(NamedTuple):
@@ -296,6 +297,12 @@ class Worker:
             r.interrupt()
         for r in runners:
             r.join(timeout)
+
+    def bandwidth_limit(self, task: Task) -> int:
+        """Bytes per second this task may copy at; 0: unlimited."""
+        if task.bandwidth_limit_bytes is not None:
+            return task.bandwidth_limit_bytes
+        return self.options.bandwidth_limit_bytes
 
     def waiting_reason(self, task_id: str) -> Optional[str]:
         with self.lock:
