@@ -163,9 +163,9 @@ class Module(MgrModule):
 
     @CLIReadCommand('rbd livemigrate status')
     @handle_errors
-    def status(self, target: str, format: Optional[str] = 'plain') -> Any:
+    def status(self, task_or_image: str, format: Optional[str] = 'plain') -> Any:
         """Show one task, by task id or image spec"""
-        return self.commands.status(target, format)
+        return self.commands.status(task_or_image, format)
 
     @CLIWriteCommand('rbd livemigrate cancel')
     @handle_errors

@@ -1,0 +1,125 @@
+"""
+Fixtures for the real-cluster tests: one throwaway cluster per session
+(1 mon, 2 mgrs, 2 memstore OSDs, our module loaded in the real ceph-mgr),
+plus a ``Livemigrate`` helper that drives ``ceph rbd livemigrate`` through
+the real ``ceph`` binary.  Destructive tests make their own cluster with
+``make_cluster``.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cluster import Cluster, wait_for  # noqa: E402
+import rbdtools  # noqa: E402
+
+TERMINAL = ('committed', 'aborted', 'failed')
+
+
+class Livemigrate:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.conf = cluster.conf
+
+    def run(self, *args: str, timeout: float = 120) -> Tuple[int, str, str]:
+        p = self.cluster.ceph('rbd', 'livemigrate', *args, check=False, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+
+    def ok(self, *args: str) -> Any:
+        rc, out, err = self.run(*args)
+        assert rc == 0, 'ceph rbd livemigrate {} -> {}: {}'.format(' '.join(args), rc, err)
+        return json.loads(out) if out.strip().startswith(('{', '[')) else out
+
+    def add(self, *args: str) -> Dict[str, Any]:
+        task = self.ok('add', *args)
+        assert isinstance(task, dict) and task['id']
+        return task
+
+    def status(self, task_id: str) -> Dict[str, Any]:
+        return self.ok('status', task_id, '--format', 'json')  # type: ignore[no-any-return]
+
+    def ls(self) -> List[Dict[str, Any]]:
+        return self.ok('ls', '--format', 'json')  # type: ignore[no-any-return]
+
+    def wait(self, task_id: str, states: Iterable[str] = ('committed',),
+             timeout: float = 180, pred: Optional[Callable[[Dict[str, Any]], bool]] = None
+             ) -> Dict[str, Any]:
+        states = tuple(states)
+        last: Dict[str, Any] = {}
+
+        def done() -> bool:
+            nonlocal last
+            last = self.status(task_id)
+            if pred is not None:
+                return pred(last)
+            if last['state'] in TERMINAL and last['state'] not in states:
+                raise AssertionError('task {} ended {} ({}), wanted {}'.format(
+                    task_id, last['state'], last.get('error'), states))
+            return last['state'] in states
+        wait_for(done, timeout, 'task {} to reach {}'.format(task_id, states or 'condition'))
+        return last
+
+    def set_option(self, name: str, value: str) -> None:
+        self.cluster.ceph('config', 'set', 'mgr', 'mgr/rbd_livemigrate/{}'.format(name), value)
+
+    def rm_option(self, name: str) -> None:
+        self.cluster.ceph('config', 'rm', 'mgr', 'mgr/rbd_livemigrate/{}'.format(name))
+
+
+def make_cluster(prefix: str, pools: List[str], osd_bytes: int = 3 << 30) -> Cluster:
+    base = tempfile.mkdtemp(prefix=prefix, dir='/tmp')
+    c = Cluster(dir=base, osds=2, mgrs=2, osd_bytes=osd_bytes, pools=pools)
+    try:
+        c.start()
+        lm = Livemigrate(c)
+        lm.set_option('retry_backoff_seconds', '1')
+        lm.set_option('blocked_recheck_seconds', '1')
+    except BaseException:
+        c.stop()
+        raise
+    return c
+
+
+def teardown(c: Cluster, failed: bool) -> None:
+    c.stop()
+    if failed or os.environ.get('LM_KEEP_CLUSTER'):
+        print('cluster logs kept in', c.dir)
+    else:
+        shutil.rmtree(c.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = make_cluster('lm-test-', ['a', 'b', 'c'])
+    for args in (('osd', 'pool', 'create', 'plain', '8'),):
+        c.ceph(*args)
+    c.rbd('namespace', 'create', 'a/ns1')
+    c.rbd('namespace', 'create', 'b/ns2')
+    yield c
+    teardown(c, request.session.testsfailed > 0)
+
+
+@pytest.fixture
+def lm(cluster: Cluster) -> Livemigrate:
+    return Livemigrate(cluster)
+
+
+@pytest.fixture
+def name() -> str:
+    return 'img-' + uuid.uuid4().hex[:8]
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ['Livemigrate', 'make_cluster', 'teardown', 'rbdtools', 'wait_for', 'now']

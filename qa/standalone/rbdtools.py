@@ -1,0 +1,145 @@
+"""
+Data helpers for the real-cluster tests: write recognisable data into RBD
+images and checksum the head and every snapshot.  Uses Debian's
+python3-rados/python3-rbd (run with /usr/bin/python3).
+"""
+
+import contextlib
+import hashlib
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import rados
+import rbd
+
+CHUNK = 4 << 20
+
+
+@contextlib.contextmanager
+def connect(conf: str) -> Iterator[rados.Rados]:
+    cluster = rados.Rados(conffile=conf)
+    cluster.connect(timeout=30)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def split(spec: str) -> Tuple[str, str, str]:
+    parts = spec.split('/')
+    if len(parts) == 2:
+        return parts[0], '', parts[1]
+    return parts[0], parts[1], parts[2]
+
+
+@contextlib.contextmanager
+def ioctx(cluster: rados.Rados, spec: str) -> Iterator[Tuple[rados.Ioctx, str]]:
+    pool, ns, image = split(spec)
+    io = cluster.open_ioctx(pool)
+    io.set_namespace(ns)
+    try:
+        yield io, image
+    finally:
+        io.close()
+
+
+def pattern(seed: str, offset: int, length: int) -> bytes:
+    """Recognisable, offset-dependent data: 'seed@offset' repeated."""
+    out = bytearray()
+    block = 4096
+    for off in range(offset, offset + length, block):
+        tag = '{}@{:012d};'.format(seed, off).encode()
+        out += (tag * (block // len(tag) + 1))[:block]
+    return bytes(out[:length])
+
+
+def create_image(conf: str, spec: str, size: int, written: Optional[int] = None,
+                 seed: str = 'data', snaps: int = 0, order: Optional[int] = None,
+                 features: Optional[int] = None) -> None:
+    """Create ``spec`` and write ``written`` bytes of pattern; after each of
+    ``snaps`` snapshots rewrite part of the image so every snap differs."""
+    written = size if written is None else written
+    with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
+        rbd.RBD().create(io, name, size, order=order, old_format=False, features=features)
+        with rbd.Image(io, name) as image:
+            write(image, 0, written, seed)
+            for i in range(snaps):
+                image.create_snap('snap{}'.format(i + 1))
+                part = max(CHUNK, written // (snaps + 2))
+                write(image, (i * part) % max(1, written), min(part, written), '{}-s{}'.format(
+                    seed, i + 1))
+
+
+def write(image: rbd.Image, offset: int, length: int, seed: str) -> None:
+    end = offset + length
+    while offset < end:
+        n = min(CHUNK, end - offset)
+        image.write(pattern(seed, offset, n), offset)
+        offset += n
+
+
+def _digest(image: rbd.Image) -> str:
+    h = hashlib.md5()
+    size = image.size()
+    off = 0
+    while off < size:
+        n = min(CHUNK, size - off)
+        h.update(image.read(off, n))
+        off += n
+    return '{}:{}'.format(size, h.hexdigest())
+
+
+def checksums(conf: str, spec: str) -> Dict[str, str]:
+    """{'HEAD': ..., '<snap>': ...} for the image and each of its snapshots."""
+    out: Dict[str, str] = {}
+    with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
+        with rbd.Image(io, name, read_only=True) as image:
+            out['HEAD'] = _digest(image)
+            snaps: List[str] = [s['name'] for s in image.list_snaps()]
+        for snap in snaps:
+            with rbd.Image(io, name, snapshot=snap, read_only=True) as image:
+                out[snap] = _digest(image)
+    return out
+
+
+def image_exists(conf: str, spec: str) -> bool:
+    with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
+        return name in rbd.RBD().list(io)
+
+
+def image_layout(conf: str, spec: str) -> Dict[str, int]:
+    with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
+        with rbd.Image(io, name, read_only=True) as image:
+            return {'object_size': 1 << image.stat()['order'],
+                    'stripe_unit': image.stripe_unit(), 'stripe_count': image.stripe_count(),
+                    'features': image.features()}
+
+
+def parent_of(conf: str, spec: str) -> Optional[str]:
+    with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
+        with rbd.Image(io, name, read_only=True) as image:
+            try:
+                p = image.get_parent_image_spec()
+            except rbd.ImageNotFound:
+                return None
+            ns = p.get('pool_namespace') or ''
+            base = '{}/{}/{}'.format(p['pool_name'], ns, p['image_name']) if ns else \
+                '{}/{}'.format(p['pool_name'], p['image_name'])
+            return '{}@{}'.format(base, p['snap_name'])
+
+
+def trash_names(conf: str, pool: str, namespace: str = '') -> List[str]:
+    with connect(conf) as cluster:
+        io = cluster.open_ioctx(pool)
+        io.set_namespace(namespace)
+        try:
+            return [e['name'] for e in rbd.RBD().trash_list(io)]
+        finally:
+            io.close()
+
+
+@contextlib.contextmanager
+def opened(conf: str, spec: str) -> Iterator[rbd.Image]:
+    """Hold an image open (a watcher) for the duration."""
+    with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
+        with rbd.Image(io, name) as image:
+            yield image
