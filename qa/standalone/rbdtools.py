@@ -6,6 +6,7 @@ python3-rados/python3-rbd (run with /usr/bin/python3).
 
 import contextlib
 import hashlib
+import struct
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import rados
@@ -128,13 +129,26 @@ def parent_of(conf: str, spec: str) -> Optional[str]:
 
 
 def trash_names(conf: str, pool: str, namespace: str = '') -> List[str]:
+    """Names in the trash, from the rbd_trash omap (Pacific's trash_list
+    raises IndexError on migration sources)."""
     with connect(conf) as cluster:
         io = cluster.open_ioctx(pool)
         io.set_namespace(namespace)
         try:
-            return [e['name'] for e in rbd.RBD().trash_list(io)]
+            with rados.ReadOpCtx() as op:
+                it, _ = io.get_omap_vals(op, '', 'id_', 100000)
+                try:
+                    io.operate_read_op(op, 'rbd_trash')
+                except rados.ObjectNotFound:
+                    return []
+                values = [bytes(v) for _, v in it]
         finally:
             io.close()
+    names = []
+    for buf in values:
+        (n,) = struct.unpack_from('<I', buf, 7)
+        names.append(buf[11:11 + n].decode())
+    return names
 
 
 @contextlib.contextmanager

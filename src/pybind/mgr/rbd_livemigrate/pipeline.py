@@ -200,6 +200,10 @@ class Runner(RunnerHandle):
             self._commit(task, dest)
             return True
         if step == Step.COMMITTED:
+            if task.layout.flatten and task.state != State.COMMITTED:
+                # librbd's Pacific binding cannot flatten in prepare: do it now
+                if self.adapter.flatten(self._client(), dest):
+                    log.info('task %s: flattened %s', task.id, dest)
             if task.state != State.COMMITTED:
                 task = self._move(State.COMMITTED, dest_image_id=observed.dest_image_id)
             self.worker.progress.complete(task)

@@ -424,8 +424,7 @@ class Adapter:
             kwargs['stripe_count'] = stripe_count
         if layout.data_pool is not None:
             kwargs['data_pool'] = layout.data_pool
-        if layout.flatten:
-            kwargs['flatten'] = True
+        # Pacific's binding has no flatten for prepare: see flatten() below
         src_io = client.ioctx(source.pool, source.namespace)
         dst_io = client.ioctx(dest.pool, dest.namespace)
         try:
@@ -462,13 +461,28 @@ class Adapter:
               on_progress: Optional[ProgressCallback] = None) -> None:
         self._run(client, dest, 'abort', rbd.RBD().migration_abort, on_progress)
 
+    def flatten(self, client: Client, dest: ImageSpec) -> bool:
+        """Flatten a committed clone (``--flatten``); False if it has no parent."""
+        io = client.ioctx(dest.pool, dest.namespace)
+        try:
+            with rbd.Image(io, dest.image) as image:
+                try:
+                    image.parent_id()
+                except rbd.ImageNotFound:
+                    return False
+                image.flatten()
+                return True
+        except rbd.Error as e:
+            raise translate(e, "flatten of '{}' failed".format(dest))
+        finally:
+            io.close()
+
     # -- orphans -------------------------------------------------------
 
     def find_migrations(self, pools: List[str]) -> List[MigrationRef]:
         """Every migration source parked in the trash of these pools."""
         def op(c: Client) -> List[MigrationRef]:
             refs: List[MigrationRef] = []
-            names = {p: p for p in pools}
             for pool in pools:
                 try:
                     io = c.ioctx(pool)
@@ -478,10 +492,10 @@ class Adapter:
                     namespaces = [''] + list(rbd.RBD().namespace_list(io))
                     for ns in namespaces:
                         io.set_namespace(ns)
-                        for entry in rbd.RBD().trash_list(io):
-                            if entry.get('source') != TRASH_SOURCE_MIGRATION:
+                        for image_id, source, name in trash_entries(io):
+                            if source != TRASH_SOURCE_MIGRATION:
                                 continue
-                            ref = _read_migration_ref(c, io, pool, ns, entry, names)
+                            ref = _read_migration_ref(c, io, pool, ns, image_id, name)
                             if ref is not None:
                                 refs.append(ref)
                 except rbd.Error as e:
@@ -513,10 +527,38 @@ def _read_string(buf: bytes, off: int) -> Tuple[str, int]:
     return buf[off:off + n].decode('utf-8', 'replace'), off + n
 
 
+def trash_entries(io: 'rados.Ioctx') -> List[Tuple[str, int, str]]:
+    """(image id, source, name) of each trash entry, read from the rbd_trash omap.
+
+    Pacific's ``RBD.trash_list`` raises IndexError on migration entries (its
+    source enum lacks them), so decode cls::rbd::TrashImageSpec ourselves:
+    ENCODE_START header (6 bytes), source (u8), name (string), ...
+    """
+    out: List[Tuple[str, int, str]] = []
+    start = ''
+    while True:
+        with rados.ReadOpCtx() as op:
+            it, _ = io.get_omap_vals(op, start, 'id_', 1024)
+            try:
+                io.operate_read_op(op, 'rbd_trash')
+            except rados.ObjectNotFound:
+                return out
+            batch = list(it)
+        for key, value in batch:
+            try:
+                buf = bytes(value)
+                name, _ = _read_string(buf, 7)
+                out.append((key[len('id_'):], buf[6], name))
+            except (IndexError, struct.error):
+                log.debug('undecodable trash entry %s', key)
+        if len(batch) < 1024:
+            return out
+        start = batch[-1][0]
+
+
 def _read_migration_ref(c: Client, io: 'rados.Ioctx', pool: str, ns: str,
-                        entry: Dict[str, Any], names: Dict[str, str]) -> Optional[MigrationRef]:
+                        image_id: str, name: str) -> Optional[MigrationRef]:
     """Decode the source header's cls::rbd::MigrationSpec to find the target."""
-    image_id = entry['id']
     try:
         ret, out = io.execute('rbd_header.' + image_id, 'rbd', 'migration_get', b'')
     except rados.Error as e:
@@ -533,12 +575,12 @@ def _read_migration_ref(c: Client, io: 'rados.Ioctx', pool: str, ns: str,
         dest_name, off = _read_string(buf, off)
     except (IndexError, struct.error):
         return None
-    if header_type != 0:                          # 0: source header
+    if header_type != 1:                          # MIGRATION_HEADER_TYPE_SRC
         return None
     try:
         dest_pool = c.handle.pool_reverse_lookup(pool_id)
     except rados.Error:
         dest_pool = str(pool_id)
-    return MigrationRef(source=str(ImageSpec(pool, ns, entry['name'])),
+    return MigrationRef(source=str(ImageSpec(pool, ns, name)),
                         destination=str(ImageSpec(dest_pool, dest_ns, dest_name)),
                         source_image_id=image_id)
