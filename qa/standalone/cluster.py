@@ -21,10 +21,14 @@ Library (stdlib only, so it runs before anything is pip installed)::
     c.ceph('osd', 'pool', 'ls')
     c.stop(purge=True)
 
-Daemons fork into the background (so they outlive the process that started them) and are
-tracked by pid only: DIR/pids holds ``name pid`` lines, and a pid counts as ours only while
-/proc/<pid>/cmdline names a ceph daemon binary and DIR/ceph.conf.  Nothing is ever killed by
-name.
+Daemons fork into the background (so they outlive the process that started them).  DIR/pids
+records ``name pid`` for every daemon we started; a mgr that respawns (e.g. on
+``ceph mgr module enable``) re-execs and forks again under a new pid, so stop/kill also read
+the daemons' pid files and look in /proc for processes started with ``-c DIR/ceph.conf``.
+A pid is only ever signalled after /proc/<pid>/cmdline shows a ceph daemon binary started
+with exactly this cluster's conf; nothing is ever killed by name.
+
+Set CLUSTER_DEBUG=1 to see the timing of each boot step on stderr.
 """
 
 from __future__ import annotations
@@ -329,18 +333,26 @@ class Cluster:
 
     # ---- pids ---------------------------------------------------------------------------
 
-    def _is_ours(self, pid: int) -> bool:
-        """pid is a live ceph daemon started with this cluster's conf (never trust bare pids)."""
+    def _identify(self, pid: int) -> Optional[str]:
+        """Daemon name ('mgr.x') if pid is a live ceph daemon started with this cluster's
+        conf, else None.  Never trust a bare pid: it may have been reused."""
         try:
             with open(f'/proc/{pid}/cmdline', 'rb') as f:
                 argv = f.read().decode(errors='replace').split('\0')
         except OSError:
-            return False
-        return (bool(argv) and os.path.basename(argv[0]) in DAEMON_BINARIES.values()
-                and self.conf in argv and pid_alive(pid))
+            return None
+        kind = {b: k for k, b in DAEMON_BINARIES.items()}.get(os.path.basename(argv[0]))
+        if kind is None or self.conf not in argv or '-i' not in argv[:-1]:
+            return None
+        if not pid_alive(pid):
+            return None
+        return f"{kind}.{argv[argv.index('-i') + 1]}"
+
+    def _is_ours(self, pid: int) -> bool:
+        return self._identify(pid) is not None
 
     def recorded_pids(self) -> Dict[str, int]:
-        """DIR/pids as {name: pid} (dead entries included)."""
+        """DIR/pids as {name: pid}: what we started (dead entries included)."""
         pids: Dict[str, int] = {}
         try:
             with open(os.path.join(self.dir, 'pids')) as f:
@@ -348,7 +360,7 @@ class Cluster:
                     parts = line.split()
                     if len(parts) == 2 and parts[1].isdigit():
                         pids[parts[0]] = int(parts[1])
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         return pids
 
@@ -360,25 +372,54 @@ class Cluster:
             _write(tmp, ''.join(f'{n} {p}\n' for n, p in pids.items()))
             os.replace(tmp, os.path.join(self.dir, 'pids'))
 
-    def running_daemons(self) -> Dict[str, int]:
-        """{name: pid} of recorded daemons that are still alive."""
-        return {n: p for n, p in self.recorded_pids().items() if self._is_ours(p)}
+    def _live_pids(self) -> Dict[int, str]:
+        """{pid: name} of every live daemon of this cluster.
 
-    def daemon_pid(self, name: str) -> Optional[int]:
-        """pid of daemon ``name`` ('osd.1') if it runs, from its pid file (or DIR/pids)."""
-        candidates = []
+        DIR/pids alone is not enough: a mgr that respawns (module enabled/disabled, some
+        config changes, failover of a standby) re-execs itself and daemonizes again, so it
+        continues under a new pid (it rewrites its pid file).  We therefore also read the
+        pid files and look through /proc for processes started with exactly our ceph.conf
+        (-c DIR/ceph.conf): that matches this cluster's daemons and nothing else.
+        """
+        candidates = set(self.recorded_pids().values())
+        for path in glob.glob(os.path.join(self.run_dir, '*.pid')):
+            try:
+                with open(path) as f:
+                    candidates.add(int(f.read().strip() or 0))
+            except (OSError, ValueError):
+                pass
+        candidates.update(int(e) for e in os.listdir('/proc') if e.isdigit())
+        found = {}
+        for pid in candidates:
+            name = self._identify(pid) if pid > 0 else None
+            if name is not None:
+                found[pid] = name
+        return found
+
+    def running_daemons(self) -> Dict[str, int]:
+        """{name: pid} of this cluster's live daemons (see :meth:`_live_pids`)."""
+        live = self._live_pids()
+        by_name: Dict[str, int] = {}
+        for pid, name in sorted(live.items()):
+            # a daemon that is forking into the background shows up twice for an instant:
+            # prefer the pid its pid file names
+            if name not in by_name or self._pid_from_file(name) == pid:
+                by_name[name] = pid
+        return by_name
+
+    def _pid_from_file(self, name: str) -> int:
         try:
             with open(self.pid_file(name)) as f:
-                candidates.append(int(f.read().strip() or 0))
+                return int(f.read().strip() or 0)
         except (OSError, ValueError):
-            pass
-        recorded = self.recorded_pids().get(name)
-        if recorded:
-            candidates.append(recorded)
-        for pid in candidates:
-            if pid and self._is_ours(pid):
-                return pid
-        return None
+            return 0
+
+    def daemon_pid(self, name: str) -> Optional[int]:
+        """pid of daemon ``name`` ('osd.1', 'mgr.x', 'mon.a') if it runs."""
+        pid = self._pid_from_file(name)
+        if pid and self._identify(pid) == name:
+            return pid
+        return self.running_daemons().get(name)
 
     def mgr_pid(self, mgr_id: str) -> Optional[int]:
         return self.daemon_pid(f'mgr.{mgr_id}')
@@ -415,7 +456,7 @@ class Cluster:
                     value = int(f.read().strip() or 0)
             except (OSError, ValueError):
                 return False
-            if value and self._is_ours(value):
+            if value and self._identify(value) == name:
                 pid.append(value)
                 return True
             return False
@@ -477,26 +518,52 @@ class Cluster:
     def kill_osd(self, osd_id: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to osd ``osd_id`` and wait until the process is gone.
 
-        Memstore keeps objects in the OSD's memory only: a killed OSD (SIGKILL, and SIGTERM too,
-        as Pacific's ``osd_fast_shutdown`` skips unmounting the store) loses every object it
-        held, and its PGs stay down/stale after :meth:`start_osd`.  To take an OSD away
-        without losing data, freeze it with :meth:`stop_osd` and resume it with
-        :meth:`cont_osd`.
+        Memstore keeps objects in the OSD's memory only: a killed OSD (SIGKILL, and SIGTERM
+        too, as Pacific's ``osd_fast_shutdown`` skips unmounting the store) loses every object
+        it held.  To take an OSD away without losing data, freeze it with :meth:`stop_osd`
+        and resume it with :meth:`cont_osd`.  A killed OSD is marked down within a second
+        or two (one failure reporter suffices here).
         """
         self._kill(f'osd.{osd_id}', sig)
 
-    def start_osd(self, osd_id: int, wait: bool = True, timeout: float = 60) -> int:
-        """Restart a killed OSD (same id and uuid; its memstore starts from the mkfs state)."""
+    def _osd_up_from(self, osd_id: int) -> Tuple[bool, int]:
+        for o in self.ceph_json('osd', 'dump')['osds']:
+            if o['osd'] == osd_id:
+                return bool(o['up']), int(o['up_from'])
+        raise ClusterError(f'osd.{osd_id} is not in the OSDMap')
+
+    def start_osd(self, osd_id: int, wait: bool = True, timeout: float = 60,
+                  recreate_lost_pgs: bool = True) -> int:
+        """Restart a killed OSD (same id and uuid) and update DIR/pids.
+
+        Its memstore starts again from the state ``--mkfs`` left, i.e. empty, so every PG
+        that lived only on it (all of them with pool size 1) would stay ``stale`` forever.
+        ``recreate_lost_pgs`` force-creates those PGs empty (``ceph osd force-create-pg``)
+        and waits until all PGs are active+clean again: the pools work, the objects are gone.
+        With ``wait`` (implied by ``recreate_lost_pgs``) returns once the new instance is up.
+        """
         if not 0 <= osd_id < self.osds:
             raise ValueError(f'unknown osd {osd_id}')
         if self.osd_pid(osd_id) is not None:
             raise ClusterError(f'osd.{osd_id} is already running')
+        _, old_up_from = self._osd_up_from(osd_id)
         pid = self._start_daemon('osd', str(osd_id))
-        if wait:
-            def up() -> bool:
-                dump = self.ceph_json('osd', 'dump')
-                return any(o['osd'] == osd_id and o['up'] for o in dump['osds'])
-            self._wait(up, timeout, f'osd.{osd_id} to be up', [self.osd_log(osd_id)])
+        if not (wait or recreate_lost_pgs):
+            return pid
+
+        def booted() -> bool:
+            up, up_from = self._osd_up_from(osd_id)
+            return up and up_from > old_up_from
+
+        self._wait(booted, timeout, f'osd.{osd_id} to boot', [self.osd_log(osd_id)])
+        if recreate_lost_pgs:
+            lost = [p['pgid'] for p in self.ceph_json('pg', 'ls')['pg_stats']
+                    if p['up'] == [osd_id] and p['acting'] == [osd_id]]
+            if lost:
+                # the ceph CLI runs one command per stdin line: one process for all PGs
+                self.ceph(input=''.join(f'osd force-create-pg {pg} --yes-i-really-mean-it\n'
+                                        for pg in lost))
+            self.wait_pgs_active(timeout)
         return pid
 
     def stop_osd(self, osd_id: int) -> None:
@@ -534,11 +601,13 @@ class Cluster:
             if sum(s['num'] for s in states) < want:
                 return False    # the mgr has not heard of every PG yet
             for s in states:
-                parts = s['name'].split('+')
-                if 'active' not in parts or (clean and 'clean' not in parts):
+                parts = set(s['name'].split('+'))
+                # 'stale+active+clean' is the last report of a PG nobody serves any more
+                if 'active' not in parts or (clean and 'clean' not in parts) or parts & bad_flags:
                     return False
             return True
 
+        bad_flags = {'stale', 'down', 'unknown', 'inactive', 'incomplete', 'peering'}
         what = f"{want} PGs {'active+clean' if clean else 'active'}"
         self._wait(ok, timeout, what, [self.osd_log(i) for i in range(self.osds)])
 
@@ -579,23 +648,52 @@ class Cluster:
     def _module_problem(self) -> str:
         """Why the module cannot run, if the mgr says so ('' when no problem is known)."""
         try:
-            ls = self.ceph_json('mgr', 'module', 'ls', timeout=15)
             health = self.ceph_json('health', 'detail', timeout=15)
+            dump = self.ceph_json('mgr', 'dump', timeout=15)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
             return ''
-        for mod in ls.get('disabled_modules', []):
+        # MGR_MODULE_DEPENDENCY: import failed / can_run false; MGR_MODULE_ERROR: serve()
+        # or another entry point raised
+        for code, check in sorted(health.get('checks', {}).items()):
+            if code.startswith('MGR_MODULE_'):
+                msgs = [check['summary']['message']] + [d['message']
+                                                        for d in check.get('detail', [])]
+                mine = [m for m in msgs if MODULE_NAME in m]
+                if mine:
+                    return f'{code}: {mine[-1]}'
+        available = dump.get('available_modules', [])
+        for mod in available:
             if mod.get('name') == MODULE_NAME and not mod.get('can_run', True):
                 return f"can_run=false: {mod.get('error_string', '')}"
-        check = health.get('checks', {}).get('MGR_MODULE_ERROR')
-        if check:
-            lines = [d['message'] for d in check.get('detail', [])
-                     if MODULE_NAME in d.get('message', '')]
-            if lines or MODULE_NAME in check['summary']['message']:
-                return '; '.join(lines) or check['summary']['message']
+        if available and MODULE_NAME not in [m.get('name') for m in available]:
+            return f'the active mgr does not list {MODULE_NAME} among its available modules'
         return ''
 
     def _mgr_log_tails(self) -> str:
-        return '\n'.join(tail(self.mgr_log(m), 15) for m in self.mgr_ids)
+        """Module-related lines (and tracebacks) of every mgr log, else their last lines."""
+        out = []
+        for m in self.mgr_ids:
+            path = self.mgr_log(m)
+            try:
+                with open(path, errors='replace') as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            # group continuation lines (tracebacks) with the log entry they belong to and
+            # keep the entries that mention the module
+            entries: List[List[str]] = []
+            for line in lines:
+                if re.match(r'\d{4}-\d\d-\d\dT', line) or not entries:
+                    entries.append([line])
+                else:
+                    entries[-1].append(line)
+            keep = [line for e in entries if any(MODULE_NAME in x for x in e) for line in e]
+            if keep:
+                body = '\n'.join('    ' + line for line in keep[-40:])
+                out.append(f'  --- {MODULE_NAME} lines in {path}:\n{body}')
+            else:
+                out.append(tail(path, 15))
+        return '\n'.join(out)
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, what: str,
               logs: Sequence[str]) -> None:
@@ -615,7 +713,7 @@ class Cluster:
         try:
             self._boot()
         except BaseException:
-            self._terminate(self.running_daemons(), grace=2)
+            self._terminate(grace=2)
             raise
         self.boot_seconds = time.monotonic() - t0
 
@@ -699,7 +797,6 @@ class Cluster:
         # becomes the modules 'rbd' and 'livemigrate'.  See _start_mgrs() instead.
         g.append(('mgr initial modules', 'iostat nfs'))
         sections: List[Tuple[str, List[Tuple[str, Any]]]] = [('global', g)]
-        sections.append(('mon', []))
         sections.append(('mgr', [
             ('mgr module path', os.path.join(d, 'mgr-modules')),
             # debug_mgr 4 maps to Python INFO: self.log.info() lands in the mgr log, and the
@@ -707,7 +804,6 @@ class Cluster:
             # `ceph config set mgr mgr/rbd_livemigrate/log_level debug`.
             ('debug mgr', '4/5'),
         ]))
-        sections.append(('osd', []))
         sections.append(('client', [
             ('keyring', self.admin_keyring),
             ('log file', os.path.join(self.log_dir, 'client.log')),
@@ -854,36 +950,52 @@ class Cluster:
 
     # ---- stop ----------------------------------------------------------------------------
 
-    def _terminate(self, daemons: Dict[str, int], grace: float) -> None:
-        """SIGTERM (+SIGCONT) the given daemons, SIGKILL what is left after ``grace``."""
-        live = {n: p for n, p in daemons.items() if self._is_ours(p)}
-        # mon last: OSDs and mgrs say goodbye to it on the way out
-        order = sorted(live, key=lambda n: n.startswith('mon.'))
-        groups = [[n for n in order if not n.startswith('mon.')],
-                  [n for n in order if n.startswith('mon.')]]
+    def _terminate(self, grace: float) -> int:
+        """Stop every live daemon of this cluster; returns how many there were.
+
+        SIGTERM (plus SIGCONT, for OSDs frozen by stop_osd) to mgrs and OSDs first, then to
+        the mon, which they say goodbye to; SIGKILL whatever is left after ``grace`` seconds.
+        Re-scans while waiting, so a mgr caught in the middle of a respawn is not missed.
+        """
         deadline = time.monotonic() + grace
-        for group in groups:
-            for n in group:
-                try:
-                    os.kill(live[n], signal.SIGTERM)
-                    os.kill(live[n], signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-            share = deadline if group is groups[-1] else time.monotonic() + grace / 2
-            while time.monotonic() < share and any(pid_alive(live[n]) for n in group):
-                time.sleep(0.05)
-            for n in group:
-                if self._is_ours(live[n]):
+        mon_deadline = time.monotonic() + grace / 2
+        signalled: Dict[int, str] = {}
+        while True:
+            live = self._live_pids()
+            if not live:
+                break
+            now = time.monotonic()
+            for pid, name in live.items():
+                is_mon = name.startswith('mon.')
+                if pid in signalled or (is_mon and now < mon_deadline
+                                        and any(not n.startswith('mon.')
+                                                for n in live.values())):
+                    continue
+                signalled[pid] = name
+                for sig in (signal.SIGTERM, signal.SIGCONT):
                     try:
-                        os.kill(live[n], signal.SIGKILL)
+                        os.kill(pid, sig)
                     except ProcessLookupError:
                         pass
-        for n, pid in live.items():
-            wait_for(lambda: not pid_alive(pid), 10, f'{n} (pid {pid}) to die', 0.05)
+            if now >= deadline:
+                for pid in live:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                wait_for(lambda: not self._live_pids(), 10, 'killed daemons to exit', 0.05)
+                break
+            time.sleep(0.05)
+        return len(set(signalled.values()))
 
-    def stop(self, purge: bool = False) -> None:
-        """Stop every recorded daemon (SIGTERM, SIGKILL after 10 s); ``purge`` deletes DIR."""
-        self._terminate(self.recorded_pids(), grace=10)
+    def stop(self, purge: bool = False) -> int:
+        """Stop the cluster's daemons (SIGTERM, SIGKILL after 10 s); ``purge`` deletes DIR.
+
+        Returns how many daemons were running.  Safe to call on a stopped cluster.
+        """
+        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
+            raise ClusterError(f'{self.dir} is not a directory')
+        count = self._terminate(grace=10)
         pids = os.path.join(self.dir, 'pids')
         if os.path.exists(pids):
             os.unlink(pids)
@@ -891,6 +1003,7 @@ class Cluster:
             if not self._dir_is_ours():
                 raise ClusterError(f'{self.dir} holds no cluster of ours; not deleting it')
             shutil.rmtree(self.dir)
+        return count
 
     # ---- summary -------------------------------------------------------------------------
 
@@ -935,10 +1048,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     cluster = Cluster(args.dir, module=None)
-    running = cluster.running_daemons()
-    cluster.stop(purge=args.purge)
-    print(f"stopped {len(running)} daemon(s) in {cluster.dir}"
-          + (' and deleted it' if args.purge else ''))
+    existed = os.path.isdir(cluster.dir)
+    count = cluster.stop(purge=args.purge)
+    print(f"stopped {count} daemon(s) in {cluster.dir}"
+          + (' and deleted it' if args.purge and existed else ''))
     return 0
 
 
@@ -946,6 +1059,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cluster = Cluster(args.dir, module=None)
     if not os.path.exists(cluster.conf):
         raise ClusterError(f'no cluster in {cluster.dir}')
+    if cluster.daemon_pid('mon.a') is None:    # `ceph -s` would wait 300 s for a mon
+        raise ClusterError(f'the cluster in {cluster.dir} is not running (no mon.a)')
     p = cluster.ceph('-s', check=False, timeout=30)
     sys.stdout.write(p.stdout)
     sys.stderr.write(p.stderr)
@@ -984,7 +1099,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ClusterError, ValueError, subprocess.CalledProcessError,
+    except BrokenPipeError:
+        # our stdout was closed early (`... | head -1`): not a failure of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ClusterError, ValueError, OSError, subprocess.CalledProcessError,
             subprocess.TimeoutExpired) as e:
         print(f'{args.command}: error: {e}', file=sys.stderr)
         return 1
