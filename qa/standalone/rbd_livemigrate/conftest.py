@@ -89,7 +89,7 @@ def make_cluster(prefix: str, pools: List[str], osd_bytes: int = 3 << 30) -> Clu
     return c
 
 
-def teardown(c: Cluster, failed: bool) -> None:
+def destroy_cluster(c: Cluster, failed: bool) -> None:
     c.stop()
     if failed or os.environ.get('LM_KEEP_CLUSTER'):
         print('cluster logs kept in', c.dir)
@@ -105,7 +105,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     c.rbd('namespace', 'create', 'a/ns1')
     c.rbd('namespace', 'create', 'b/ns2')
     yield c
-    teardown(c, request.session.testsfailed > 0)
+    destroy_cluster(c, request.session.testsfailed > 0)
 
 
 @pytest.fixture
@@ -122,4 +122,4 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ['Livemigrate', 'make_cluster', 'teardown', 'rbdtools', 'wait_for', 'now']
+__all__ = ['Livemigrate', 'make_cluster', 'destroy_cluster', 'rbdtools', 'wait_for', 'now']

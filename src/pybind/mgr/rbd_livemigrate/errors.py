@@ -57,10 +57,6 @@ class NotAuthorized(LiveMigrateError):
     errno = errno.EACCES
 
 
-class TryAgain(LiveMigrateError):
-    errno = errno.EAGAIN
-
-
 class WrongState(LiveMigrateError):
     """A command that the task's current state does not allow."""
     errno = errno.EINVAL
@@ -76,6 +72,11 @@ class Blocked(LiveMigrateError):
 
 class Transient(LiveMigrateError):
     """An error that a later retry may not hit (EBUSY, ETIMEDOUT, ESHUTDOWN...)."""
+    errno = errno.EAGAIN
+
+
+class TryAgain(Transient):
+    """The module itself is not ready (loading, reconnecting): EAGAIN."""
     errno = errno.EAGAIN
 
 

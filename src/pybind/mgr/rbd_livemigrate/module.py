@@ -6,7 +6,7 @@ Commands, options and lifecycle only; each command is one call into
 """
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set
 
 from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, Option
 
@@ -76,7 +76,8 @@ class Module(MgrModule):
             runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools,
                                                      self.hold_reason),
             set_health=self.set_health,
-            cluster_block=self.cluster_block)
+            cluster_block=self.cluster_block,
+            blocklisted=self.blocklisted)
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
                                  time.time)
         self.config_notify()
@@ -110,6 +111,10 @@ class Module(MgrModule):
 
     def set_health(self, checks: HealthChecks) -> None:
         self.set_health_checks(checks)
+
+    def blocklisted(self) -> Set[str]:
+        osd_map = self.get('osd_map')
+        return set(osd_map.get('blocklist', osd_map.get('blacklist', {})))
 
     def cluster_block(self) -> Optional[str]:
         return None

@@ -28,6 +28,11 @@ MAX_PASSES = 20
 ABORT_BUSY_RETRY_SECONDS = 90.0
 PERSIST_PROGRESS_SECONDS = 5.0
 
+
+class Abandoned(Exception):
+    """This runner was abandoned by the worker; stop touching the task."""
+
+
 # stable states to fall back to when a step is interrupted
 _FALLBACK = {State.PREPARING: State.QUEUED, State.EXECUTING: State.PREPARED,
              State.COMMITTING: State.EXECUTED}
@@ -45,6 +50,7 @@ class Runner(RunnerHandle):
         self.client: Optional[Client] = None
         self.executing = False
         self.interrupted = False
+        self.abandoned = False
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, daemon=True,
                                        name='rbd_livemigrate.{}'.format(task_id))
@@ -59,6 +65,25 @@ class Runner(RunnerHandle):
 
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)
+
+    def client_addr(self) -> Optional[str]:
+        with self._lock:
+            return self.client.addr if self.client is not None else None
+
+    def abandon(self) -> None:
+        """Called by the worker when our copy hangs on a blocklisted client.
+
+        From now on this thread changes nothing: the worker starts a new
+        runner, which reads librbd's state and carries on with a new client.
+        """
+        with self._lock:
+            self.abandoned = True
+            self.interrupted = True
+            self.client = None        # leaked on purpose: librbd may still use it
+        self.worker.update(self.task_id, lambda t: t.evolve(
+            attempts=t.attempts + 1, next_retry=None,
+            error='the copy client was blocklisted; the copy was restarted'))
+        self.worker.kick()
 
     def interrupt(self) -> None:
         with self._lock:
@@ -90,13 +115,19 @@ class Runner(RunnerHandle):
     def _now(self) -> float:
         return self.worker.clock()
 
+    def _check(self) -> None:
+        if self.abandoned:
+            raise Abandoned()
+
     def _move(self, state: State, **changes: object) -> Task:
+        self._check()
         now = self._now()
         return self.worker.update(self.task_id, lambda t: t.moved_to(state, now, **changes))
 
     def _fail(self, why: str) -> None:
         log.error('task %s failed: %s', self.task_id, why)
-        task = self._move(State.FAILED, error=why, blocked_reason=None, blocked_since=None)
+        task = self._move(State.FAILED, error=why, blocked_reason=None, blocked_since=None,
+                          cancel_requested=False)
         self.worker.progress.fail(task, why)
 
     # -- main loop -----------------------------------------------------
@@ -104,7 +135,11 @@ class Runner(RunnerHandle):
     def _main(self) -> None:
         try:
             self._run()
+        except Abandoned:
+            log.warning('task %s: an abandoned copy returned at last', self.task_id)
         except Exception as e:
+            if self.abandoned:
+                return
             log.exception('task %s: unexpected error', self.task_id)
             try:
                 self._fail('internal error: {}: {}'.format(type(e).__name__, e))
@@ -112,7 +147,7 @@ class Runner(RunnerHandle):
                 log.exception('task %s: cannot record the failure', self.task_id)
         finally:
             self._drop_client()
-            self.worker.runner_done(self.task_id)
+            self.worker.runner_done(self)
 
     def _run(self) -> None:
         for _ in range(MAX_PASSES):
@@ -143,8 +178,9 @@ class Runner(RunnerHandle):
                 return
             except LiveMigrateError as e:
                 if self.worker.get(self.task_id).cancel_requested:
-                    continue
-                self._fail(str(e))
+                    self._fail('cancel failed: {}'.format(e))
+                else:
+                    self._fail(str(e))
                 return
         self._retry_later('no progress after {} passes'.format(MAX_PASSES))
 
@@ -278,6 +314,8 @@ class Runner(RunnerHandle):
         last_persist: List[float] = [started]
 
         def on_progress(offset: int, total: int) -> None:
+            if self.abandoned:
+                return
             now = self._now()
             frac = min(1.0, offset / total) if total else 1.0
             copied = int(size * frac)
@@ -303,6 +341,7 @@ class Runner(RunnerHandle):
         finally:
             with self._lock:
                 self.executing = False
+        self._check()
         task = self._move(State.EXECUTED, progress=EXECUTE_SHARE, bytes_copied=size)
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
 

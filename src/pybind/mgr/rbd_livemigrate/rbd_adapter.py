@@ -240,6 +240,12 @@ class Adapter:
             # blocklisted: rebuild and report EAGAIN for this call
             self.drop_control(client)
             raise TryAgain('the module is reconnecting to the cluster ({}); try again'.format(e))
+        except LiveMigrateError as e:
+            if e.errno == errno.ESHUTDOWN:
+                self.drop_control(client)
+                raise TryAgain('the module is reconnecting to the cluster ({}); '
+                               'try again'.format(e))
+            raise
 
     def blocklist(self, client: Client, expire_seconds: float = 3600.0) -> None:
         def op(c: Client) -> None:
@@ -368,7 +374,10 @@ class Adapter:
     def migration_status(self, spec: ImageSpec) -> Optional[Dict[str, Any]]:
         """librbd's migration status of the image at ``spec``; None if not migrating."""
         def op(c: Client) -> Optional[Dict[str, Any]]:
-            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                io = c.ioctx(spec.pool, spec.namespace)
+            except NotFound:
+                return None
             try:
                 return dict(rbd.RBD().migration_status(io, spec.image))
             except (rbd.ImageNotFound, rbd.InvalidArgument):

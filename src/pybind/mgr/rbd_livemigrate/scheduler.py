@@ -122,9 +122,21 @@ def history_to_drop(tasks: Iterable[Task], max_history: int) -> List[str]:
 RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
 
 
+# a copy whose client is blocklisted gets this long to return by itself
+# before it is abandoned (Pacific's migration_execute can hang forever then)
+ABANDON_AFTER_BLOCKLIST_SECONDS = 10.0
+
+
 class RunnerHandle:
     """What the worker needs of a running task (see pipeline.Runner)."""
     task_id: str
+
+    def client_addr(self) -> Optional[str]:
+        """The address of the rados client this runner copies with, if any."""
+        return None
+
+    def abandon(self) -> None:
+        """Detach from a copy stuck in librbd: the thread may never return."""
 
     def start(self) -> None:
         raise NotImplementedError
@@ -145,13 +157,16 @@ class Worker:
                  runner_factory: RunnerFactory,
                  set_health: Callable[[HealthChecks], None],
                  cluster_block: Callable[[], Optional[str]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 blocklisted: Callable[[], Set[str]] = set) -> None:
         self.store = store
         self.progress = progress
         self.runner_factory = runner_factory
         self.set_health = set_health
         self.cluster_block = cluster_block
         self.clock = clock
+        self.blocklisted = blocklisted
+        self.blocklisted_since: Dict[str, float] = {}
         self.options = Options()
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -235,9 +250,10 @@ class Worker:
         if runner is not None:
             runner.interrupt()
 
-    def runner_done(self, task_id: str) -> None:
+    def runner_done(self, runner: RunnerHandle) -> None:
         with self.lock:
-            self.runners.pop(task_id, None)
+            if self.runners.get(runner.task_id) is runner:
+                del self.runners[runner.task_id]
             self.cond.notify_all()
 
     def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
@@ -252,9 +268,34 @@ class Worker:
 
     # -- loop ----------------------------------------------------------
 
+    def reap_blocklisted(self, now: float) -> None:
+        """Interrupt, then abandon, runners whose client the OSD map blocklists."""
+        with self.lock:
+            runners = list(self.runners.values())
+        if not runners:
+            return
+        blocklist = self.blocklisted()
+        for r in runners:
+            addr = r.client_addr()
+            if addr is None or addr not in blocklist:
+                self.blocklisted_since.pop(r.task_id, None)
+                continue
+            since = self.blocklisted_since.setdefault(r.task_id, now)
+            if now - since < ABANDON_AFTER_BLOCKLIST_SECONDS:
+                continue
+            log.warning('task %s: copy client %s is blocklisted and the copy has not '
+                        'returned for %.0fs; abandoning it and starting over', r.task_id,
+                        addr, now - since)
+            r.abandon()
+            with self.lock:
+                if self.runners.get(r.task_id) is r:
+                    del self.runners[r.task_id]
+            self.blocklisted_since.pop(r.task_id, None)
+
     def tick(self) -> float:
         """One pass: start what the decision allows, rebuild health; next delay."""
         now = self.clock()
+        self.reap_blocklisted(now)
         block = None if self.stopping else self.cluster_block()
         with self.lock:
             if self.queue_paused and not block:

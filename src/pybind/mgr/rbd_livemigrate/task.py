@@ -181,10 +181,12 @@ class Task:
     @property
     def needs_worker(self) -> bool:
         """The worker has something to do for this task."""
-        if self.state.terminal or self.state == State.FAILED:
+        if self.state.terminal:
             return False
         if self.cancel_requested:
             return True
+        if self.state == State.FAILED:
+            return False
         if self.state == State.EXECUTED and self.manual_commit and not self.commit_requested:
             return False
         return True

@@ -1,0 +1,163 @@
+"""Faults on a cluster of its own: mgr kill/restart in every state, mgr
+failover, our clients blocklisted, an OSD frozen mid-copy, a pool deleted
+under a queued task.  Every migration ends with identical data."""
+
+import json
+from typing import Dict, Iterator, List
+
+import pytest
+
+from cluster import Cluster
+from conftest import Livemigrate, make_cluster, rbdtools, destroy_cluster, wait_for
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope='module')
+def fcluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = make_cluster('lm-faults-', ['a', 'b', 'victim'])
+    yield c
+    destroy_cluster(c, request.session.testsfailed > 0)
+
+
+@pytest.fixture
+def flm(fcluster: Cluster) -> Livemigrate:
+    return Livemigrate(fcluster)
+
+
+def restart_active_mgr(c: Cluster) -> None:
+    """kill -9 the active mgr and start it again."""
+    active = c.active_mgr()
+    c.kill_mgr(active)
+    c.start_mgr(active)
+    c.wait_module_ready(timeout=90)
+
+
+def migrate_and_check(c: Cluster, lm: Livemigrate, name: str, before: Dict[str, str],
+                      task_id: str, timeout: float = 240) -> None:
+    lm.wait(task_id, timeout=timeout)
+    assert rbdtools.checksums(c.conf, 'b/' + name) == before
+    assert not rbdtools.image_exists(c.conf, 'a/' + name)
+    assert name not in rbdtools.trash_names(c.conf, 'a')
+
+
+def test_restart_while_executing(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    rbdtools.create_image(fcluster.conf, 'a/' + name, 48 * MiB, seed=name, snaps=2)
+    before = rbdtools.checksums(fcluster.conf, 'a/' + name)
+    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '6M')
+    flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
+    restart_active_mgr(fcluster)
+    migrate_and_check(fcluster, flm, name, before, task['id'])
+
+
+def test_restart_while_executed(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    rbdtools.create_image(fcluster.conf, 'a/' + name, 8 * MiB, seed=name, snaps=1)
+    before = rbdtools.checksums(fcluster.conf, 'a/' + name)
+    task = flm.add('a/' + name, 'b/' + name, '--manual-commit')
+    flm.wait(task['id'], ('executed',))
+    restart_active_mgr(fcluster)
+    assert flm.status(task['id'])['state'] == 'executed'
+    flm.ok('commit', task['id'])
+    migrate_and_check(fcluster, flm, name, before, task['id'])
+
+
+def test_restart_while_prepared(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    """A task recorded as prepared (here: adopted while the queue is paused)
+    survives a kill -9 of the mgr and completes once the queue runs."""
+    rbdtools.create_image(fcluster.conf, 'a/' + name, 8 * MiB, seed=name, snaps=1)
+    before = rbdtools.checksums(fcluster.conf, 'a/' + name)
+    flm.ok('pause')
+    try:
+        fcluster.rbd('migration', 'prepare', 'a/' + name, 'b/' + name)
+        task = flm.ok('adopt', 'b/' + name)
+        assert task['state'] == 'prepared'
+        restart_active_mgr(fcluster)
+        assert flm.status(task['id'])['state'] == 'prepared'
+    finally:
+        flm.ok('resume')
+    migrate_and_check(fcluster, flm, name, before, task['id'])
+
+
+def test_mgr_failover_finishes_queue(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    names = ['{}-{}'.format(name, i) for i in range(3)]
+    sums = {}
+    for n in names:
+        rbdtools.create_image(fcluster.conf, 'a/' + n, 16 * MiB, seed=n)
+        sums[n] = rbdtools.checksums(fcluster.conf, 'a/' + n)
+    tasks = [flm.add('a/' + n, 'b/' + n, '--bandwidth-limit', '4M') for n in names]
+    flm.wait(tasks[0]['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
+    fcluster.ceph('mgr', 'fail')
+    fcluster.wait_module_ready(timeout=90)
+    for n, t in zip(names, tasks):
+        migrate_and_check(fcluster, flm, n, sums[n], t['id'])
+
+
+def _our_clients(c: Cluster) -> List[str]:
+    dump = c.ceph_json('mgr', 'dump')
+    clients = dump.get('active_clients', [])
+    addrs = []
+    for cl in clients:
+        if cl.get('name') != 'rbd_livemigrate':
+            continue
+        for a in cl.get('addrvec', []):
+            addrs.append('{}/{}'.format(a['addr'], a['nonce']))
+    return addrs
+
+
+def test_blocklisted_clients_recover(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    """Blocklisting every client the module registered (control and copy)
+    mid-copy: the module rebuilds them and finishes without a mgr restart."""
+    rbdtools.create_image(fcluster.conf, 'a/' + name, 32 * MiB, seed=name, snaps=1)
+    before = rbdtools.checksums(fcluster.conf, 'a/' + name)
+    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '4M')
+    flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
+    mgr_pid = fcluster.mgr_pid(fcluster.active_mgr())
+    addrs = _our_clients(fcluster)
+    assert addrs, fcluster.ceph_json('mgr', 'dump').get('active_clients')
+    for addr in addrs:
+        fcluster.ceph('osd', 'blocklist', 'add', addr, '600')
+    try:
+        migrate_and_check(fcluster, flm, name, before, task['id'])
+        t = flm.status(task['id'])
+        assert t['attempts'] >= 1          # the copy noticed and was retried
+        assert fcluster.mgr_pid(fcluster.active_mgr()) == mgr_pid   # no mgr restart
+    finally:
+        for addr in addrs:
+            fcluster.ceph('osd', 'blocklist', 'rm', addr, check=False)
+
+
+def test_osd_frozen_mid_execute(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    rbdtools.create_image(fcluster.conf, 'a/' + name, 32 * MiB, seed=name)
+    before = rbdtools.checksums(fcluster.conf, 'a/' + name)
+    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '8M')
+    flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    fcluster.stop_osd(1)
+    try:
+        wait_for(lambda: flm.status(task['id'])['state'] != 'committed', 5, 'not done')
+    finally:
+        fcluster.cont_osd(1)
+    migrate_and_check(fcluster, flm, name, before, task['id'], timeout=300)
+
+
+def test_pool_deleted_under_queued_task(fcluster: Cluster, flm: Livemigrate,
+                                        name: str) -> None:
+    rbdtools.create_image(fcluster.conf, 'a/' + name, 4 * MiB, seed=name)
+    rbdtools.create_image(fcluster.conf, 'a/{}-ok'.format(name), 4 * MiB, seed=name)
+    before = rbdtools.checksums(fcluster.conf, 'a/{}-ok'.format(name))
+    flm.ok('pause')
+    try:
+        doomed = flm.add('a/' + name, 'victim/' + name)
+        ok = flm.add('a/{}-ok'.format(name), 'b/{}-ok'.format(name))
+        fcluster.ceph('osd', 'pool', 'rm', 'victim', 'victim', '--yes-i-really-really-mean-it')
+    finally:
+        flm.ok('resume')
+    t = flm.wait(doomed['id'], ('failed',))
+    assert 'victim' in t['error'] and '\n' not in t['error']
+    flm.wait(ok['id'])
+    assert rbdtools.checksums(fcluster.conf, 'b/{}-ok'.format(name)) == before
+    assert rbdtools.image_exists(fcluster.conf, 'a/' + name)
+    h = json.loads(fcluster.ceph('health', 'detail', '--format', 'json').stdout)
+    assert 'RBD_LIVEMIGRATE_FAILED' in h['checks']
+    flm.ok('cancel', doomed['id'])
+    wait_for(lambda: 'RBD_LIVEMIGRATE_FAILED' not in json.loads(fcluster.ceph(
+        'health', 'detail', '--format', 'json').stdout)['checks'], 30, 'FAILED cleared')
