@@ -72,7 +72,13 @@ class Livemigrate:
         self.cluster.ceph('config', 'set', 'mgr', 'mgr/rbd_livemigrate/{}'.format(name), value)
 
     def rm_option(self, name: str) -> None:
-        self.cluster.ceph('config', 'rm', 'mgr', 'mgr/rbd_livemigrate/{}'.format(name))
+        """Back to the default.  Pacific's mgr never hears of ``ceph config rm``
+        of a module option, so set the default value explicitly."""
+        key = 'mgr/rbd_livemigrate/{}'.format(name)
+        default = str(self.cluster.ceph_json('config', 'help', key).get('default', ''))
+        if default == '' and name == 'maintenance_window':
+            default = '00:00-24:00'            # always open, same as empty
+        self.cluster.ceph('config', 'set', 'mgr', key, default)
 
 
 def make_cluster(prefix: str, pools: List[str], osd_bytes: int = 3 << 30) -> Cluster:

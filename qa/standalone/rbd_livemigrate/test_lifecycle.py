@@ -200,7 +200,7 @@ def test_watchers_block_then_proceed(cluster: Cluster, lm: Livemigrate, name: st
     src, dst = 'a/' + name, 'b/' + name
     rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
     before = rbdtools.checksums(cluster.conf, src)
-    lm.set_option('blocked_warn_seconds', '0')
+    lm.set_option('blocked_warn_seconds', '1')
     release = threading.Event()
     opened = threading.Event()
 

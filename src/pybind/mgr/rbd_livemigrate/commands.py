@@ -67,8 +67,9 @@ class Commands:
 
     def _authorize(self, pool: str, namespace: str) -> None:
         if not self.authorized(pool, namespace):
-            raise NotAuthorized('not authorized on pool={}, namespace={}'.format(
-                pool, namespace))
+            where = '{}/{}'.format(pool, namespace) if namespace else pool
+            raise NotAuthorized("not authorized on pool '{}': the caller's mgr caps do not "
+                                'allow it'.format(where))
 
     def _authorize_task(self, task: Task) -> None:
         for spec in (task.source, task.destination):
@@ -79,8 +80,10 @@ class Commands:
         v = task.view()
         v['orphan'] = False
         v['running'] = task.id in self.worker.running()
-        if task.state == State.QUEUED and not v['blocked_reason']:
-            v['waiting_reason'] = self.worker.waiting_reason(task.id)
+        waiting = None if v['running'] else self.worker.waiting_reason(task.id)
+        v['waiting_reason'] = waiting
+        if not v['blocked_reason'] and waiting and waiting == self.worker.current_block:
+            v['blocked_reason'] = waiting
         return v
 
     def _find_task(self, text: str) -> Task:
@@ -218,7 +221,11 @@ class Commands:
             else:
                 results.append({'source': s, 'destination': d, 'errno': r, 'error': err})
             worst = worst or r
-        return (worst if req.dry_run else 0), dump(results, 'json'), ''
+        failed = [r for r in results if r.get('errno') or r.get('ok') is False]
+        if worst and failed:
+            return worst, dump(results, 'json'), '{} of {} image(s) {}; see the JSON'.format(
+                len(failed), len(results), 'blocked' if req.dry_run else 'not added')
+        return 0, dump(results, 'json'), ''
 
     # -- reads ---------------------------------------------------------
 
@@ -232,7 +239,7 @@ class Commands:
         return 0, dump(views, fmt), ''
 
     def orphan_views(self) -> List[Dict[str, Any]]:
-        known = {(t.source, t.destination) for t in self.worker.all() if not t.done}
+        known = {(t.source, t.destination) for t in self.worker.all()}
         out = []
         for ref in self.orphans:
             if (ref.source, ref.destination) in known:
@@ -335,11 +342,15 @@ class Commands:
                 return 0, dump(self.view(t), 'json'), ''
         status = self.adapter.migration_status(dest)
         if status is None:
-            raise NotFound("'{}' is not the target of a migration: see rbd migration "
-                           'status'.format(dest))
+            raise NotFound("'{}' is not the target of a migration: see rbd status "
+                           '{}'.format(dest, dest))
         src_pool = self.adapter.pool_name(status['source_pool_id'])
         source = ImageSpec(src_pool, status.get('source_pool_namespace') or '',
                            status['source_image_name'])
+        target_ns = status.get('dest_pool_namespace') or ''
+        if status.get('dest_image_name') != dest.image or target_ns != dest.namespace:
+            raise InvalidArgument("'{}' is the source of a migration: adopt it by its "
+                                  "destination image spec".format(dest))
         self._authorize(source.pool, source.namespace)
         now = self.clock()
         step = self.adapter.observe(source, dest, status['source_image_id']).step
@@ -349,6 +360,7 @@ class Commands:
                     dest_image_id=status.get('dest_image_id'), created=now, started=now,
                     adopted=True, size_bytes=self.adapter.size_of(dest))
         self.worker.put(task)
+        self.orphans = [r for r in self.orphans if r.destination != str(dest)]
         self.worker.kick()
         return 0, dump(self.view(task), 'json'), ''
 

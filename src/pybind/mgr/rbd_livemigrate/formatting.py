@@ -42,8 +42,8 @@ def human_bytes(n: Optional[float]) -> str:
 def task_rows(views: List[Dict[str, Any]]) -> str:
     rows = []
     for v in views:
-        note = v.get('error') or v.get('blocked_reason') or ''
-        if v.get('paused'):
+        note = v.get('error') or v.get('blocked_reason') or v.get('waiting_reason') or ''
+        if v.get('paused') and not note.startswith('paused'):
             note = 'paused' + ('; ' + note if note else '')
         rows.append([v.get('id') or '(orphan)', v['state'], '{:.0%}'.format(v['progress']),
                      v['source'], v['destination'], note[:80]])
@@ -66,5 +66,7 @@ def status_text(v: Dict[str, Any]) -> str:
             val = human_bytes(val)
         elif k == 'rate_bytes_per_sec':
             val = human_bytes(val) + '/s' if val else '-'
+        elif k == 'layout':
+            val = ', '.join('{}={}'.format(a, b) for a, b in sorted(val.items())) or 'unchanged'
         lines.append('{:<20} {}'.format(k + ':', '-' if val is None else val))
     return '\n'.join(lines) + '\n'

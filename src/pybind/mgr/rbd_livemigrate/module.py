@@ -6,25 +6,27 @@ Commands, options and lifecycle only; each command is one call into
 """
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
-from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, Option
+from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, NotifyType, Option
 
 from .commands import AddRequest, Commands
-from .errors import handle_errors
-from .health import HealthChecks
+from .errors import LiveMigrateError, handle_errors
+from .health import HealthChecks, health_block
 from .pipeline import Runner
 from .preflight import PoolInfo, pools_from_maps
 from .progress import ProgressReporter
 from .rbd_adapter import Adapter, ClientFactory
 from .scheduler import Options, Worker
 from .store import TaskStore
-from .task import Task
+from .window import in_window, parse_window
 
-ORPHAN_SCAN_SECONDS = 300.0
+DEFAULT_HEALTH_PAUSE = ('OSD_FULL,OSD_NEARFULL,OSD_BACKFILLFULL,POOL_FULL,PG_AVAILABILITY,'
+                        'HEALTH_ERR')
 
 
 class Module(MgrModule):
+    NOTIFY_TYPES: List[NotifyType] = []
     MODULE_OPTIONS = [
         Option('max_concurrent', type='int', default=2, min=1, max=64, runtime=True,
                desc='migrations in prepare, execute or commit at once'),
@@ -46,6 +48,13 @@ class Module(MgrModule):
                desc='how often a blocked task (watchers) checks again'),
         Option('bandwidth_limit_bytes', type='size', default=0, min=0, runtime=True,
                desc='default copy rate limit per task in bytes per second; 0: unlimited'),
+        Option('total_bandwidth_limit_bytes', type='size', default=0, min=0, runtime=True,
+               desc='copy rate limit shared by all running tasks, bytes per second; '
+                    '0: unlimited'),
+        Option('maintenance_window', type='str', default='', runtime=True,
+               desc='when prepare/execute may run: HH:MM-HH:MM[,...] in UTC; empty: always'),
+        Option('health_pause_checks', type='str', default=DEFAULT_HEALTH_PAUSE, runtime=True,
+               desc='health check codes (and HEALTH_ERR) that pause the queue; empty: never'),
     ]
 
     if TYPE_CHECKING:
@@ -59,6 +68,9 @@ class Module(MgrModule):
         retry_backoff_max_seconds: int
         blocked_recheck_seconds: int
         bandwidth_limit_bytes: int
+        total_bandwidth_limit_bytes: int
+        maintenance_window: str
+        health_pause_checks: str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,8 +85,7 @@ class Module(MgrModule):
         self.worker = Worker(
             store=TaskStore(self.get_store_prefix, self.set_store),
             progress=ProgressReporter(self.remote),
-            runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools,
-                                                     self.hold_reason),
+            runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools),
             set_health=self.set_health,
             cluster_block=self.cluster_block,
             blocklisted=self.blocklisted)
@@ -117,14 +128,25 @@ class Module(MgrModule):
         return set(osd_map.get('blocklist', osd_map.get('blacklist', {})))
 
     def cluster_block(self) -> Optional[str]:
-        return None
-
-    def hold_reason(self, task: Task) -> Optional[str]:
-        if task.paused:
-            return 'paused'
-        if self.worker.queue_paused:
-            return 'queue paused'
-        return None
+        """Why no new prepare/execute may start now: window or cluster health."""
+        now = time.time()
+        reason: Optional[str] = None
+        try:
+            window = parse_window(self.maintenance_window)
+            if not in_window(window, now):
+                reason = 'outside the maintenance window {} (UTC)'.format(
+                    self.maintenance_window)
+        except LiveMigrateError as e:
+            reason = str(e)
+        health = reason is not None and 'invalid' in reason
+        if reason is None:
+            reason = health_block(self.get('health'), self.health_pause_checks)
+            health = reason is not None
+        if health:
+            self.worker.health_block_since = self.worker.health_block_since or now
+        else:
+            self.worker.health_block_since = None
+        return reason
 
     def authorized(self, pool: str, namespace: str) -> bool:
         return bool(self.is_authorized({'pool': pool, 'namespace': namespace}))

@@ -40,13 +40,11 @@ _FALLBACK = {State.PREPARING: State.QUEUED, State.EXECUTING: State.PREPARED,
 
 class Runner(RunnerHandle):
     def __init__(self, worker: Worker, task_id: str, adapter: Adapter,
-                 pools: Callable[[], Dict[str, PoolInfo]],
-                 hold_reason: Callable[[Task], Optional[str]]) -> None:
+                 pools: Callable[[], Dict[str, PoolInfo]]) -> None:
         self.worker = worker
         self.task_id = task_id
         self.adapter = adapter
         self.pools = pools
-        self.hold_reason = hold_reason
         self.client: Optional[Client] = None
         self.executing = False
         self.interrupted = False
@@ -212,6 +210,8 @@ class Runner(RunnerHandle):
                 self._fail('the migration was aborted outside this module (source is intact); '
                            'use retry to start it again')
                 return False
+            if self._gated(task):
+                return False
             return self._prepare(task, source, dest)
         if step in (Step.PREPARING, Step.ERROR, Step.ABORTING):
             # a prepare cut short, or a failed copy: undo it, then start over
@@ -224,6 +224,13 @@ class Runner(RunnerHandle):
                 raise Transient('migration in error state: {}'.format(observed.detail))
             return True
         if step in (Step.PREPARED, Step.EXECUTING):
+            if task.state not in (State.PREPARED, State.EXECUTING):
+                # prepared before a crash or a failure: catch the record up
+                task = self._move(State.PREPARED, error=None)
+            if self._gated(task):
+                if task.state == State.EXECUTING:
+                    self._move(State.PREPARED)
+                return False
             self._execute(task, dest)
             return True
         if step == Step.EXECUTED:
@@ -248,6 +255,16 @@ class Runner(RunnerHandle):
         # SOURCE_MISSING, CONFLICT
         self._fail(observed.detail)
         return False
+
+    def _gated(self, task: Task) -> bool:
+        """No new prepare/execute while the window, health or a pause says so."""
+        reason = self.worker.hold_reason(task)
+        if reason is None:
+            return False
+        now = self._now()
+        self.worker.update(self.task_id, lambda t: t.evolve(
+            blocked_reason=reason, blocked_since=t.blocked_since or now))
+        return True
 
     def _prepare(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
         blockers, info = find_blockers(self.adapter, self.pools(), source, dest, task.layout,
@@ -274,14 +291,14 @@ class Runner(RunnerHandle):
         log.info('task %s: prepared %s -> %s', task.id, source, dest)
         return True
 
-    def _hold(self) -> None:
+    def _hold(self) -> bool:
         """Block inside the copy while the task may not run (stalls librbd)."""
         held = False
         while not self.interrupted and not self.worker.stopping:
             task = self.worker.get(self.task_id)
             if task.cancel_requested:
-                return
-            reason = self.hold_reason(task)
+                return held
+            reason = self.worker.hold_reason(task)
             if reason is None:
                 break
             if not held or task.blocked_reason != reason:
@@ -293,13 +310,18 @@ class Runner(RunnerHandle):
         if held:
             self.worker.update(self.task_id, lambda t: t.evolve(
                 blocked_reason=None, blocked_since=None, last_progress_at=self._now()))
+        return held
 
-    def _throttle(self, task: Task, started: float, copied: int) -> None:
-        """Token bucket: sleeping in librbd's progress callback stalls the copy."""
+    def _throttle(self, task: Task, base: List[float], copied: int) -> None:
+        """Token bucket: sleeping in librbd's progress callback stalls the copy.
+
+        ``base`` is (time, bytes) where the bucket was last reset: at the start
+        and after every hold, so a resumed copy does not burst to catch up.
+        """
         limit = self.worker.bandwidth_limit(task)
         if limit <= 0:
             return
-        due = started + copied / float(limit)
+        due = base[0] + (copied - base[1]) / float(limit)
         delay = due - self._now()
         if delay > 0:
             self.worker.wait_for(lambda: self.interrupted or self.worker.stopping
@@ -308,10 +330,12 @@ class Runner(RunnerHandle):
     def _execute(self, task: Task, dest: ImageSpec) -> None:
         started = self._now()
         task = self._move(State.EXECUTING, progress=0.0, bytes_copied=0,
-                          rate_bytes_per_sec=None, last_progress_at=started, next_retry=None)
+                          rate_bytes_per_sec=None, last_progress_at=started, next_retry=None,
+                          blocked_reason=None, blocked_since=None)
         self.worker.progress.update(task, force=True)
         size = task.size_bytes or 0
         last_persist: List[float] = [started]
+        base: List[float] = [started, 0.0]
 
         def on_progress(offset: int, total: int) -> None:
             if self.abandoned:
@@ -328,8 +352,9 @@ class Runner(RunnerHandle):
                 progress=frac * EXECUTE_SHARE, bytes_copied=copied, rate_bytes_per_sec=rate,
                 last_progress_at=now), persist=persist)
             self.worker.progress.update(t)
-            self._hold()
-            self._throttle(t, started, copied)
+            if self._hold():
+                base[:] = [self._now(), copied]
+            self._throttle(t, base, copied)
 
         client = self._client()
         with self._lock:

@@ -32,6 +32,7 @@ from .task import Layout
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+CONTROL_OP_TIMEOUT_SECONDS = 60
 
 FEATURES: Dict[str, int] = {
     'layering': rbd.RBD_FEATURE_LAYERING,
@@ -48,6 +49,7 @@ OPERATION_FEATURE_MIGRATION = getattr(rbd, 'RBD_OPERATION_FEATURE_MIGRATION', 1 
 TRASH_SOURCE_MIGRATION = getattr(rbd, 'RBD_TRASH_IMAGE_SOURCE_MIGRATION', 2)
 
 TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ESHUTDOWN,
+                              errno.EIO,
                               errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
 
 
@@ -184,11 +186,16 @@ class ClientFactory:
         self.unregister = unregister
         self.own_context = True
 
-    def make(self) -> Client:
+    def make(self, op_timeout: int = 0) -> Client:
+        """A new client; ``op_timeout`` seconds bound each op (0: none, for copies)."""
         handle: Optional[rados.Rados] = None
         if self.own_context:
+            conf = dict(self.conf)
+            if op_timeout:
+                conf['rados_osd_op_timeout'] = str(op_timeout)
+                conf['rados_mon_op_timeout'] = str(op_timeout)
             try:
-                handle = rados.Rados(name=self.name, conf=self.conf)
+                handle = rados.Rados(name=self.name, conf=conf)
                 handle.connect(timeout=30)
             except Exception as e:
                 log.warning('cannot make a client with its own context (%s); '
@@ -219,7 +226,8 @@ class Adapter:
     def control(self) -> Client:
         with self._lock:
             if self._control is None or self._control.closed:
-                self._control = self.factory.make()
+                # commands use this client: never let one hang for ever
+                self._control = self.factory.make(op_timeout=CONTROL_OP_TIMEOUT_SECONDS)
             return self._control
 
     def drop_control(self, client: Optional[Client] = None) -> None:

@@ -17,11 +17,12 @@ from .errors import NotFound
 from .health import HealthChecks, build_checks
 from .progress import ProgressReporter
 from .store import TaskStore
-from .task import Task
+from .task import State, Task
 
 log = logging.getLogger(__name__)
 
 IDLE_TICK_SECONDS = 5.0
+MIN_TICK_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Options:
     retry_backoff_max_seconds: float = 600
     blocked_recheck_seconds: float = 5
     bandwidth_limit_bytes: int = 0
+    total_bandwidth_limit_bytes: int = 0
+    maintenance_window: str = ''
+    health_pause_checks: str = ''
 
 
 class Decision(NamedTuple):
@@ -177,6 +181,11 @@ class Worker:
         self.stopping = False
         self.loaded = False
         self.queue_paused = False
+        self.wake = threading.Event()
+        # why new work may not start now (window, health, queue paused); the
+        # running copies hold while it is set
+        self.current_block: Optional[str] = None
+        self.health_block_since: Optional[float] = None
 
     # -- table ---------------------------------------------------------
 
@@ -237,6 +246,8 @@ class Worker:
             self.cond.notify_all()
 
     def kick(self) -> None:
+        """Make the scheduler pass run now."""
+        self.wake.set()
         with self.lock:
             self.cond.notify_all()
 
@@ -254,7 +265,7 @@ class Worker:
         with self.lock:
             if self.runners.get(runner.task_id) is runner:
                 del self.runners[runner.task_id]
-            self.cond.notify_all()
+        self.kick()
 
     def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
         deadline = self.clock() + timeout
@@ -300,6 +311,7 @@ class Worker:
         with self.lock:
             if self.queue_paused and not block:
                 block = 'queue paused'
+            self.current_block = block
             tasks = list(self.tasks.values())
             decision = decide(tasks, set(self.runners), self.options, now, block)
             self.waiting = dict(decision.waiting)
@@ -310,9 +322,15 @@ class Worker:
                 runner.start()
             for task_id in history_to_drop(tasks, self.options.max_history):
                 self.remove(task_id)
+        held = 0 if self.health_block_since is None else now - self.health_block_since
+        queue_note = ''
+        if block and held >= self.options.blocked_warn_seconds:
+            waiting = sum(1 for t in tasks if t.needs_worker and not t.cancel_requested)
+            queue_note = 'queue held for {:.0f}s: {}; {} task(s) waiting or paused'.format(
+                held, block, waiting)
         self.set_health(build_checks(
             tasks, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
-            len(self.skipped)))
+            self.skipped, queue_note))
         return decision.next_tick
 
     def serve(self) -> None:
@@ -325,25 +343,44 @@ class Worker:
             except Exception:
                 log.exception('scheduler pass failed')
                 delay = IDLE_TICK_SECONDS
-            with self.lock:
-                if not self.stopping:
-                    self.cond.wait(delay)
+            if not self.stopping:
+                self.wake.wait(max(MIN_TICK_SECONDS, delay))
+                self.wake.clear()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self.lock:
             self.stopping = True
             runners = list(self.runners.values())
             self.cond.notify_all()
+        self.wake.set()
         for r in runners:
             r.interrupt()
         for r in runners:
             r.join(timeout)
 
     def bandwidth_limit(self, task: Task) -> int:
-        """Bytes per second this task may copy at; 0: unlimited."""
-        if task.bandwidth_limit_bytes is not None:
-            return task.bandwidth_limit_bytes
-        return self.options.bandwidth_limit_bytes
+        """Bytes per second this task may copy at; 0: unlimited.
+
+        The per-task limit (``add --bandwidth-limit``, else the option), and
+        an equal share of the total limit among the copies running now.
+        """
+        limit = (task.bandwidth_limit_bytes if task.bandwidth_limit_bytes is not None
+                 else self.options.bandwidth_limit_bytes)
+        total = self.options.total_bandwidth_limit_bytes
+        if total > 0:
+            with self.lock:
+                copying = sum(1 for t in self.tasks.values()
+                              if t.state == State.EXECUTING and t.id in self.runners) or 1
+            share = max(1, total // copying)
+            limit = share if limit <= 0 else min(limit, share)
+        return limit
+
+    def hold_reason(self, task: Task) -> Optional[str]:
+        """Why a running copy of ``task`` must hold now (None: go on)."""
+        if task.paused:
+            return 'paused'
+        with self.lock:
+            return self.current_block
 
     def waiting_reason(self, task_id: str) -> Optional[str]:
         with self.lock:

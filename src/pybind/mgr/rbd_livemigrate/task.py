@@ -49,16 +49,20 @@ class State(str, enum.Enum):
         return self in (State.PREPARING, State.EXECUTING, State.COMMITTING, State.ABORTING)
 
 
+# Edges back to queued exist for a migration librbd reports broken (aborted
+# to start over); edges forward from queued for one librbd already holds
+# (a crash between a step and saving its result, or a retry).
 _TRANSITIONS: Dict[State, FrozenSet[State]] = {
-    State.QUEUED: frozenset({State.PREPARING, State.ABORTED, State.FAILED,
-                             # reconciled: librbd already holds the migration
+    State.QUEUED: frozenset({State.PREPARING, State.ABORTING, State.ABORTED, State.FAILED,
                              State.PREPARED, State.EXECUTED, State.COMMITTED}),
-    State.PREPARING: frozenset({State.PREPARED, State.QUEUED, State.FAILED, State.ABORTING}),
+    State.PREPARING: frozenset({State.PREPARED, State.QUEUED, State.FAILED, State.ABORTING,
+                                State.EXECUTED, State.COMMITTED}),
     State.PREPARED: frozenset({State.EXECUTING, State.EXECUTED, State.ABORTING, State.FAILED,
-                               State.COMMITTED}),
-    State.EXECUTING: frozenset({State.EXECUTED, State.PREPARED, State.ABORTING, State.FAILED}),
+                               State.COMMITTED, State.QUEUED}),
+    State.EXECUTING: frozenset({State.EXECUTED, State.PREPARED, State.ABORTING, State.FAILED,
+                                State.COMMITTED, State.QUEUED}),
     State.EXECUTED: frozenset({State.COMMITTING, State.COMMITTED, State.ABORTING,
-                               State.FAILED}),
+                               State.FAILED, State.QUEUED}),
     State.COMMITTING: frozenset({State.COMMITTED, State.EXECUTED, State.FAILED}),
     State.COMMITTED: frozenset(),
     State.ABORTING: frozenset({State.ABORTED, State.FAILED}),

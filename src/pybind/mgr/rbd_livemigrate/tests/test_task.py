@@ -25,7 +25,7 @@ def test_happy_path() -> None:
 @pytest.mark.parametrize('old,new', [
     (State.QUEUED, State.EXECUTING), (State.QUEUED, State.COMMITTING),
     (State.COMMITTED, State.QUEUED), (State.ABORTED, State.PREPARING),
-    (State.COMMITTING, State.ABORTING), (State.PREPARED, State.QUEUED),
+    (State.COMMITTING, State.ABORTING), (State.PREPARED, State.PREPARING),
 ])
 def test_refused(old: State, new: State) -> None:
     assert not can_move(old, new)

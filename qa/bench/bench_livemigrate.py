@@ -1,0 +1,1110 @@
+#!/usr/bin/python3
+"""Benchmark rbd_livemigrate against the rbd CLI and rbd_support on one throwaway cluster.
+
+One run boots one cluster (qa/standalone/cluster.py, memstore OSDs), runs the selected
+sections ``--repeat`` times each, prints a table of ratios (module time / reference time,
+median and min-max over the runs) and writes every raw number to a JSON file.  The cluster
+is stopped and deleted at the end (also on failure or Ctrl-C) unless ``--keep``.
+
+Sections (``--sections``, comma list, default all):
+
+pool      ``--images`` images of ``--image-size`` written data: module ``add-pool`` until all
+          are committed (``ls --format json`` polled), versus (a) a sequential
+          ``rbd migration prepare/execute/commit`` CLI loop over identical images and (b)
+          rbd_support: ``rbd migration prepare`` (CLI) for every image, then every
+          ``rbd task add migration execute`` queued at once, wait until ``rbd task list``
+          has none left, then every ``rbd task add migration commit``, wait again.  The
+          rbd_support commands and all polls go through the librados binding
+          (``mgr_command``), not one ``ceph`` process each, which is the fastest fair way.
+big       one ``--big-size`` fully written image: module ``add`` until committed, and its
+          execute phase alone (mgr log: 'prepared' -> 'executed' lines), versus
+          ``rbd migration execute`` alone on an identical prepared image.
+throttle  ``add --bandwidth-limit`` on a ``--throttle-size`` image: rate = bytes / execute
+          time (mgr log), error against the limit.  With a ``total_bandwidth_limit_bytes``
+          module option, also the rate of two tasks together under that limit.
+scale     ``--scale-tasks`` paused task records written straight into the config-key store
+          (``mgr/rbd_livemigrate/task/<id>``, ``Task.dumps()`` of task.py), then
+          ``ceph mgr fail``: reload time (fail -> first ``ls`` answering with all of them),
+          ``ls`` latency, RSS growth of the mgr taking over, largest stored value.  A
+          failover with the store (nearly) empty first gives the fixed cost to subtract.
+
+Example::
+
+    /usr/bin/python3 qa/bench/bench_livemigrate.py --dir /tmp/bench-lm \\
+        --sections pool,big,throttle,scale --repeat 3
+
+Needs Debian's python3-rados/python3-rbd (run with /usr/bin/python3) and the Ceph packages
+(``qa/standalone/cluster.py install``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import rados
+import rbd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, 'qa', 'standalone'))
+
+from cluster import Cluster, parse_bytes  # noqa: E402
+
+MIB = 1 << 20
+SECTIONS = ('pool', 'big', 'throttle', 'scale')
+SRC_POOL = 'bsrc'
+DST_POOL = 'bdst'
+# Completion polls: every poll of `ls` renders every task in the mgr, so poll gently and take
+# the end time from the mgr log (ms resolution, same host clock) when it has it.
+POLL_SECONDS = 0.25
+MODULE = 'rbd_livemigrate'
+TASK_KEY_PREFIX = 'mgr/rbd_livemigrate/task/'
+CLK_TCK = os.sysconf('SC_CLK_TCK')
+
+LOG_TS = re.compile(r'^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d{4}) ')
+MGR_LINE = re.compile(r'\[rbd_livemigrate (?:INFO|WARNING|ERROR|DEBUG) '
+                      r'rbd_livemigrate\.(\w+)\] (.*)$')
+MON_SET = re.compile(r'config-key set, key=mgr/rbd_livemigrate/task/(\w+)\}')
+
+
+def log(msg: str) -> None:
+    print(f'[{time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
+
+
+def parse_ts(text: str) -> float:
+    return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%S.%f%z').timestamp()
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float('nan')
+
+
+def spread(values: Sequence[float]) -> Dict[str, Any]:
+    vals = [float(v) for v in values]
+    if not vals:
+        return {'n': 0}
+    return {'n': len(vals), 'median': median(vals), 'min': min(vals), 'max': max(vals),
+            'values': vals}
+
+
+# --------------------------------------------------------------------------------------------
+# process accounting
+
+def read_rss_kib(pid: int) -> int:
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    raise RuntimeError(f'no VmRSS for pid {pid}')
+
+
+def cpu_seconds(pid: Optional[int]) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds used by the cluster's daemons between start() and stop()."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.start_values: Dict[str, Tuple[Optional[int], float]] = {}
+
+    def start(self) -> None:
+        self.start_values = {}
+        for name, pid in self.cluster.running_daemons().items():
+            self.start_values[name] = (pid, cpu_seconds(pid))
+
+    def stop(self, wall: float) -> Dict[str, Any]:
+        used: Dict[str, float] = {}
+        for name, (pid, before) in self.start_values.items():
+            used[name] = round(cpu_seconds(pid) - before, 3)
+        total = sum(used.values())
+        return {'cpu_seconds': used, 'cpu_total_seconds': round(total, 3),
+                'cores_busy': round(total / wall, 2) if wall > 0 else None}
+
+
+# --------------------------------------------------------------------------------------------
+# logs
+
+class LogCursor:
+    """Reads what a set of log files gained since the cursor was made."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.offsets = {}
+        for p in paths:
+            try:
+                self.offsets[p] = os.path.getsize(p)
+            except OSError:
+                self.offsets[p] = 0
+
+    def lines(self) -> Iterator[str]:
+        for path, off in self.offsets.items():
+            try:
+                with open(path, 'rb') as f:
+                    f.seek(off)
+                    data = f.read().decode(errors='replace')
+            except OSError:
+                continue
+            yield from data.splitlines()
+
+
+def module_events(lines: Iterator[str]) -> Dict[str, Dict[str, float]]:
+    """{task id: {'added'|'prepared'|'executed'|'committed'|'executed_logged': ts}}."""
+    out: Dict[str, Dict[str, float]] = {}
+    for line in lines:
+        m = MGR_LINE.search(line)
+        ts = LOG_TS.match(line)
+        if not m or not ts:
+            continue
+        msg = m.group(2)
+        t = parse_ts(ts.group(1))
+        ev = re.match(r'added task (\w+):', msg)
+        if ev:
+            out.setdefault(ev.group(1), {})['added'] = t
+            continue
+        ev = re.match(r'task (\w+): (prepared |executed in ([\d.]+)s|.* committed$)', msg)
+        if not ev:
+            continue
+        rec = out.setdefault(ev.group(1), {})
+        if ev.group(2).startswith('prepared'):
+            rec['prepared'] = t
+        elif ev.group(2).startswith('executed'):
+            rec['executed'] = t
+            rec['executed_logged'] = float(ev.group(3))
+        else:
+            rec['committed'] = t
+    return out
+
+
+def store_writes(lines: Iterator[str]) -> Dict[str, List[float]]:
+    """{task id: [timestamps of config-key set of its record]} from the mon log."""
+    out: Dict[str, List[float]] = {}
+    for line in lines:
+        m = MON_SET.search(line)
+        ts = LOG_TS.match(line)
+        if m and ts:
+            out.setdefault(m.group(1), []).append(parse_ts(ts.group(1)))
+    return out
+
+
+def phase_summary(events: Dict[str, Dict[str, float]], writes: Dict[str, List[float]],
+                  ids: Sequence[str]) -> Dict[str, Any]:
+    """Per-phase seconds over tasks: queue+preflight, prepare, execute, commit; writes."""
+    phases: Dict[str, List[float]] = {'added_to_prepared': [], 'prepared_to_executed': [],
+                                      'executed_to_committed': [], 'added_to_committed': [],
+                                      'first_write_to_preparing_write': [],
+                                      'preparing_write_to_prepared': []}
+    nwrites: List[int] = []
+    for tid in ids:
+        e = events.get(tid, {})
+        if 'added' in e and 'prepared' in e:
+            phases['added_to_prepared'].append(e['prepared'] - e['added'])
+        if 'prepared' in e and 'executed' in e:
+            phases['prepared_to_executed'].append(e['executed'] - e['prepared'])
+        if 'executed' in e and 'committed' in e:
+            phases['executed_to_committed'].append(e['committed'] - e['executed'])
+        if 'added' in e and 'committed' in e:
+            phases['added_to_committed'].append(e['committed'] - e['added'])
+        w = sorted(writes.get(tid, []))
+        nwrites.append(len(w))
+        if len(w) >= 2:
+            phases['first_write_to_preparing_write'].append(w[1] - w[0])
+            if 'prepared' in e:
+                phases['preparing_write_to_prepared'].append(e['prepared'] - w[1])
+    out: Dict[str, Any] = {k: ({'mean': round(statistics.mean(v), 4),
+                                'median': round(median(v), 4), 'max': round(max(v), 4)}
+                               if v else None) for k, v in phases.items()}
+    out['store_writes_per_task'] = ({'min': min(nwrites), 'max': max(nwrites),
+                                     'mean': round(statistics.mean(nwrites), 2)}
+                                    if nwrites else None)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the bench
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.module_dir = args.module or os.path.join(args.dir + '-module', MODULE)
+        self.cluster = Cluster(args.dir, osds=args.osds, mgrs=2,
+                               osd_bytes=parse_bytes(args.osd_bytes), module=self.module_dir,
+                               pools=[SRC_POOL, DST_POOL])
+        self.client: Any = None
+        self.results: Dict[str, Any] = {
+            'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+            'argv': sys.argv, 'options': {k: v for k, v in vars(args).items()},
+            'host': {'nproc': os.cpu_count(), 'loadavg_start': os.getloadavg()},
+            'sections': {},
+        }
+        self.buf = os.urandom(4 * MIB)
+
+    # -- plumbing ------------------------------------------------------
+
+    def connect(self) -> None:
+        self.client = rados.Rados(conffile=self.cluster.conf)
+        self.client.connect(timeout=30)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.shutdown()
+            self.client = None
+
+    def mon(self, prefix: str, **kw: Any) -> Tuple[int, bytes, str]:
+        cmd = dict(kw, prefix=prefix)
+        ret, out, err = self.client.mon_command(json.dumps(cmd), b'')
+        return int(ret), bytes(out), str(err)
+
+    def mgr(self, prefix: str, timeout: float = 120, **kw: Any) -> Tuple[int, str, str]:
+        """mgr_command through librados, given up after ``timeout`` (failover may hang it)."""
+        cmd = json.dumps(dict(kw, prefix=prefix))
+        box: List[Any] = []
+
+        def call() -> None:
+            try:
+                box.append(self.client.mgr_command(cmd, b''))
+            except Exception as e:      # noqa: BLE001 - reported below
+                box.append(e)
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(timeout)
+        if not box:
+            return -110, '', f'{prefix}: no answer within {timeout:g}s'
+        if isinstance(box[0], Exception):
+            return -5, '', f'{prefix}: {box[0]}'
+        ret, out, err = box[0]
+        out_text = out.decode() if isinstance(out, (bytes, bytearray)) else str(out)
+        err_text = err.decode() if isinstance(err, (bytes, bytearray)) else str(err)
+        return int(ret), out_text, err_text
+
+    def mgr_ok(self, prefix: str, **kw: Any) -> Any:
+        ret, out, err = self.mgr(prefix, **kw)
+        if ret != 0:
+            raise RuntimeError(f'{prefix} {kw} -> {ret}: {err}')
+        return json.loads(out) if out.strip() else None
+
+    def ioctx(self, pool: str) -> Any:
+        return self.client.open_ioctx(pool)
+
+    def mgr_logs(self) -> List[str]:
+        return [self.cluster.mgr_log(m) for m in self.cluster.mgr_ids]
+
+    def cursors(self) -> Tuple[LogCursor, LogCursor]:
+        return LogCursor(self.mgr_logs()), LogCursor([self.cluster.log_file('mon.a')])
+
+    def create_images(self, names: Sequence[str], size: int) -> float:
+        """Create the images in SRC_POOL, every byte written; returns seconds taken."""
+        t0 = time.monotonic()
+        io = self.ioctx(SRC_POOL)
+        try:
+            def one(name: str) -> None:
+                rbd.RBD().create(io, name, size, old_format=False)
+                with rbd.Image(io, name) as image:
+                    off = 0
+                    while off < size:
+                        n = min(len(self.buf), size - off)
+                        image.write(self.buf[:n], off)
+                        off += n
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(one, names))
+        finally:
+            io.close()
+        return time.monotonic() - t0
+
+    def remove_images(self, pool: str, names: Sequence[str]) -> None:
+        io = self.ioctx(pool)
+        try:
+            existing = set(rbd.RBD().list(io))
+            for name in names:
+                if name in existing:
+                    rbd.RBD().remove(io, name)
+        finally:
+            io.close()
+
+    def clean_pools(self) -> None:
+        for pool in (SRC_POOL, DST_POOL):
+            io = self.ioctx(pool)
+            try:
+                names = list(rbd.RBD().list(io))
+            finally:
+                io.close()
+            self.remove_images(pool, names)
+
+    def rbd_cli(self, *args: str) -> None:
+        self.cluster.rbd(*args, timeout=600)
+
+    def module_option_names(self) -> List[str]:
+        dump = json.loads(self.mon('mgr dump', format='json')[1])
+        for mod in dump.get('available_modules', []):
+            if mod.get('name') == MODULE:
+                return sorted(mod.get('module_options', {}))
+        return []
+
+    def wait_tasks(self, ids: Sequence[str], timeout: float) -> Tuple[float, Dict[str, Any]]:
+        """Poll ls until every task is committed; (monotonic time seen, {id: view})."""
+        deadline = time.monotonic() + timeout
+        want = set(ids)
+        while True:
+            views = {v['id']: v for v in self.mgr_ok('rbd livemigrate ls', format='json')
+                     if v.get('id') in want}
+            now = time.monotonic()
+            bad = [v for v in views.values() if v['state'] in ('failed', 'aborted')]
+            if bad:
+                raise RuntimeError(f'task(s) ended badly: {bad[:3]}')
+            if len(views) == len(want) and all(v['state'] == 'committed'
+                                               for v in views.values()):
+                return now, views
+            if now > deadline:
+                states = sorted({v['state'] for v in views.values()})
+                raise RuntimeError(f'tasks not committed after {timeout:g}s: {states}')
+            time.sleep(POLL_SECONDS)
+
+    # -- section 1: many small images ---------------------------------
+
+    def run_module_pool(self, tag: str, names: List[str]) -> Dict[str, Any]:
+        mgr_cur, mon_cur = self.cursors()
+        cpu = CpuMeter(self.cluster)
+        cpu.start()
+        t0 = time.monotonic()
+        t0_epoch = time.time()
+        added = self.mgr_ok('rbd livemigrate add-pool', source_pool_spec=SRC_POOL,
+                            dest_pool_spec=DST_POOL, pattern=f'{tag}-*')
+        t_added = time.monotonic()
+        ids = [a['id'] for a in added if a.get('id')]
+        if len(ids) != len(names):
+            raise RuntimeError(f'add-pool returned {len(ids)} tasks for {len(names)} images: '
+                               f'{added[:3]}')
+        t_end, _ = self.wait_tasks(ids, timeout=900)
+        polled = t_end - t0
+        res: Dict[str, Any] = {'polled_seconds': round(polled, 3),
+                               'add_pool_seconds': round(t_added - t0, 3)}
+        res.update(cpu.stop(polled))
+        events = module_events(mgr_cur.lines())
+        res['phases'] = phase_summary(events, store_writes(mon_cur.lines()), ids)
+        committed = [events[i]['committed'] for i in ids if 'committed' in events.get(i, {})]
+        added_ts = [events[i]['added'] for i in ids if 'added' in events.get(i, {})]
+        if committed and added_ts:
+            res['log_first_added_to_last_committed'] = round(max(committed) - min(added_ts), 3)
+        # add-pool sent -> last 'committed' line in the mgr log; the poll's time if no log
+        res['seconds'] = round(max(committed) - t0_epoch, 3) if len(committed) == len(ids) \
+            else round(polled, 3)
+        return res
+
+    def run_cli_loop(self, names: List[str]) -> Dict[str, Any]:
+        cpu = CpuMeter(self.cluster)
+        cpu.start()
+        per = {'prepare': 0.0, 'execute': 0.0, 'commit': 0.0}
+        t0 = time.monotonic()
+        for name in names:
+            for step in ('prepare', 'execute', 'commit'):
+                ts = time.monotonic()
+                if step == 'prepare':
+                    self.rbd_cli('migration', 'prepare', f'{SRC_POOL}/{name}',
+                                 f'{DST_POOL}/{name}')
+                else:
+                    self.rbd_cli('migration', step, '--no-progress', f'{DST_POOL}/{name}')
+                per[step] += time.monotonic() - ts
+        wall = time.monotonic() - t0
+        res: Dict[str, Any] = {'seconds': round(wall, 3),
+                               'step_seconds': {k: round(v, 3) for k, v in per.items()}}
+        res.update(cpu.stop(wall))
+        return res
+
+    def support_tasks_left(self, names: Sequence[str]) -> List[Dict[str, Any]]:
+        want = set(names)
+        tasks = self.mgr_ok('rbd task list') or []
+        return [t for t in tasks if t.get('refs', {}).get('pool_name') == DST_POOL
+                and t.get('refs', {}).get('image_name') in want]
+
+    def run_rbd_support(self, names: List[str]) -> Dict[str, Any]:
+        cpu = CpuMeter(self.cluster)
+        cpu.start()
+        mgr_cur = LogCursor(self.mgr_logs())
+        res: Dict[str, Any] = {}
+        t0 = time.monotonic()
+        t0_epoch = time.time()
+        for name in names:
+            self.rbd_cli('migration', 'prepare', f'{SRC_POOL}/{name}', f'{DST_POOL}/{name}')
+        t_prep = time.monotonic()
+        retries = 0
+        for action in ('execute', 'commit'):
+            ta = time.monotonic()
+            for name in names:
+                self.mgr_ok(f'rbd task add migration {action}',
+                            image_spec=f'{DST_POOL}/{name}')
+            res[f'queue_{action}_seconds'] = round(time.monotonic() - ta, 3)
+            deadline = time.monotonic() + 900
+            while True:
+                left = self.support_tasks_left(names)
+                if not left:
+                    break
+                retries = max([retries] + [int(t.get('retry_attempts', 0)) for t in left])
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'rbd_support tasks still queued: {left[:2]}')
+                time.sleep(POLL_SECONDS)
+            res[f'{action}_phase_seconds'] = round(time.monotonic() - ta, 3)
+        wall = time.monotonic() - t0
+        res.update({'polled_seconds': round(wall, 3), 'seconds': round(wall, 3),
+                    'prepare_cli_seconds': round(t_prep - t0, 3),
+                    'max_retry_attempts_seen': retries})
+        res.update(cpu.stop(wall))
+        # rbd_support logs 'remove_task: task=...' when a task is done: the last one
+        # ends the run (the poll would add up to POLL_SECONDS)
+        removed = [parse_ts(m.group(1)) for line in mgr_cur.lines()
+                   if '[rbd_support ' in line and '] remove_task: ' in line
+                   for m in [LOG_TS.match(line)] if m]
+        if len(removed) >= 2 * len(names):
+            res['seconds'] = round(max(removed) - t0_epoch, 3)
+        return res
+
+    def section_pool(self) -> Dict[str, Any]:
+        a = self.args
+        n, size = a.images, parse_bytes(a.image_size)
+        runs: List[Dict[str, Any]] = []
+        for r in range(a.repeat):
+            run: Dict[str, Any] = {}
+            variants: List[Tuple[str, str, Callable[[List[str]], Dict[str, Any]]]] = [
+                ('module', f'm{r}', functools.partial(self.run_module_pool, f'm{r}')),
+                ('cli_loop', f'c{r}', self.run_cli_loop),
+                ('rbd_support', f's{r}', self.run_rbd_support),
+            ]
+            # rotate the order so no variant always runs first (warm caches, drift)
+            variants = variants[r % 3:] + variants[:r % 3]
+            for key, tag, fn in variants:
+                names = [f'{tag}-{i:03d}' for i in range(n)]
+                mk = self.create_images(names, size)
+                log(f'pool run {r + 1}/{a.repeat}: {key} ({n} x {a.image_size}, '
+                    f'created in {mk:.1f}s)')
+                run[key] = fn(names)
+                run[key]['create_images_seconds'] = round(mk, 3)
+                log(f'  {key}: {run[key]["seconds"]:.2f}s')
+                self.remove_images(DST_POOL, names)
+                self.remove_images(SRC_POOL, names)
+            run['ratio_vs_cli_loop'] = run['module']['seconds'] / run['cli_loop']['seconds']
+            run['ratio_vs_rbd_support'] = (run['module']['seconds']
+                                           / run['rbd_support']['seconds'])
+            runs.append(run)
+        return {
+            'images': n, 'image_bytes': size, 'runs': runs,
+            'module_seconds': spread([x['module']['seconds'] for x in runs]),
+            'cli_loop_seconds': spread([x['cli_loop']['seconds'] for x in runs]),
+            'rbd_support_seconds': spread([x['rbd_support']['seconds'] for x in runs]),
+            'ratio_vs_cli_loop': spread([x['ratio_vs_cli_loop'] for x in runs]),
+            'ratio_vs_rbd_support': spread([x['ratio_vs_rbd_support'] for x in runs]),
+            'module_options': self.module_settings(),
+        }
+
+    def module_settings(self) -> Dict[str, Optional[str]]:
+        out: Dict[str, Optional[str]] = {}
+        for opt in ('max_concurrent', 'bandwidth_limit_bytes'):
+            ret, val, _ = self.mon('config get', who='mgr', key=f'mgr/{MODULE}/{opt}')
+            out[opt] = val.decode().strip() if ret == 0 else None
+        return out
+
+    # -- section 2: one big image ---------------------------------------
+
+    def module_one(self, name: str, bandwidth_limit: Optional[str] = None,
+                   timeout: float = 900) -> Dict[str, Any]:
+        """add one image, wait until committed; times from the poll and from the mgr log."""
+        mgr_cur, mon_cur = self.cursors()
+        cpu = CpuMeter(self.cluster)
+        cpu.start()
+        kw: Dict[str, Any] = {'source_spec': f'{SRC_POOL}/{name}',
+                              'dest_spec': f'{DST_POOL}/{name}'}
+        if bandwidth_limit:
+            kw['bandwidth_limit'] = bandwidth_limit
+        t0 = time.monotonic()
+        t0_epoch = time.time()
+        task = self.mgr_ok('rbd livemigrate add', **kw)
+        rates: List[float] = []
+        deadline = t0 + timeout
+        while True:
+            st = self.mgr_ok('rbd livemigrate status', task_or_image=task['id'],
+                             format='json')
+            if st['state'] == 'executing' and st.get('rate_bytes_per_sec'):
+                rates.append(float(st['rate_bytes_per_sec']))
+            if st['state'] == 'committed':
+                break
+            if st['state'] in ('failed', 'aborted') or time.monotonic() > deadline:
+                raise RuntimeError(f'task {task["id"]}: {st["state"]} {st.get("error")}')
+            time.sleep(POLL_SECONDS)
+        wall = time.monotonic() - t0
+        ev = module_events(mgr_cur.lines()).get(task['id'], {})
+        res: Dict[str, Any] = {'id': task['id'], 'polled_seconds': round(wall, 3),
+                               'seconds': round(ev['committed'] - t0_epoch, 3)
+                               if 'committed' in ev else round(wall, 3)}
+        if 'prepared' in ev and 'executed' in ev:
+            res['execute_seconds'] = round(ev['executed'] - ev['prepared'], 3)
+            res['execute_seconds_logged'] = ev.get('executed_logged')
+        if 'added' in ev and 'committed' in ev:
+            res['log_added_to_committed'] = round(ev['committed'] - ev['added'], 3)
+        if 'added' in ev and 'prepared' in ev:
+            res['log_added_to_prepared'] = round(ev['prepared'] - ev['added'], 3)
+        if 'executed' in ev and 'committed' in ev:
+            res['log_executed_to_committed'] = round(ev['committed'] - ev['executed'], 3)
+        res['store_writes'] = len(store_writes(mon_cur.lines()).get(task['id'], []))
+        res['status_rates_seen'] = [round(x) for x in rates]
+        res.update(cpu.stop(wall))
+        return res
+
+    def section_big(self) -> Dict[str, Any]:
+        a = self.args
+        size = parse_bytes(a.big_size)
+        runs: List[Dict[str, Any]] = []
+        for r in range(a.repeat):
+            run: Dict[str, Any] = {}
+            order = ['module', 'cli'] if r % 2 == 0 else ['cli', 'module']
+            for key in order:
+                name = f'big-{key}-{r}'
+                mk = self.create_images([name], size)
+                log(f'big run {r + 1}/{a.repeat}: {key} ({a.big_size}, created in {mk:.1f}s)')
+                if key == 'module':
+                    run[key] = self.module_one(name)
+                else:
+                    self.rbd_cli('migration', 'prepare', f'{SRC_POOL}/{name}',
+                                 f'{DST_POOL}/{name}')
+                    cpu = CpuMeter(self.cluster)
+                    cpu.start()
+                    t0 = time.monotonic()
+                    self.rbd_cli('migration', 'execute', '--no-progress', f'{DST_POOL}/{name}')
+                    wall = time.monotonic() - t0
+                    run[key] = {'execute_seconds': round(wall, 3)}
+                    run[key].update(cpu.stop(wall))
+                    self.rbd_cli('migration', 'commit', '--no-progress', f'{DST_POOL}/{name}')
+                log(f'  {key}: {json.dumps({k: v for k, v in run[key].items() if "sec" in k})}')
+                self.remove_images(DST_POOL, [name])
+                self.remove_images(SRC_POOL, [name])
+            cli = run['cli']['execute_seconds']
+            run['ratio_total_vs_cli_execute'] = run['module']['seconds'] / cli
+            if 'execute_seconds' in run['module']:
+                run['ratio_execute_vs_cli_execute'] = run['module']['execute_seconds'] / cli
+            runs.append(run)
+        return {
+            'image_bytes': size, 'runs': runs,
+            'module_total_seconds': spread([x['module']['seconds'] for x in runs]),
+            'module_execute_seconds': spread([x['module']['execute_seconds'] for x in runs
+                                              if 'execute_seconds' in x['module']]),
+            'cli_execute_seconds': spread([x['cli']['execute_seconds'] for x in runs]),
+            'ratio_total_vs_cli_execute': spread([x['ratio_total_vs_cli_execute']
+                                                  for x in runs]),
+            'ratio_execute_vs_cli_execute': spread([x['ratio_execute_vs_cli_execute']
+                                                    for x in runs
+                                                    if 'ratio_execute_vs_cli_execute' in x]),
+        }
+
+    # -- section 3: throttle --------------------------------------------
+
+    def section_throttle(self) -> Dict[str, Any]:
+        a = self.args
+        size = parse_bytes(a.throttle_size)
+        limit = parse_bytes(a.throttle_limit)
+        runs: List[Dict[str, Any]] = []
+        for r in range(a.repeat):
+            name = f'thr-{r}'
+            mk = self.create_images([name], size)
+            log(f'throttle run {r + 1}/{a.repeat}: {a.throttle_size} at {a.throttle_limit}/s '
+                f'(created in {mk:.1f}s)')
+            res = self.module_one(name, bandwidth_limit=a.throttle_limit)
+            if 'execute_seconds' in res:
+                res['rate_bytes_per_sec'] = size / res['execute_seconds']
+                res['error_percent'] = 100.0 * (res['rate_bytes_per_sec'] - limit) / limit
+            log(f'  rate {res.get("rate_bytes_per_sec", 0) / MIB:.1f} MiB/s, '
+                f'error {res.get("error_percent", float("nan")):+.1f}%')
+            self.remove_images(DST_POOL, [name])
+            runs.append(res)
+        out: Dict[str, Any] = {
+            'image_bytes': size, 'limit_bytes_per_sec': limit, 'runs': runs,
+            'rate_bytes_per_sec': spread([x['rate_bytes_per_sec'] for x in runs
+                                          if 'rate_bytes_per_sec' in x]),
+            'error_percent': spread([x['error_percent'] for x in runs if 'error_percent' in x]),
+        }
+        options = self.module_option_names()
+        out['module_options_seen'] = options
+        if 'total_bandwidth_limit_bytes' in options:
+            out['total'] = self.throttle_total(size, limit)
+        else:
+            out['total'] = {'skipped': 'the module has no total_bandwidth_limit_bytes option'}
+            log('  total throttle skipped: no total_bandwidth_limit_bytes option')
+        return out
+
+    def throttle_total(self, size: int, limit: int) -> Dict[str, Any]:
+        a = self.args
+        key = f'mgr/{MODULE}/total_bandwidth_limit_bytes'
+        runs: List[Dict[str, Any]] = []
+        self.cluster.ceph('config', 'set', 'mgr', key, str(limit))
+        try:
+            for r in range(a.repeat):
+                names = [f'thrt-{r}-{i}' for i in range(2)]
+                self.create_images(names, size)
+                log(f'total throttle run {r + 1}/{a.repeat}: 2 x {a.throttle_size}')
+                mgr_cur, _ = self.cursors()
+                ids = [self.mgr_ok('rbd livemigrate add', source_spec=f'{SRC_POOL}/{n}',
+                                   dest_spec=f'{DST_POOL}/{n}')['id'] for n in names]
+                self.wait_tasks(ids, timeout=900)
+                ev = module_events(mgr_cur.lines())
+                starts = [ev[i]['prepared'] for i in ids]
+                ends = [ev[i]['executed'] for i in ids]
+                span = max(ends) - min(starts)
+                rate = 2 * size / span
+                runs.append({'ids': ids, 'execute_span_seconds': round(span, 3),
+                             'rate_bytes_per_sec': rate,
+                             'error_percent': 100.0 * (rate - limit) / limit})
+                log(f'  total rate {rate / MIB:.1f} MiB/s')
+                self.remove_images(DST_POOL, names)
+        finally:
+            self.cluster.ceph('config', 'rm', 'mgr', key)
+        return {'runs': runs,
+                'error_percent': spread([x['error_percent'] for x in runs])}
+
+    # -- section 4: scale -----------------------------------------------
+
+    def active_and_standby(self) -> Tuple[str, str]:
+        dump = json.loads(self.mon('mgr dump', format='json')[1])
+        standbys = [s['name'] for s in dump.get('standbys', [])]
+        if not dump.get('available') or not standbys:
+            raise RuntimeError('need an active mgr and a standby')
+        return str(dump['active_name']), standbys[0]
+
+    def wait_standby(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dump = json.loads(self.mon('mgr dump', format='json')[1])
+            if name in [s['name'] for s in dump.get('standbys', [])]:
+                pid = self.cluster.mgr_pid(name)
+                if pid is not None:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f'mgr.{name} did not come back as a standby')
+
+    def failover(self, want: int) -> Dict[str, Any]:
+        """ceph mgr fail the active mgr; measure the standby taking over and loading."""
+        active, standby = self.active_and_standby()
+        self.wait_standby(standby)
+        time.sleep(2)                           # let the standby's RSS settle
+        pid = self.cluster.mgr_pid(standby)
+        assert pid is not None
+        rss_before = read_rss_kib(pid)
+        cpu_before = cpu_seconds(pid)
+        mgr_cur = LogCursor(self.mgr_logs())
+        t0 = time.monotonic()
+        ret, _, err = self.mon('mgr fail', who=active)
+        if ret != 0:
+            raise RuntimeError(f'mgr fail {active}: {err}')
+        # only the new active mgr's answer counts: wait for the MgrMap to name it
+        while True:
+            dump = json.loads(self.mon('mgr dump', format='json')[1])
+            if dump.get('active_name') == standby and dump.get('available'):
+                break
+            if time.monotonic() - t0 > 120:
+                raise RuntimeError(f'mgr.{standby} did not become active')
+            time.sleep(0.02)
+        t_map = time.monotonic()
+        first_answer: Optional[float] = None
+        last = ''
+        count = -1
+        while True:
+            ret, out, err = self.mgr('rbd livemigrate ls', timeout=30, format='json')
+            now = time.monotonic()
+            if ret == 0:
+                if first_answer is None:
+                    first_answer = now
+                count = sum(1 for v in json.loads(out) if v.get('id'))
+                if count >= want:
+                    break
+            else:
+                last = f'{ret} {err.strip()[:200]}'
+            if now - t0 > 300:
+                raise RuntimeError(f'ls did not list {want} tasks within 300s '
+                                   f'(count {count}, last {last})')
+            time.sleep(0.05)
+        reload_s = now - t0
+        rss_ready = read_rss_kib(pid)
+        loaded_line = None
+        for line in mgr_cur.lines():
+            if 'loaded' in line and 'task(s)' in line and MODULE in line:
+                loaded_line = line
+        ts_match = LOG_TS.match(loaded_line) if loaded_line else None
+        load_ts = parse_ts(ts_match.group(1)) if ts_match else None
+        time.sleep(5)
+        rss_settled = read_rss_kib(pid)
+        # idle CPU of the new active mgr over 10 s (scheduler ticks over every task)
+        c0 = cpu_seconds(pid)
+        time.sleep(10)
+        idle_cpu = cpu_seconds(pid) - c0
+        rss_idle = read_rss_kib(pid)
+        return {'failed': active, 'new_active': standby, 'pid': pid,
+                'reload_seconds': round(reload_s, 3), 'tasks_listed': count,
+                'mgrmap_switch_seconds': round(t_map - t0, 3),
+                'first_ls_answer_seconds': round((first_answer or now) - t0, 3),
+                'loaded_log_line': loaded_line,
+                'loaded_log_epoch': load_ts,
+                'rss_standby_kib': rss_before, 'rss_ready_kib': rss_ready,
+                'rss_settled_kib': rss_settled, 'rss_after_idle_kib': rss_idle,
+                'rss_growth_mib': round((rss_settled - rss_before) / 1024, 1),
+                'cpu_seconds_to_ready': round(cpu_seconds(pid) - cpu_before - idle_cpu, 2),
+                'idle_cpu_fraction_10s': round(idle_cpu / 10, 3)}
+
+    def ls_latency(self, n: int = 5) -> Dict[str, Any]:
+        binding: List[float] = []
+        size = 0
+        for _ in range(n):
+            t0 = time.monotonic()
+            ret, out, err = self.mgr('rbd livemigrate ls', format='json')
+            binding.append(time.monotonic() - t0)
+            if ret != 0:
+                raise RuntimeError(f'ls: {err}')
+            size = len(out)
+        cli: List[float] = []
+        for _ in range(n):
+            t0 = time.monotonic()
+            p = subprocess.run(['ceph', 'rbd', 'livemigrate', 'ls', '--format', 'json'],
+                               env=self.cluster.env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, timeout=120)
+            cli.append(time.monotonic() - t0)
+            if p.returncode != 0:
+                raise RuntimeError(f'ceph rbd livemigrate ls: {p.stderr!r}')
+        return {'binding_seconds': spread(binding), 'cli_seconds': spread(cli),
+                'output_bytes': size}
+
+    def write_records(self, count: int) -> Tuple[List[str], float]:
+        os.environ.setdefault('UNITTEST', '1')
+        sys.path.insert(0, os.path.join(REPO, 'src', 'pybind', 'mgr'))
+        task_mod: Any = importlib.import_module('rbd_livemigrate.task')
+        now = time.time()
+        records: List[Tuple[str, str]] = []
+        seen = set()
+        for i in range(count):
+            tid = task_mod.Task.new_id()
+            while tid in seen:
+                tid = task_mod.Task.new_id()
+            seen.add(tid)
+            task = task_mod.Task(
+                id=tid, source=f'scale-src/img-{i:05d}', destination=f'scale-dst/img-{i:05d}',
+                paused=True, created=now + i * 1e-3, size_bytes=16 * MIB,
+                source_image_id=f'{i:012x}')
+            records.append((TASK_KEY_PREFIX + tid, task.dumps()))
+
+        def put(chunk: List[Tuple[str, str]]) -> None:
+            for key, val in chunk:
+                ret, _, err = self.mon('config-key set', key=key, val=val)
+                if ret != 0:
+                    raise RuntimeError(f'config-key set {key}: {err}')
+        threads = self.args.scale_threads
+        chunks = [records[i::threads] for i in range(threads)]
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(put, chunks))
+        return [k for k, _ in records], time.monotonic() - t0
+
+    def store_value_sizes(self) -> Dict[str, Any]:
+        ret, out, err = self.mon('config-key dump', key=f'mgr/{MODULE}/')
+        if ret != 0:
+            raise RuntimeError(f'config-key dump: {err}')
+        values = json.loads(out)
+        sizes = sorted(len(str(v).encode()) for v in values.values())
+        big = max(values, key=lambda k: len(str(values[k]).encode())) if values else None
+        return {'keys': len(values), 'max_value_bytes': sizes[-1] if sizes else 0,
+                'largest_key': big, 'median_value_bytes': median(sizes) if sizes else 0,
+                'total_bytes': sum(sizes)}
+
+    def section_scale(self) -> Dict[str, Any]:
+        a = self.args
+        existing = len([v for v in self.mgr_ok('rbd livemigrate ls', format='json')
+                        if v.get('id')])
+        log(f'scale: baseline failover with {existing} task(s) in the store')
+        baseline = self.failover(existing)
+        log(f'  reload {baseline["reload_seconds"]:.2f}s, '
+            f'RSS +{baseline["rss_growth_mib"]} MiB')
+        log(f'scale: writing {a.scale_tasks} paused task records')
+        _, write_s = self.write_records(a.scale_tasks)
+        log(f'  written in {write_s:.1f}s')
+        want = existing + a.scale_tasks
+        runs: List[Dict[str, Any]] = []
+        for r in range(a.repeat):
+            log(f'scale run {r + 1}/{a.repeat}: failover, waiting for ls to list {want}')
+            fo = self.failover(want)
+            fo['ls'] = self.ls_latency()
+            fo['rss_growth_net_mib'] = round(fo['rss_growth_mib'] - baseline['rss_growth_mib'],
+                                             1)
+            log(f'  reload {fo["reload_seconds"]:.2f}s, ls {fo["ls"]["cli_seconds"]["median"]:.2f}s'
+                f' (CLI) / {fo["ls"]["binding_seconds"]["median"]:.2f}s (binding), '
+                f'RSS +{fo["rss_growth_mib"]} MiB (net +{fo["rss_growth_net_mib"]})')
+            runs.append(fo)
+        sizes = self.store_value_sizes()
+        return {
+            'tasks_written': a.scale_tasks, 'tasks_before': existing,
+            'write_seconds': round(write_s, 2), 'baseline_failover': baseline, 'runs': runs,
+            'reload_seconds': spread([x['reload_seconds'] for x in runs]),
+            'baseline_reload_seconds': baseline['reload_seconds'],
+            'ls_cli_seconds': spread([x['ls']['cli_seconds']['median'] for x in runs]),
+            'ls_binding_seconds': spread([x['ls']['binding_seconds']['median'] for x in runs]),
+            'rss_growth_mib': spread([x['rss_growth_mib'] for x in runs]),
+            'rss_growth_net_mib': spread([x['rss_growth_net_mib'] for x in runs]),
+            'idle_cpu_fraction': spread([x['idle_cpu_fraction_10s'] for x in runs]),
+            'store': sizes,
+        }
+
+    # -- driver ----------------------------------------------------------
+
+    def snapshot_module(self) -> None:
+        """Copy the module as it is now: others edit src/ while the bench runs, and a
+        failover re-imports the module from its folder."""
+        src = os.path.join(REPO, 'src', 'pybind', 'mgr', MODULE)
+        if os.path.isdir(self.module_dir):
+            shutil.rmtree(self.module_dir)
+        shutil.copytree(src, self.module_dir,
+                        ignore=shutil.ignore_patterns('tests', '__pycache__'))
+        digest = hashlib.sha256()
+        for name in sorted(os.listdir(self.module_dir)):
+            path = os.path.join(self.module_dir, name)
+            if os.path.isfile(path):
+                with open(path, 'rb') as f:
+                    digest.update(name.encode() + b'\0' + f.read())
+        git = subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        dirty = subprocess.run(['git', '-C', REPO, 'status', '--porcelain', '--', src],
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.results['module'] = {'snapshot': self.module_dir, 'sha256': digest.hexdigest(),
+                                  'git_head': git.stdout.strip(),
+                                  'uncommitted_changes': dirty.stdout.split('\n')[:40]}
+
+    def run(self) -> None:
+        a = self.args
+        if not a.module:
+            self.snapshot_module()
+        else:
+            self.results['module'] = {'path': a.module}
+        log(f'starting cluster in {a.dir} (module {self.module_dir})')
+        self.cluster.start()
+        self.results['cluster'] = {'dir': self.cluster.dir, 'boot_seconds':
+                                   round(self.cluster.boot_seconds, 1),
+                                   'osds': a.osds, 'osd_bytes': a.osd_bytes}
+        self.connect()
+        self.results['module_options'] = self.module_option_names()
+        for section in a.sections:
+            log(f'section {section}')
+            t0 = time.monotonic()
+            try:
+                out = getattr(self, f'section_{section}')()
+            except Exception as e:
+                log(f'section {section} failed: {e}')
+                out = {'error': f'{type(e).__name__}: {e}', 'traceback': traceback.format_exc()}
+            out['section_seconds'] = round(time.monotonic() - t0, 1)
+            self.results['sections'][section] = out
+            self.save()
+            if section != 'scale':
+                try:
+                    self.clean_pools()
+                except Exception as e:   # noqa: BLE001 - best effort between sections
+                    log(f'cleaning pools failed: {e}')
+        self.results['host']['loadavg_end'] = os.getloadavg()
+
+    def save(self) -> None:
+        with open(self.args.json, 'w') as f:
+            json.dump(self.results, f, indent=1, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+def fmt_spread(s: Optional[Dict[str, Any]], unit: str = '', digits: int = 2) -> str:
+    if not s or not s.get('n'):
+        return '-'
+    if s['n'] == 1:
+        return f'{s["median"]:.{digits}f}{unit}'
+    return f'{s["median"]:.{digits}f}{unit} [{s["min"]:.{digits}f}-{s["max"]:.{digits}f}]'
+
+
+def verdict(value: Optional[float], limit: float, lower_is_better: bool = True) -> str:
+    if value is None or value != value:
+        return '?'
+    ok = value <= limit if lower_is_better else value >= limit
+    return 'ok' if ok else 'MISS'
+
+
+def report(results: Dict[str, Any]) -> str:
+    rows: List[List[str]] = []
+    sec = results['sections']
+    p = sec.get('pool')
+    if p and 'error' not in p:
+        n = p['images']
+        size = p['image_bytes'] // MIB
+        rows.append([f'pool {n}x{size}MiB: module / CLI loop',
+                     fmt_spread(p['module_seconds'], 's'), fmt_spread(p['cli_loop_seconds'], 's'),
+                     fmt_spread(p['ratio_vs_cli_loop']), '<= 0.5',
+                     verdict(p['ratio_vs_cli_loop']['median'], 0.5)])
+        rows.append([f'pool {n}x{size}MiB: module / rbd_support',
+                     fmt_spread(p['module_seconds'], 's'),
+                     fmt_spread(p['rbd_support_seconds'], 's'),
+                     fmt_spread(p['ratio_vs_rbd_support']), '-', ''])
+    elif p:
+        rows.append(['pool', 'ERROR', p['error'][:60], '', '', ''])
+    b = sec.get('big')
+    if b and 'error' not in b:
+        gib = b['image_bytes'] / (1 << 30)
+        rows.append([f'big {gib:g}GiB: module execute / CLI execute',
+                     fmt_spread(b['module_execute_seconds'], 's'),
+                     fmt_spread(b['cli_execute_seconds'], 's'),
+                     fmt_spread(b['ratio_execute_vs_cli_execute']), '<= 1.05',
+                     verdict(b['ratio_execute_vs_cli_execute'].get('median'), 1.05)])
+        rows.append([f'big {gib:g}GiB: module add->committed / CLI execute',
+                     fmt_spread(b['module_total_seconds'], 's'),
+                     fmt_spread(b['cli_execute_seconds'], 's'),
+                     fmt_spread(b['ratio_total_vs_cli_execute']), '(<= 1.05)',
+                     verdict(b['ratio_total_vs_cli_execute'].get('median'), 1.05)])
+    elif b:
+        rows.append(['big', 'ERROR', b['error'][:60], '', '', ''])
+    t = sec.get('throttle')
+    if t and 'error' not in t:
+        lim = t['limit_bytes_per_sec'] / MIB
+        rate = t['rate_bytes_per_sec']
+        rate_mib = ({k: (v / MIB if k in ('median', 'min', 'max') else v)
+                     for k, v in rate.items() if k != 'values'} if rate.get('n') else None)
+        err = t['error_percent']
+        worst = max(abs(err['min']), abs(err['max'])) if err.get('n') else None
+        rows.append([f'throttle {t["image_bytes"] // MIB}MiB @ {lim:g}MiB/s: error %',
+                     fmt_spread(rate_mib, ' MiB/s', 1), f'{lim:g} MiB/s',
+                     fmt_spread(err, '%', 1), '|err| <= 10%', verdict(worst, 10.0)])
+        tot = t.get('total', {})
+        if 'skipped' in tot:
+            rows.append(['throttle total (2 tasks)', 'skipped', '', '', '', tot['skipped']])
+        elif tot.get('error_percent'):
+            e = tot['error_percent']
+            w = max(abs(e['min']), abs(e['max'])) if e.get('n') else None
+            rows.append(['throttle total (2 tasks): error %', '', f'{lim:g} MiB/s',
+                         fmt_spread(e, '%', 1), '|err| <= 10%', verdict(w, 10.0)])
+    elif t:
+        rows.append(['throttle', 'ERROR', t['error'][:60], '', '', ''])
+    s = sec.get('scale')
+    if s and 'error' not in s:
+        n = s['tasks_written']
+        rows.append([f'scale {n}: reload (mgr fail -> ls lists all)',
+                     fmt_spread(s['reload_seconds'], 's'),
+                     f'{s["baseline_reload_seconds"]:.2f}s (empty)', '', '< 5 s',
+                     verdict(s['reload_seconds']['median'], 5.0)])
+        rows.append([f'scale {n}: ls --format json (ceph CLI)',
+                     fmt_spread(s['ls_cli_seconds'], 's'), '', '', '< 1 s',
+                     verdict(s['ls_cli_seconds']['median'], 1.0)])
+        rows.append([f'scale {n}: ls --format json (librados)',
+                     fmt_spread(s['ls_binding_seconds'], 's'), '', '', '< 1 s',
+                     verdict(s['ls_binding_seconds']['median'], 1.0)])
+        rows.append([f'scale {n}: mgr RSS growth, net of empty failover',
+                     fmt_spread(s['rss_growth_net_mib'], ' MiB', 0),
+                     f'raw {fmt_spread(s["rss_growth_mib"], " MiB", 0)}', '', '< 100 MB',
+                     verdict(s['rss_growth_net_mib']['median'] * 1.048576, 100.0)])
+        rows.append([f'scale {n}: largest config-key value',
+                     f'{s["store"]["max_value_bytes"]} B', f'{s["store"]["keys"]} keys', '',
+                     '<= 64 KiB', verdict(s['store']['max_value_bytes'], 65536.0)])
+        rows.append([f'scale {n}: mgr idle CPU after load',
+                     fmt_spread(s['idle_cpu_fraction'], ' cores', 3), '', '', '-', ''])
+    elif s:
+        rows.append(['scale', 'ERROR', s['error'][:60], '', '', ''])
+    headers = ['measurement', 'module', 'reference', 'ratio med [min-max]', 'target', '']
+    cells = [headers] + rows
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n', 2)[2])
+    p.add_argument('--dir', default='/tmp/bench-livemigrate',
+                   help='cluster directory, must be /tmp/bench-* (default: %(default)s)')
+    p.add_argument('--sections', default=','.join(SECTIONS),
+                   help='comma list of %s (default: all)' % ', '.join(SECTIONS))
+    p.add_argument('--repeat', type=int, default=3, help='runs per section (default 3)')
+    p.add_argument('--images', type=int, default=40, help='pool: image count (default 40)')
+    p.add_argument('--image-size', default='16M', help='pool: bytes per image (default 16M)')
+    p.add_argument('--big-size', default='1G', help='big: image bytes (default 1G)')
+    p.add_argument('--throttle-size', default='512M', help='throttle: image bytes')
+    p.add_argument('--throttle-limit', default='100M', help='throttle: --bandwidth-limit')
+    p.add_argument('--scale-tasks', type=int, default=10000, help='scale: task records')
+    p.add_argument('--scale-threads', type=int, default=8,
+                   help='scale: threads writing records (default 8)')
+    p.add_argument('--osds', type=int, default=2)
+    p.add_argument('--osd-bytes', default='4G', help='memstore bytes per OSD (default 4G)')
+    p.add_argument('--json', default=None,
+                   help='raw numbers (default /tmp/bench_livemigrate-<time>.json)')
+    p.add_argument('--module', default=None,
+                   help='module folder to load (default: a copy of src/pybind/mgr/'
+                        'rbd_livemigrate taken at start, next to --dir)')
+    p.add_argument('--keep', action='store_true', help='leave the cluster running')
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(',') if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        p.error(f'unknown section(s) {unknown}: use {", ".join(SECTIONS)}')
+    if not os.path.abspath(args.dir).startswith('/tmp/bench-'):
+        p.error('--dir must be under /tmp/bench-*')
+    if args.repeat < 1:
+        p.error('--repeat must be at least 1')
+    if args.json is None:
+        args.json = time.strftime('/tmp/bench_livemigrate-%Y%m%d-%H%M%S.json')
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f'signal {signum}')
+    signal.signal(signal.SIGTERM, on_signal)
+    rc = 0
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        log('interrupted')
+        rc = 130
+    except Exception as e:
+        log(f'failed: {type(e).__name__}: {e}')
+        bench.results['error'] = traceback.format_exc()
+        rc = 1
+    finally:
+        bench.results['finished'] = time.strftime('%Y-%m-%dT%H:%M:%S%z')
+        bench.save()
+        bench.close()
+        if args.keep:
+            log(f'cluster kept: CEPH_CONF={bench.cluster.conf}; stop it with '
+                f'/usr/bin/python3 qa/standalone/cluster.py stop --dir {args.dir} --purge')
+        else:
+            log('stopping the cluster')
+            bench.cluster.stop(purge=True)
+            if not args.module:
+                shutil.rmtree(os.path.dirname(bench.module_dir), ignore_errors=True)
+    print(report(bench.results))
+    print(f'\nraw numbers: {args.json}')
+    return rc
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Scheduler on the real cluster: concurrency, priority, window, pause and
+resume, add-pool, the total bandwidth option."""
+
+import datetime
+import threading
+import time
+from typing import Dict, Iterator, List, Set
+
+import pytest
+
+from cluster import Cluster
+from conftest import Livemigrate, rbdtools, wait_for
+
+MiB = 1 << 20
+ACTIVE = ('preparing', 'executing', 'committing')
+
+
+@pytest.fixture
+def limit2(lm: Livemigrate) -> Iterator[None]:
+    lm.set_option('max_concurrent', '2')
+    yield
+    lm.rm_option('max_concurrent')
+
+
+def images(cluster: Cluster, name: str, n: int, size: int = 8 * MiB) -> List[str]:
+    out = []
+    for i in range(n):
+        spec = 'a/{}-{}'.format(name, i)
+        rbdtools.create_image(cluster.conf, spec, size, seed=spec)
+        out.append(spec)
+    return out
+
+
+def test_concurrency_limit(cluster: Cluster, lm: Livemigrate, name: str, limit2: None) -> None:
+    srcs = images(cluster, name, 6)
+    sums = {s: rbdtools.checksums(cluster.conf, s) for s in srcs}
+    ids = [lm.add(s, s.replace('a/', 'b/', 1), '--bandwidth-limit', '8M')['id'] for s in srcs]
+    peak = 0
+    seen: Set[str] = set()
+
+    def sample() -> bool:
+        nonlocal peak
+        tasks = {t['id']: t for t in lm.ls() if t['id'] in ids}
+        active = [i for i, t in tasks.items() if t['state'] in ACTIVE]
+        peak = max(peak, len(active))
+        seen.update(active)
+        return all(t['state'] == 'committed' for t in tasks.values())
+    wait_for(sample, 240, 'all six committed', interval=0.1)
+    assert peak == 2, peak
+    assert seen == set(ids)
+    for s in srcs:
+        assert rbdtools.checksums(cluster.conf, s.replace('a/', 'b/', 1)) == sums[s]
+
+
+def test_priority_added_last_starts_next(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    lm.set_option('max_concurrent', '1')
+    try:
+        srcs = images(cluster, name, 4)
+        lm.ok('pause')
+        ids = [lm.add(s, s.replace('a/', 'b/', 1), '--bandwidth-limit', '16M')['id']
+               for s in srcs[:3]]
+        urgent = lm.add(srcs[3], srcs[3].replace('a/', 'b/', 1), '--priority', '10')['id']
+        order: List[str] = []
+
+        def track() -> bool:
+            for t in lm.ls():
+                if t['id'] in ids + [urgent] and t['started'] and t['id'] not in order:
+                    order.append(t['id'])
+            return len(order) == 4
+        lm.ok('resume')
+        wait_for(track, 240, 'all four started', interval=0.1)
+        assert order[0] == urgent, order
+        assert order[1:] == ids, order
+    finally:
+        lm.rm_option('max_concurrent')
+        lm.ok('resume')
+
+
+def _window(minutes_from_now: int, length: int) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start = now + datetime.timedelta(minutes=minutes_from_now)
+    end = start + datetime.timedelta(minutes=length)
+    return '{:%H:%M}-{:%H:%M}'.format(start, end)
+
+
+def test_window_closed_then_open(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    src = images(cluster, name, 1)[0]
+    before = rbdtools.checksums(cluster.conf, src)
+    lm.set_option('maintenance_window', _window(120, 60))       # opens in two hours
+    try:
+        task = lm.add(src, src.replace('a/', 'b/', 1))
+        t = lm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
+        assert t['state'] == 'queued' and 'maintenance window' in t['blocked_reason']
+        assert 'maintenance window' in lm.ok('status', task['id'])
+        time.sleep(1)
+        assert lm.status(task['id'])['state'] == 'queued'
+        lm.set_option('maintenance_window', _window(-1, 60))    # open now
+        lm.wait(task['id'])
+    finally:
+        lm.rm_option('maintenance_window')
+    assert rbdtools.checksums(cluster.conf, src.replace('a/', 'b/', 1)) == before
+
+
+def test_window_closing_pauses_running_copy(cluster: Cluster, lm: Livemigrate,
+                                            name: str) -> None:
+    src = images(cluster, name, 1, 32 * MiB)[0]
+    before = rbdtools.checksums(cluster.conf, src)
+    task = lm.add(src, src.replace('a/', 'b/', 1), '--bandwidth-limit', '4M')
+    lm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    lm.set_option('maintenance_window', _window(120, 60))
+    try:
+        t = lm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
+        assert t['state'] == 'executing'
+        p1 = lm.status(task['id'])['bytes_copied']
+        time.sleep(3)
+        assert lm.status(task['id'])['bytes_copied'] <= p1 + 8 * MiB   # held (in-flight ops)
+    finally:
+        lm.rm_option('maintenance_window')
+    lm.wait(task['id'])
+    assert rbdtools.checksums(cluster.conf, src.replace('a/', 'b/', 1)) == before
+
+
+def test_invalid_window_holds_queue_and_warns(cluster: Cluster, lm: Livemigrate,
+                                              name: str) -> None:
+    src = images(cluster, name, 1)[0]
+    lm.set_option('maintenance_window', 'whenever')
+    lm.set_option('blocked_warn_seconds', '1')
+    try:
+        task = lm.add(src, src.replace('a/', 'b/', 1))
+        t = lm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
+        assert 'invalid' in t['blocked_reason'] and t['state'] == 'queued'
+        wait_for(lambda: 'RBD_LIVEMIGRATE_BLOCKED' in cluster.ceph_json(
+                 'health', 'detail').get('checks', {}), 30, 'RBD_LIVEMIGRATE_BLOCKED')
+    finally:
+        lm.rm_option('maintenance_window')
+        lm.rm_option('blocked_warn_seconds')
+    lm.wait(task['id'])
+
+
+def test_pause_resume_one_and_queue(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    a, b = images(cluster, name, 2, 24 * MiB)
+    sums = {s: rbdtools.checksums(cluster.conf, s) for s in (a, b)}
+    ta = lm.add(a, a.replace('a/', 'b/', 1), '--bandwidth-limit', '4M')['id']
+    lm.wait(ta, pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    assert lm.ok('pause', ta)['paused']
+    lm.wait(ta, pred=lambda t: t['blocked_reason'] == 'paused')
+    p1 = lm.status(ta)['bytes_copied']
+    time.sleep(2)
+    assert lm.status(ta)['bytes_copied'] <= p1 + 8 * MiB
+    assert 'paused' in lm.ok('ls')
+    lm.ok('resume', ta)
+    lm.wait(ta)
+    # the whole queue
+    assert lm.ok('pause')['queue_paused']
+    try:
+        tb = lm.add(b, b.replace('a/', 'b/', 1))['id']
+        t = lm.wait(tb, pred=lambda t: bool(t['blocked_reason']))
+        assert t['state'] == 'queued' and 'queue paused' in t['blocked_reason']
+    finally:
+        assert not lm.ok('resume')['queue_paused']
+    lm.wait(tb)
+    for s in (a, b):
+        assert rbdtools.checksums(cluster.conf, s.replace('a/', 'b/', 1)) == sums[s]
+
+
+def test_add_pool_pattern(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    cluster.create_pool('pp-' + name[-8:])
+    cluster.create_pool('pq-' + name[-8:])
+    src_pool, dst_pool = 'pp-' + name[-8:], 'pq-' + name[-8:]
+    specs = ['{}/vm-{}'.format(src_pool, i) for i in range(3)] + \
+        ['{}/db-{}'.format(src_pool, i) for i in range(2)]
+    for s in specs:
+        rbdtools.create_image(cluster.conf, s, 4 * MiB, seed=s)
+    sums: Dict[str, Dict[str, str]] = {s: rbdtools.checksums(cluster.conf, s) for s in specs}
+    dry = lm.ok('add-pool', src_pool, dst_pool, '--pattern', 'vm-*', '--dry-run')
+    assert sorted(d['source'] for d in dry) == sorted(s for s in specs if '/vm-' in s)
+    assert all(d['dry_run'] and d['ok'] for d in dry)
+    tasks = lm.ok('add-pool', src_pool, dst_pool, '--pattern', 'vm-*', '--object-size', '1M')
+    assert isinstance(tasks, list) and len(tasks) == 3
+    for t in tasks:
+        lm.wait(t['id'])
+        dst = t['destination']
+        assert rbdtools.checksums(cluster.conf, dst) == sums[t['source']]
+        assert rbdtools.image_layout(cluster.conf, dst)['object_size'] == MiB
+    for s in specs:
+        assert rbdtools.image_exists(cluster.conf, s) == ('/db-' in s)
+    rc, out, err = lm.run('add-pool', 'nopool', dst_pool)
+    assert rc == 2 and err.strip()
+
+
+def test_total_bandwidth_shared(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    srcs = images(cluster, name, 2, 24 * MiB)
+    lm.set_option('total_bandwidth_limit_bytes', str(8 * MiB))
+    try:
+        ids = [lm.add(s, s.replace('a/', 'b/', 1))['id'] for s in srcs]
+        t0 = time.monotonic()
+        for i in ids:
+            lm.wait(i)
+        elapsed = time.monotonic() - t0
+    finally:
+        lm.rm_option('total_bandwidth_limit_bytes')
+    # 48 MiB at 8 MiB/s in total cannot take much under 6 s
+    assert elapsed > 4.0, elapsed
+
+
+def test_limits_apply_at_once(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    srcs = images(cluster, name, 3)
+    lm.set_option('max_concurrent', '1')
+    lm.ok('pause')
+    ids = [lm.add(s, s.replace('a/', 'b/', 1), '--bandwidth-limit', '2M')['id'] for s in srcs]
+    lm.ok('resume')
+    try:
+        wait_for(lambda: sum(t['state'] in ACTIVE for t in lm.ls() if t['id'] in ids) == 1,
+                 30, 'one running')
+        lm.set_option('max_concurrent', '3')
+        wait_for(lambda: sum(t['state'] in ACTIVE for t in lm.ls() if t['id'] in ids) == 3,
+                 30, 'three running after raising the limit')
+    finally:
+        lm.rm_option('max_concurrent')
+        for i in ids:
+            lm.ok('cancel', i)
+
+
+def test_client_on_destination_keeps_writes(cluster: Cluster, lm: Livemigrate,
+                                            name: str) -> None:
+    """A client may use the destination while the copy runs; its writes survive commit."""
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 32 * MiB, seed=name)
+    task = lm.add(src, dst, '--bandwidth-limit', '4M')
+    lm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    stop = threading.Event()
+    written: List[int] = []
+
+    def writer() -> None:
+        with rbdtools.opened(cluster.conf, dst) as image:
+            off = 0
+            while not stop.is_set() and off < 32 * MiB:
+                rbdtools.write(image, off, MiB, 'client')
+                written.append(off)
+                off += 4 * MiB
+                time.sleep(0.2)
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        wait_for(lambda: len(written) >= 3, 60, 'client writes')
+    finally:
+        stop.set()
+        th.join()
+    lm.wait(task['id'])
+    with rbdtools.connect(cluster.conf) as c, rbdtools.ioctx(c, dst) as (io, img):
+        import rbd
+        with rbd.Image(io, img, read_only=True) as image:
+            for off in written:
+                assert image.read(off, MiB) == rbdtools.pattern('client', off, MiB)
+            # and what the client did not touch is the source's data
+            assert image.read(MiB, MiB) == rbdtools.pattern(name, MiB, MiB)
