@@ -161,3 +161,31 @@ def test_pool_deleted_under_queued_task(fcluster: Cluster, flm: Livemigrate,
     flm.ok('cancel', doomed['id'])
     wait_for(lambda: 'RBD_LIVEMIGRATE_FAILED' not in json.loads(fcluster.ceph(
         'health', 'detail', '--format', 'json').stdout)['checks'], 30, 'FAILED cleared')
+
+
+def test_nearfull_osd_pauses_queue(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
+    """Fill the OSDs past nearfull: the queue holds with a reason and a health
+    warning; deleting the filler frees the space and the task finishes."""
+    filler = 'a/{}-filler'.format(name)
+    rbdtools.create_image(fcluster.conf, filler, 512 * MiB, seed='filler')
+    src = 'a/' + name
+    rbdtools.create_image(fcluster.conf, src, 8 * MiB, seed=name, snaps=1)
+    before = rbdtools.checksums(fcluster.conf, src)
+    flm.set_option('blocked_warn_seconds', '1')
+    fcluster.ceph('osd', 'set-nearfull-ratio', '0.05')
+    try:
+        wait_for(lambda: 'OSD_NEARFULL' in fcluster.ceph_json('health').get('checks', {}),
+                 60, 'OSD_NEARFULL')
+        task = flm.add(src, 'b/' + name)
+        t = flm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
+        assert t['state'] == 'queued' and 'OSD_NEARFULL' in t['blocked_reason']
+        wait_for(lambda: 'RBD_LIVEMIGRATE_BLOCKED' in fcluster.ceph_json(
+                 'health', 'detail').get('checks', {}), 30, 'RBD_LIVEMIGRATE_BLOCKED')
+        fcluster.rbd('rm', filler)
+        flm.wait(task['id'], timeout=120)
+    finally:
+        fcluster.ceph('osd', 'set-nearfull-ratio', '0.85')
+        flm.rm_option('blocked_warn_seconds')
+    assert rbdtools.checksums(fcluster.conf, 'b/' + name) == before
+    wait_for(lambda: 'RBD_LIVEMIGRATE_BLOCKED' not in fcluster.ceph_json(
+             'health', 'detail').get('checks', {}), 30, 'RBD_LIVEMIGRATE_BLOCKED cleared')
