@@ -1,0 +1,100 @@
+#!/usr/bin/python3
+"""
+Soak: kill -9 the active mgr at a random moment of a live migration, start
+it again, and check that the task completes by itself with identical data
+(head and every snapshot).  Prints a summary table.
+
+    /usr/bin/python3 qa/soak/soak_mgr_kill.py --iterations 50
+"""
+
+import argparse
+import collections
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'standalone'))
+
+from cluster import Cluster  # noqa: E402
+import rbdtools  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'standalone',
+                                'rbd_livemigrate'))
+from conftest import Livemigrate  # noqa: E402
+
+MiB = 1 << 20
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--iterations', type=int, default=50)
+    ap.add_argument('--size-mb', type=int, default=32)
+    ap.add_argument('--seed', type=int, default=None)
+    ap.add_argument('--dir', default=None)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    base = args.dir or tempfile.mkdtemp(prefix='lm-soak-', dir='/tmp')
+    c = Cluster(dir=base, osds=2, mgrs=2, osd_bytes=3 << 30, pools=['a', 'b'])
+    c.start()
+    lm = Livemigrate(c)
+    lm.set_option('retry_backoff_seconds', '1')
+    phases: Dict[str, int] = collections.Counter()
+    lost: List[str] = []
+    stuck: List[str] = []
+    recovery: List[float] = []
+    ready: List[float] = []
+    try:
+        for i in range(args.iterations):
+            name = 'soak-{}'.format(i)
+            src, dst = 'a/' + name, 'b/' + name
+            rbdtools.create_image(c.conf, src, args.size_mb * MiB, seed=name, snaps=1)
+            before = rbdtools.checksums(c.conf, src)
+            rate = rng.choice([8, 16, 32])
+            task = lm.add(src, dst, '--bandwidth-limit', '{}M'.format(rate))
+            time.sleep(rng.uniform(0.0, args.size_mb / rate + 0.5))
+            phase = lm.status(task['id'])['state']
+            active = c.active_mgr()
+            t0 = time.monotonic()
+            c.kill_mgr(active)
+            c.start_mgr(active)
+            c.wait_module_ready(timeout=120)
+            ready.append(time.monotonic() - t0)
+            phases[phase] += 1
+            try:
+                lm.wait(task['id'], ('committed',), timeout=300)
+                recovery.append(time.monotonic() - t0)
+            except (AssertionError, TimeoutError) as e:
+                stuck.append('{}: {}'.format(task['id'], e))
+                continue
+            if rbdtools.checksums(c.conf, dst) != before:
+                lost.append(dst)
+            rbdtools_rm(c, dst)
+            print('iteration {:3d}: killed in {:10s} module back in {:5.1f}s, committed '
+                  '{:5.1f}s after the kill'.format(i + 1, phase, ready[-1], recovery[-1]),
+                  flush=True)
+    finally:
+        c.stop(purge=not (lost or stuck))
+    print()
+    print('| iterations | phases hit | lost images | stuck tasks | mean module-back (s) '
+          '| mean kill-to-committed (s) |')
+    print('|---|---|---|---|---|---|')
+    print('| {} | {} | {} | {} | {:.1f} | {:.1f} |'.format(
+        args.iterations, ', '.join('{} {}'.format(k, v) for k, v in sorted(phases.items())),
+        len(lost), len(stuck), statistics.mean(ready) if ready else 0,
+        statistics.mean(recovery) if recovery else 0))
+    for x in lost + stuck:
+        print('  ', x)
+    return 1 if lost or stuck else 0
+
+
+def rbdtools_rm(c: Cluster, spec: str) -> None:
+    c.rbd('snap', 'purge', spec)
+    c.rbd('rm', spec)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
