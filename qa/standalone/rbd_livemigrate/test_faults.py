@@ -131,12 +131,18 @@ def test_osd_frozen_mid_execute(fcluster: Cluster, flm: Livemigrate, name: str) 
     before = rbdtools.checksums(fcluster.conf, 'a/' + name)
     task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '8M')
     flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    flm.set_option('stall_warn_seconds', '3')
     fcluster.stop_osd(1)
     try:
-        wait_for(lambda: flm.status(task['id'])['state'] != 'committed', 5, 'not done')
+        # the copy stalls on the frozen OSD's PGs: RBD_LIVEMIGRATE_STALLED
+        wait_for(lambda: 'RBD_LIVEMIGRATE_STALLED' in fcluster.ceph_json(
+                 'health', 'detail').get('checks', {}), 60, 'RBD_LIVEMIGRATE_STALLED')
     finally:
         fcluster.cont_osd(1)
     migrate_and_check(fcluster, flm, name, before, task['id'], timeout=300)
+    flm.rm_option('stall_warn_seconds')
+    wait_for(lambda: 'RBD_LIVEMIGRATE_STALLED' not in fcluster.ceph_json(
+             'health', 'detail').get('checks', {}), 30, 'RBD_LIVEMIGRATE_STALLED cleared')
 
 
 def test_pool_deleted_under_queued_task(fcluster: Cluster, flm: Livemigrate,

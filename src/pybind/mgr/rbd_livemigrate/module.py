@@ -21,6 +21,7 @@ from .scheduler import Options, Worker
 from .store import TaskStore
 from .window import in_window, parse_window
 
+ORPHAN_SCAN_SECONDS = 300.0
 DEFAULT_HEALTH_PAUSE = ('OSD_FULL,OSD_NEARFULL,OSD_BACKFILLFULL,POOL_FULL,PG_AVAILABILITY,'
                         'HEALTH_ERR')
 
@@ -108,6 +109,7 @@ class Module(MgrModule):
             self.commands.scan_orphans()
         except Exception:
             self.log.exception('orphan scan failed')
+        self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.scan_orphans)
         self.worker.serve()
 
     def shutdown(self) -> None:

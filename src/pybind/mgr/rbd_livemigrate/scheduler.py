@@ -42,6 +42,14 @@ class Options:
     health_pause_checks: str = ''
 
 
+@dataclass
+class Chore:
+    """A slow background job the scheduler pass runs every ``interval`` seconds."""
+    interval: float
+    fn: Callable[[], None]
+    last: float
+
+
 class Decision(NamedTuple):
     start: List[str]                 # task ids to start now, in order
     waiting: Dict[str, str]          # task id -> why it may not start now
@@ -186,6 +194,7 @@ class Worker:
         # running copies hold while it is set
         self.current_block: Optional[str] = None
         self.health_block_since: Optional[float] = None
+        self.chores: List[Chore] = []
 
     # -- table ---------------------------------------------------------
 
@@ -303,9 +312,23 @@ class Worker:
                     del self.runners[r.task_id]
             self.blocklisted_since.pop(r.task_id, None)
 
+    def add_chore(self, interval: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` from the scheduler pass about every ``interval`` seconds."""
+        self.chores.append(Chore(interval, fn, self.clock()))
+
+    def run_chores(self, now: float) -> None:
+        for chore in self.chores:
+            if now - chore.last >= chore.interval:
+                chore.last = now
+                try:
+                    chore.fn()
+                except Exception:
+                    log.exception('background chore failed')
+
     def tick(self) -> float:
         """One pass: start what the decision allows, rebuild health; next delay."""
         now = self.clock()
+        self.run_chores(now)
         self.reap_blocklisted(now)
         block = None if self.stopping else self.cluster_block()
         with self.lock:
