@@ -271,6 +271,8 @@ def check_layout(info, layout):
     if layout.get('features'):
         want = set(str(layout['features']).split(','))
         have = set(info['features']) - {'migrating'}
+        if int(layout.get('stripe_count') or 1) > 1:
+            have.discard('striping')        # librbd adds it for fancy striping
         if want != have:
             problems.append('features {} != {}'.format(sorted(have), sorted(want)))
     return problems
@@ -350,6 +352,10 @@ def run_client(remote, role, config, prefix=()):
 
         log.info('%s: writing %d image(s) of %d MiB', role, len(images), size_mb)
         for img in images:
+            if sh.rbd_ok('info', img['source']) or sh.rbd_ok('info', img['dest']):
+                raise RuntimeError('{} or {} exists already: remove it or set '
+                                   'image_prefix'.format(img['source'], img['dest']))
+            img['created'] = True
             make_image(sh, img['source'], size_mb, int(cfg['snapshots']))
             img['before'] = checksums(sh, img['source'])
             img['before_tail'] = md5(sh, img['source'], skip=workload_mb * MiB)
@@ -382,6 +388,8 @@ def run_client(remote, role, config, prefix=()):
                 log.warning('workload on %s: %s', img['dest'], e)
         cancel_live(sh, task_ids)
         for img in images:
+            if not img.get('created'):
+                continue            # never touch images this task did not make
             remove_image(sh, img['dest'])
             if not in_place:
                 remove_image(sh, img['source'])
@@ -396,7 +404,13 @@ def run_workload(sh, role, loaded, cfg, workloads):
     for img in loaded:
         img['passes_during_copy'] = img['workload_passes'] = 0
     while True:
-        states = {img['dest']: status(sh, img['task'])['state'] for img in loaded}
+        states = {}
+        for img in loaded:
+            t = status(sh, img['task'])
+            if t['state'] in ('aborted', 'failed'):
+                raise RuntimeError('task {} ({} -> {}) ended {}: {}'.format(
+                    img['task'], t['source'], t['destination'], t['state'], t.get('error')))
+            states[img['dest']] = t['state']
         usable = [img for img in loaded if states[img['dest']] in DEST_USABLE]
         if len(usable) == len(loaded) and all(
                 img['workload_passes'] and states[img['dest']] not in ('prepared', 'executing')
