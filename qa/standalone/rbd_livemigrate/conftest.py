@@ -60,7 +60,13 @@ class Livemigrate:
             nonlocal last
             last = self.status(task_id)
             if pred is not None:
-                return pred(last)
+                if pred(last):
+                    return True
+                if last['state'] in TERMINAL:
+                    raise AssertionError('task {} ended {} ({}) before the awaited '
+                                         'condition'.format(task_id, last['state'],
+                                                            last.get('error')))
+                return False
             if last['state'] in TERMINAL and last['state'] not in states:
                 raise AssertionError('task {} ended {} ({}), wanted {}'.format(
                     task_id, last['state'], last.get('error'), states))

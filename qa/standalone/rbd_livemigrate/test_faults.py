@@ -84,7 +84,11 @@ def test_mgr_failover_finishes_queue(fcluster: Cluster, flm: Livemigrate, name: 
     for n in names:
         rbdtools.create_image(fcluster.conf, 'a/' + n, 16 * MiB, seed=n)
         sums[n] = rbdtools.checksums(fcluster.conf, 'a/' + n)
-    tasks = [flm.add('a/' + n, 'b/' + n, '--bandwidth-limit', '4M') for n in names]
+    flm.ok('pause')
+    try:
+        tasks = [flm.add('a/' + n, 'b/' + n, '--bandwidth-limit', '2M') for n in names]
+    finally:
+        flm.ok('resume')
     flm.wait(tasks[0]['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
     fcluster.ceph('mgr', 'fail')
     fcluster.wait_module_ready(timeout=90)
@@ -129,7 +133,7 @@ def test_blocklisted_clients_recover(fcluster: Cluster, flm: Livemigrate, name: 
 def test_osd_frozen_mid_execute(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
     rbdtools.create_image(fcluster.conf, 'a/' + name, 32 * MiB, seed=name)
     before = rbdtools.checksums(fcluster.conf, 'a/' + name)
-    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '8M')
+    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '4M')
     flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
     flm.set_option('stall_warn_seconds', '3')
     fcluster.stop_osd(1)
