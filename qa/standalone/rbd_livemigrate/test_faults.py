@@ -176,13 +176,20 @@ def test_pool_deleted_under_queued_task(fcluster: Cluster, flm: Livemigrate,
 def test_nearfull_osd_pauses_queue(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
     """Fill the OSDs past nearfull: the queue holds with a reason and a health
     warning; deleting the filler frees the space and the task finishes."""
-    filler = 'a/{}-filler'.format(name)
-    rbdtools.create_image(fcluster.conf, filler, 512 * MiB, seed='filler')
+    def usage() -> float:
+        return max(n['utilization'] for n in fcluster.ceph_json('osd', 'df')['nodes']) / 100
+
     src = 'a/' + name
     rbdtools.create_image(fcluster.conf, src, 8 * MiB, seed=name, snaps=1)
     before = rbdtools.checksums(fcluster.conf, src)
+    empty = usage()
+    filler = 'a/{}-filler'.format(name)
+    rbdtools.create_image(fcluster.conf, filler, 768 * MiB, seed='filler')
+    wait_for(lambda: usage() > empty + 0.08, 60, 'the filler to show in osd df')
+    full = usage()
     flm.set_option('blocked_warn_seconds', '1')
-    fcluster.ceph('osd', 'set-nearfull-ratio', '0.05')
+    # nearfull between the usage without and with the filler
+    fcluster.ceph('osd', 'set-nearfull-ratio', '{:.3f}'.format((empty + full) / 2))
     try:
         wait_for(lambda: 'OSD_NEARFULL' in fcluster.ceph_json('health').get('checks', {}),
                  60, 'OSD_NEARFULL')
