@@ -4,7 +4,7 @@
 # tests, linters, the real-cluster integration tests and the docs build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-/usr/bin/python3 qa/standalone/cluster.py install
+/usr/bin/python3 qa/standalone/cluster.py install --dashboard
 if ! command -v tox >/dev/null 2>&1; then
     python3 -m pip install --quiet 'tox>=4'
 fi

@@ -325,50 +325,57 @@ def validate_config(config):
     return cfg
 
 
-def run_client(remote, role, config, prefix=()):
-    """Everything the task does for one client role; see :func:`task`."""
-    cfg = validate_config(config)
-    sh = Shell(remote, prefix, cfg.get('cluster', 'ceph'))
-    layout = cfg['layout']
-    in_place = (cfg['dest_pool'], cfg['dest_namespace']) == (cfg['pool'], cfg['namespace'])
-    size_mb = int(cfg['image_size'])
-    workload_mb = int(cfg['workload_io_total'])
-    tag = '{}-{}'.format(cfg['image_prefix'], role.replace('.', '-'))
-    images = []
-    for i in range(int(cfg['images'])):
-        name = '{}-{}'.format(tag, i)
-        images.append({'name': name, 'workload': i < int(cfg['workload_images']),
-                       'size': size_mb * MiB,
-                       'source': spec(cfg['pool'], cfg['namespace'], name),
-                       'dest': spec(cfg['dest_pool'], cfg['dest_namespace'], name)})
+class ClientRun(object):
+    """What the task does for one client role: :meth:`run` migrates and verifies,
+    :meth:`cleanup` removes what run made (safe after a failure at any point)."""
 
-    created = []
-    task_ids = []
-    workloads = []
-    try:
+    def __init__(self, remote, role, config, prefix=()):
+        self.cfg = cfg = validate_config(config)
+        self.role = role
+        self.sh = Shell(remote, prefix, cfg.get('cluster', 'ceph'))
+        self.layout = cfg['layout']
+        self.in_place = (cfg['dest_pool'], cfg['dest_namespace']) == (cfg['pool'],
+                                                                      cfg['namespace'])
+        self.size_mb = int(cfg['image_size'])
+        self.workload_mb = int(cfg['workload_io_total'])
+        tag = '{}-{}'.format(cfg['image_prefix'], role.replace('.', '-'))
+        self.images = []
+        for i in range(int(cfg['images'])):
+            name = '{}-{}'.format(tag, i)
+            self.images.append({
+                'name': name, 'workload': i < int(cfg['workload_images']),
+                'size': self.size_mb * MiB,
+                'source': spec(cfg['pool'], cfg['namespace'], name),
+                'dest': spec(cfg['dest_pool'], cfg['dest_namespace'], name)})
+        self.created = []
+        self.task_ids = []
+        self.workloads = []
+
+    def run(self):
+        sh, cfg, images = self.sh, self.cfg, self.images
         lm(sh, 'ls')        # the module answers (fails clearly if it is not enabled)
-        created += ensure_pool(sh, cfg['pool'], cfg['namespace'])
-        created += ensure_pool(sh, cfg['dest_pool'], cfg['dest_namespace'])
+        self.created += ensure_pool(sh, cfg['pool'], cfg['namespace'])
+        self.created += ensure_pool(sh, cfg['dest_pool'], cfg['dest_namespace'])
 
-        log.info('%s: writing %d image(s) of %d MiB', role, len(images), size_mb)
+        log.info('%s: writing %d image(s) of %d MiB', self.role, len(images), self.size_mb)
         for img in images:
             if sh.rbd_ok('info', img['source']) or sh.rbd_ok('info', img['dest']):
                 raise RuntimeError('{} or {} exists already: remove it or set '
                                    'image_prefix'.format(img['source'], img['dest']))
             img['created'] = True
-            make_image(sh, img['source'], size_mb, int(cfg['snapshots']))
+            make_image(sh, img['source'], self.size_mb, int(cfg['snapshots']))
             img['before'] = checksums(sh, img['source'])
-            img['before_tail'] = md5(sh, img['source'], skip=workload_mb * MiB)
+            img['before_tail'] = md5(sh, img['source'], skip=self.workload_mb * MiB)
 
         for img in images:
-            img['task'] = add_migration(sh, img['source'], img['dest'], layout,
+            img['task'] = add_migration(sh, img['source'], img['dest'], self.layout,
                                         cfg['bandwidth_limit'])
-            task_ids.append(img['task'])
+            self.task_ids.append(img['task'])
 
         # I/O on the destination once clients may use it (after prepare), in passes
         # over the same region until every workloaded copy is done
         loaded = [img for img in images if img['workload']]
-        run_workload(sh, role, loaded, cfg, workloads)
+        run_workload(sh, self.role, loaded, cfg, self.workloads)
         for img in loaded:
             if cfg['require_overlap'] and img['passes_during_copy'] == 0:
                 raise AssertionError(
@@ -376,24 +383,36 @@ def run_client(remote, role, config, prefix=()):
                     'bandwidth_limit or raise image_size'.format(img['dest']))
 
         for img in images:
-            t = wait_for_state(sh, img['task'], ('committed',), cfg['timeout'])
-            img['final'] = t
-        verify(sh, images, layout, in_place, workload_mb)
+            img['final'] = wait_for_state(sh, img['task'], ('committed',), cfg['timeout'])
+        verify(sh, images, self.layout, self.in_place, self.workload_mb)
         return images
-    finally:
-        for img, proc, err in workloads:
+
+    def cleanup(self):
+        sh = self.sh
+        for img, proc, err in self.workloads:
             try:
                 proc.wait()
             except Exception as e:
                 log.warning('workload on %s: %s', img['dest'], e)
-        cancel_live(sh, task_ids)
-        for img in images:
+        self.workloads = []
+        cancel_live(sh, self.task_ids)
+        for img in self.images:
             if not img.get('created'):
                 continue            # never touch images this task did not make
             remove_image(sh, img['dest'])
-            if not in_place:
+            if not self.in_place:
                 remove_image(sh, img['source'])
-        drop_created(sh, created)
+        drop_created(sh, self.created)
+        self.created = []
+
+
+def run_client(remote, role, config, prefix=()):
+    """Run and clean up for one client role (the local runner's entry point)."""
+    client = ClientRun(remote, role, config, prefix)
+    try:
+        return client.run()
+    finally:
+        client.cleanup()
 
 
 def run_workload(sh, role, loaded, cfg, workloads):
@@ -488,8 +507,9 @@ def task(ctx, config):
     the destination from then on), wait for every task to be committed and
     verify: images without a workload are identical (head and snapshots),
     images with one keep their snapshots and every byte past the workload.
-    Images, live tasks and the pools/namespaces the task created are removed
-    in the end, also on failure.
+    The images stay until the task's context exits (after the tasks that
+    follow it); then live tasks are cancelled and the images, pools and
+    namespaces the task created are removed, also after a failure.
 
     For example::
 
@@ -533,11 +553,14 @@ def task(ctx, config):
     per_client = {k: v for k, v in config.items() if k != 'clients'}
 
     from teuthology.parallel import parallel
+    runs = [ClientRun(next(iter(ctx.cluster.only(role).remotes.keys())), role, per_client,
+                      prefix) for role in clients]
     try:
         with parallel() as p:
-            for role in clients:
-                (remote,) = ctx.cluster.only(role).remotes.keys()
-                p.spawn(run_client, remote, role, per_client, prefix)
+            for r in runs:
+                p.spawn(r.run)
         yield
     finally:
-        log.info('rbd_livemigrate: done (each client cleans up after itself)')
+        log.info('rbd_livemigrate: cleaning up')
+        for r in runs:
+            r.cleanup()

@@ -2,13 +2,16 @@
 logic and the workunit run against the session cluster, and the
 qa/suites/rbd/livemigrate matrix composes (no cluster needed for that)."""
 
+import contextlib
+import importlib.util
 import itertools
 import os
 import subprocess
 import sys
 import time
+import types
 import uuid
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, Iterator, List, Set
 
 import pytest
 import yaml
@@ -41,8 +44,7 @@ MiB = 1 << 20
 # -------------------------------------------------------------------------------------
 # the teuthology task's logic, run locally
 
-@pytest.mark.parametrize('variant', ['pool', 'namespace-striping'])
-def test_teuthology_task_logic(cluster: Cluster, variant: str) -> None:
+def task_config(variant: str) -> Dict[str, Any]:
     config: Dict[str, Any] = {
         'pool': 'a', 'dest_pool': 'b', 'images': 3, 'image_size': 16, 'snapshots': 1,
         'workload_images': 1, 'workload_io_total': 4, 'bandwidth_limit': '4M',
@@ -52,20 +54,96 @@ def test_teuthology_task_logic(cluster: Cluster, variant: str) -> None:
         config.update(dest_pool='c', dest_namespace='qa-ns', images=2, layout={
             'object_size': '1M', 'stripe_unit': '64K', 'stripe_count': 2,
             'features': 'layering,exclusive-lock,object-map,fast-diff'})
+    return config
+
+
+def check_cleaned_up(cluster: Cluster, config: Dict[str, Any]) -> None:
+    """Images, and the namespace the task created, are gone."""
+    for pool in ('a', 'b', 'c'):
+        assert config['image_prefix'] not in cluster.rbd('ls', pool).stdout
+    assert 'qa-ns' not in cluster.rbd('namespace', 'ls', 'c').stdout
+
+
+def test_teuthology_task_logic(cluster: Cluster) -> None:
+    """run_client through LocalRemote: layout change into a new namespace."""
+    config = task_config('namespace-striping')
     t0 = time.monotonic()
     images = rbd_livemigrate_local.run_local(cluster.conf, config)
-    took = time.monotonic() - t0
-    print('task logic ({}) took {:.1f}s'.format(variant, took))
+    print('task logic took {:.1f}s'.format(time.monotonic() - t0))
     assert len(images) == config['images']
     for img in images:
         assert img['final']['state'] == 'committed'
         if img['workload']:
             assert img['passes_during_copy'] >= 1, img
-    # it cleaned up: images and the namespace it created are gone
-    prefix = config['image_prefix']
-    for pool in ('a', 'b', 'c'):
-        assert prefix not in cluster.rbd('ls', pool).stdout
-    assert 'qa-ns' not in cluster.rbd('namespace', 'ls', 'c').stdout
+    check_cleaned_up(cluster, config)
+
+
+class FakeCluster:
+    """ctx.cluster: remotes {remote: [roles]} and only(role)."""
+
+    def __init__(self, remotes: Dict[Any, List[str]]) -> None:
+        self.remotes = remotes
+
+    def only(self, role: str) -> 'FakeCluster':
+        return FakeCluster({r: roles for r, roles in self.remotes.items() if role in roles})
+
+
+@contextlib.contextmanager
+def fake_parallel() -> Iterator[Any]:
+    """teuthology.parallel.parallel: spawned calls run (here in order) when it exits."""
+    calls: List[Any] = []
+    yield types.SimpleNamespace(spawn=lambda f, *a, **k: calls.append((f, a, k)))
+    for f, a, k in calls:
+        f(*a, **k)
+
+
+def test_teuthology_entry_point(cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+                                tmp_path: Any) -> None:
+    """task(ctx, config) itself, with stand-ins for the teuthology modules it imports
+    and for the adjust-ulimits/ceph-coverage wrappers teuthology puts on remotes:
+    overrides are merged, the images stay until the context exits, then go."""
+    misc = types.SimpleNamespace(
+        deep_merge=deep_merge, get_testdir=lambda ctx: str(tmp_path),
+        all_roles_of_type=lambda c, t: [r.split('.', 1)[1] for roles in c.remotes.values()
+                                        for r in roles if r.startswith(t + '.')])
+    fakes = {
+        'teuthology': types.SimpleNamespace(misc=misc),
+        'teuthology.misc': misc,
+        'teuthology.exceptions': types.SimpleNamespace(
+            CommandFailedError=lmtask.CommandFailedError),
+        'teuthology.orchestra': types.SimpleNamespace(),
+        'teuthology.orchestra.run': types.SimpleNamespace(Raw=lmtask.Raw),
+        'teuthology.parallel': types.SimpleNamespace(parallel=fake_parallel),
+    }
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location(
+        'qa_tasks_rbd_livemigrate_teuthology', os.path.join(QA, 'tasks', 'rbd_livemigrate.py'))
+    task_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task_module)  # type: ignore[union-attr]
+    assert task_module.teuthology is misc
+
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    (bindir / 'adjust-ulimits').write_text('#!/bin/sh\nexec "$@"\n')
+    (bindir / 'ceph-coverage').write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    env = dict(os.environ, CEPH_CONF=cluster.conf,
+               PATH='{}:{}'.format(bindir, os.environ['PATH']))
+    remote = rbd_livemigrate_local.LocalRemote(env)
+    config = task_config('pool')
+    overrides = {'images': config.pop('images'), 'image_prefix': config['image_prefix']}
+    ctx = types.SimpleNamespace(config={'overrides': {'rbd_livemigrate': overrides}},
+                                cluster=FakeCluster({remote: ['mon.a', 'client.0']}))
+    t0 = time.monotonic()
+    with task_module.task(ctx, config):
+        listed = cluster.rbd('ls', 'b').stdout.split()
+        assert sorted(n for n in listed if n.startswith(config['image_prefix'])) == [
+            '{}-client-0-{}'.format(config['image_prefix'], i)
+            for i in range(overrides['images'])]
+    print('teuthology entry point took {:.1f}s'.format(time.monotonic() - t0))
+    check_cleaned_up(cluster, config)
 
 
 def test_teuthology_task_fails_clearly(cluster: Cluster) -> None:

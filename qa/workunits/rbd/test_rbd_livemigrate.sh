@@ -21,6 +21,7 @@ WAIT_SECONDS=${WAIT_SECONDS:-120}
 PREFIX=lmwu-$$-
 CREATED_POOLS=()
 TASKS=()
+QUEUE_PAUSED=
 
 fail() {
   set +x
@@ -29,7 +30,9 @@ fail() {
 }
 
 setup() {
-  trap 'cleanup' INT TERM EXIT
+  trap 'cleanup' EXIT
+  trap 'cleanup 130' INT
+  trap 'cleanup 143' TERM
   TEMPDIR=$(mktemp -d)
 
   ceph rbd livemigrate ls >/dev/null ||
@@ -49,11 +52,15 @@ setup() {
   done
 }
 
+# cleanup [RC]: cancel our live tasks, remove our images and pools; exit RC
+# (default: the status of the command that ended the script)
 cleanup() {
   local rc=$?
+  rc=${1:-${rc}}
+  trap - INT TERM EXIT
   set +e
   local task
-  for task in $(ceph rbd livemigrate ls --format json | python3 -c '
+  ((${#TASKS[@]})) && for task in $(ceph rbd livemigrate ls --format json | python3 -c '
 import json, sys
 mine = set(sys.argv[1:])
 for t in json.load(sys.stdin):
@@ -61,7 +68,7 @@ for t in json.load(sys.stdin):
         print(t["id"])' "${TASKS[@]}"); do
     ceph rbd livemigrate cancel "${task}"
   done
-  ceph rbd livemigrate resume >/dev/null
+  [[ -n "${QUEUE_PAUSED}" ]] && ceph rbd livemigrate resume >/dev/null
   local pool image
   for pool in "${POOL}" "${DEST_POOL}"; do
     [[ " ${CREATED_POOLS[*]} " == *" ${pool} "* ]] && continue    # goes as a whole
@@ -122,6 +129,12 @@ snap_and_overwrite() {
 
 md5() {
   rbd export --no-progress "$@" - | md5sum | cut -d' ' -f1
+}
+
+migrating() {
+  local out
+  out=$(rbd status --format json "$1")
+  [[ "${out}" == *'"migration"'* ]]
 }
 
 not_migrating() {
@@ -242,7 +255,7 @@ test_manual_commit() {
   # it stays executed until told
   sleep 1
   [[ "$(task_field "${task}" state)" == executed ]]
-  rbd status --format json "${DEST_POOL}/${image}" | grep -q '"migration"'
+  migrating "${DEST_POOL}/${image}"
   # the destination already serves the data
   [[ "$(md5 "${DEST_POOL}/${image}")" == "${head}" ]]
 
@@ -319,6 +332,7 @@ assert errors == ['EBUSY', 'EEXIST'], errors
 assert report['layout'] == {'object_size': 1 << 20}, report['layout']
 EOF
   grep -q 'blocker' "${TEMPDIR}/dry.err"
+  [[ "$(md5 "${DEST_POOL}/${image}")" == "${dest_head}" ]]
 
   # without blockers: ok, exit 0, and still nothing happens
   rbd rm --no-progress "${DEST_POOL}/${image}"
@@ -331,7 +345,6 @@ EOF
     'import json, sys; print(len(json.load(sys.stdin)))')" == "${before}" ]]
   not_migrating "${POOL}/${image}"
   [[ "$(md5 "${POOL}/${image}")" == "${head}" ]]
-  [[ "${dest_head}" != "" ]]
   image_gone "${DEST_POOL}/${image}"
 }
 
@@ -344,7 +357,7 @@ sys.exit(0 if json.load(sys.stdin).get("watchers") else 1)'
 test_pause_resume() {
   echo "test_pause_resume"
   local image=${PREFIX}pause
-  new_image "${POOL}/${image}" 16M
+  new_image "${POOL}/${image}" 32M
   local head
   head=$(md5 "${POOL}/${image}")
 
@@ -373,13 +386,17 @@ assert t["progress"] == float(sys.argv[1]) < 0.95, (sys.argv[1], t["progress"])'
   local image2=${PREFIX}qpause
   new_image "${POOL}/${image2}" 4M
   head=$(md5 "${POOL}/${image2}")
-  ceph rbd livemigrate pause | grep -q '"queue_paused": true'
+  QUEUE_PAUSED=1
+  [[ "$(ceph rbd livemigrate pause)" == *'"queue_paused": true'* ]]
   add_task "${POOL}/${image2}" "${DEST_POOL}/${image2}"
   task=${TASK}
-  sleep 2
+  sleep 1
   [[ "$(task_field "${task}" state)" == queued ]]
-  ceph rbd livemigrate ls | grep "${task}" | grep -q 'queue paused'
-  ceph rbd livemigrate resume | grep -q '"queue_paused": false'
+  local listing
+  listing=$(ceph rbd livemigrate ls)
+  [[ "$(grep "${task}" <<<"${listing}")" == *'queue paused'* ]]
+  [[ "$(ceph rbd livemigrate resume)" == *'"queue_paused": false'* ]]
+  QUEUE_PAUSED=
   wait_for task_in_state "${task}" committed
   [[ "$(md5 "${DEST_POOL}/${image2}")" == "${head}" ]]
 }

@@ -324,7 +324,9 @@ class Runner(RunnerHandle):
         due = base[0] + (copied - base[1]) / float(limit)
         delay = due - self._now()
         if delay > 0:
-            self.worker.wait_for(lambda: self.interrupted or self.worker.stopping
+            # keep throttling after an interrupt: the blocklist stops the copy
+            # within seconds, and it must not burst at full speed meanwhile
+            self.worker.wait_for(lambda: self.abandoned or self.worker.stopping
                                  or self._now() >= due, delay)
 
     def _execute(self, task: Task, dest: ImageSpec) -> None:

@@ -440,7 +440,8 @@ class Adapter:
             kwargs['stripe_unit'] = info.stripe_unit
             kwargs['stripe_count'] = stripe_count
         if layout.data_pool is not None:
-            kwargs['data_pool'] = layout.data_pool
+            # Pacific's binding passes data_pool straight to C: it wants bytes
+            kwargs['data_pool'] = layout.data_pool.encode()
         # Pacific's binding has no flatten for prepare: see flatten() below
         src_io = client.ioctx(source.pool, source.namespace)
         dst_io = client.ioctx(dest.pool, dest.namespace)
