@@ -143,6 +143,10 @@ def test_osd_frozen_mid_execute(fcluster: Cluster, flm: Livemigrate, name: str) 
                  'health', 'detail').get('checks', {}), 60, 'RBD_LIVEMIGRATE_STALLED')
     finally:
         fcluster.cont_osd(1)
+        # A frozen Pacific OSD can come back with its PGs stuck 'laggy' (read
+        # leases expired while it slept); a real restart re-peers them, and so
+        # does marking it down, which it answers by rejoining at once.
+        fcluster.ceph('osd', 'down', '1')
     migrate_and_check(fcluster, flm, name, before, task['id'], timeout=300)
     flm.rm_option('stall_warn_seconds')
     wait_for(lambda: 'RBD_LIVEMIGRATE_STALLED' not in fcluster.ceph_json(
