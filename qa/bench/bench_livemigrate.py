@@ -74,6 +74,7 @@ DST_POOL = 'bdst'
 # Completion polls: every poll of `ls` renders every task in the mgr, so poll gently and take
 # the end time from the mgr log (ms resolution, same host clock) when it has it.
 POLL_SECONDS = 0.25
+STALL_SECONDS = 120.0       # a run with no task changing state/progress this long failed
 MODULE = 'rbd_livemigrate'
 TASK_KEY_PREFIX = 'mgr/rbd_livemigrate/task/'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -126,25 +127,41 @@ def cpu_seconds(pid: Optional[int]) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def host_cpu() -> Tuple[float, float]:
+    """(busy, total) jiffies of the whole host from /proc/stat."""
+    with open('/proc/stat') as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    total = float(sum(parts[:8]))
+    return total - idle, total
+
+
 class CpuMeter:
-    """CPU seconds used by the cluster's daemons between start() and stop()."""
+    """CPU seconds used by the cluster's daemons between start() and stop(), and how busy
+    the whole host was (other clusters share these cores)."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.start_values: Dict[str, Tuple[Optional[int], float]] = {}
+        self.host0 = (0.0, 0.0)
 
     def start(self) -> None:
         self.start_values = {}
         for name, pid in self.cluster.running_daemons().items():
             self.start_values[name] = (pid, cpu_seconds(pid))
+        self.host0 = host_cpu()
 
     def stop(self, wall: float) -> Dict[str, Any]:
         used: Dict[str, float] = {}
         for name, (pid, before) in self.start_values.items():
             used[name] = round(cpu_seconds(pid) - before, 3)
         total = sum(used.values())
+        busy, tot = host_cpu()
+        host = (busy - self.host0[0]) / (tot - self.host0[1]) if tot > self.host0[1] else None
         return {'cpu_seconds': used, 'cpu_total_seconds': round(total, 3),
-                'cores_busy': round(total / wall, 2) if wall > 0 else None}
+                'cores_busy': round(total / wall, 2) if wall > 0 else None,
+                'host_busy_fraction': round(host, 3) if host is not None else None,
+                'loadavg_1m': os.getloadavg()[0]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +374,18 @@ class Bench:
     def rbd_cli(self, *args: str) -> None:
         self.cluster.rbd(*args, timeout=600)
 
+    def quiesce(self, max_wait: float = 20.0, threshold: float = 0.25) -> float:
+        """Wait (at most ``max_wait`` s) until this cluster's daemons use less than
+        ``threshold`` cores over one second, e.g. after deleting images; seconds waited."""
+        t0 = time.monotonic()
+        pids = [p for p in self.cluster.running_daemons().values()]
+        while time.monotonic() - t0 < max_wait:
+            c0 = sum(cpu_seconds(p) for p in pids)
+            time.sleep(1.0)
+            if sum(cpu_seconds(p) for p in pids) - c0 < threshold:
+                break
+        return round(time.monotonic() - t0, 1)
+
     def module_option_names(self) -> List[str]:
         dump = json.loads(self.mon('mgr dump', format='json')[1])
         for mod in dump.get('available_modules', []):
@@ -368,6 +397,8 @@ class Bench:
         """Poll ls until every task is committed; (monotonic time seen, {id: view})."""
         deadline = time.monotonic() + timeout
         want = set(ids)
+        last_sig: List[Any] = []
+        last_change = time.monotonic()
         while True:
             views = {v['id']: v for v in self.mgr_ok('rbd livemigrate ls', format='json')
                      if v.get('id') in want}
@@ -378,9 +409,15 @@ class Bench:
             if len(views) == len(want) and all(v['state'] == 'committed'
                                                for v in views.values()):
                 return now, views
-            if now > deadline:
-                states = sorted({v['state'] for v in views.values()})
-                raise RuntimeError(f'tasks not committed after {timeout:g}s: {states}')
+            sig = sorted((v['id'], v['state'], round(v.get('progress') or 0, 2))
+                         for v in views.values())
+            if sig != last_sig:
+                last_sig, last_change = sig, now
+            if now > deadline or now - last_change > STALL_SECONDS:
+                why = sorted({f"{v['state']}: {v.get('blocked_reason') or v.get('waiting_reason')}"
+                              for v in views.values() if v['state'] != 'committed'})
+                raise RuntimeError(f'tasks not committed (no change for '
+                                   f'{now - last_change:.0f}s): {why[:5]}')
             time.sleep(POLL_SECONDS)
 
     # -- section 1: many small images ---------------------------------
@@ -497,10 +534,12 @@ class Bench:
             for key, tag, fn in variants:
                 names = [f'{tag}-{i:03d}' for i in range(n)]
                 mk = self.create_images(names, size)
+                waited = self.quiesce()
                 log(f'pool run {r + 1}/{a.repeat}: {key} ({n} x {a.image_size}, '
-                    f'created in {mk:.1f}s)')
+                    f'created in {mk:.1f}s, quiet after {waited:g}s)')
                 run[key] = fn(names)
                 run[key]['create_images_seconds'] = round(mk, 3)
+                run[key]['quiesce_seconds'] = waited
                 log(f'  {key}: {run[key]["seconds"]:.2f}s')
                 self.remove_images(DST_POOL, names)
                 self.remove_images(SRC_POOL, names)
@@ -550,7 +589,8 @@ class Bench:
             if st['state'] == 'committed':
                 break
             if st['state'] in ('failed', 'aborted') or time.monotonic() > deadline:
-                raise RuntimeError(f'task {task["id"]}: {st["state"]} {st.get("error")}')
+                raise RuntimeError(f'task {task["id"]}: {st["state"]} {st.get("error")} '
+                                   f'{st.get("blocked_reason") or st.get("waiting_reason")}')
             time.sleep(POLL_SECONDS)
         wall = time.monotonic() - t0
         ev = module_events(mgr_cur.lines()).get(task['id'], {})
@@ -581,12 +621,14 @@ class Bench:
             for key in order:
                 name = f'big-{key}-{r}'
                 mk = self.create_images([name], size)
+                self.quiesce()
                 log(f'big run {r + 1}/{a.repeat}: {key} ({a.big_size}, created in {mk:.1f}s)')
                 if key == 'module':
                     run[key] = self.module_one(name)
                 else:
                     self.rbd_cli('migration', 'prepare', f'{SRC_POOL}/{name}',
                                  f'{DST_POOL}/{name}')
+                    self.quiesce()
                     cpu = CpuMeter(self.cluster)
                     cpu.start()
                     t0 = time.monotonic()
@@ -626,6 +668,7 @@ class Bench:
         for r in range(a.repeat):
             name = f'thr-{r}'
             mk = self.create_images([name], size)
+            self.quiesce()
             log(f'throttle run {r + 1}/{a.repeat}: {a.throttle_size} at {a.throttle_limit}/s '
                 f'(created in {mk:.1f}s)')
             res = self.module_one(name, bandwidth_limit=a.throttle_limit)
@@ -660,6 +703,7 @@ class Bench:
             for r in range(a.repeat):
                 names = [f'thrt-{r}-{i}' for i in range(2)]
                 self.create_images(names, size)
+                self.quiesce()
                 log(f'total throttle run {r + 1}/{a.repeat}: 2 x {a.throttle_size}')
                 mgr_cur, _ = self.cursors()
                 ids = [self.mgr_ok('rbd livemigrate add', source_spec=f'{SRC_POOL}/{n}',
@@ -1028,7 +1072,30 @@ def report(results: Dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, '  '.join('-' * w for w in widths))
+    busy = collect(results, 'host_busy_fraction')
+    host = results.get('host', {})
+    lines.append('')
+    lines.append(f"host: {host.get('nproc')} cores; load average at start "
+                 f"{host.get('loadavg_start', [0])[0]:.1f}, at end "
+                 f"{host.get('loadavg_end', [0])[0]:.1f}; whole-host CPU busy during measured "
+                 f"runs: {fmt_spread(spread([100 * b for b in busy]), '%', 0)} "
+                 '(other clusters share the cores)')
     return '\n'.join(lines)
+
+
+def collect(data: Any, key: str) -> List[float]:
+    """Every numeric value stored under ``key`` anywhere in ``data``."""
+    out: List[float] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k == key and isinstance(v, (int, float)):
+                out.append(float(v))
+            else:
+                out.extend(collect(v, key))
+    elif isinstance(data, list):
+        for v in data:
+            out.extend(collect(v, key))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import fnmatch
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
@@ -76,14 +76,18 @@ class Commands:
             s = ImageSpec.parse(spec)
             self._authorize(s.pool, s.namespace)
 
-    def view(self, task: Task) -> Dict[str, Any]:
+    def view(self, task: Task, running: Optional[Set[str]] = None,
+             waiting: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+        """A task as ls/status show it; ``running``/``waiting`` from one snapshot."""
+        if running is None or waiting is None:
+            _, running, waiting = self.worker.snapshot()
         v = task.view()
         v['orphan'] = False
-        v['running'] = task.id in self.worker.running()
-        waiting = None if v['running'] else self.worker.waiting_reason(task.id)
-        v['waiting_reason'] = waiting
-        if not v['blocked_reason'] and waiting and waiting == self.worker.current_block:
-            v['blocked_reason'] = waiting
+        v['running'] = task.id in running
+        reason = None if v['running'] else waiting.get(task.id)
+        v['waiting_reason'] = reason
+        if not v['blocked_reason'] and reason and reason == self.worker.current_block:
+            v['blocked_reason'] = reason
         return v
 
     def _find_task(self, text: str) -> Task:
@@ -232,7 +236,8 @@ class Commands:
     def ls(self, fmt: Optional[str]) -> CommandResult:
         fmt = check_format(fmt)
         self._ready()
-        views = [self.view(t) for t in self.worker.all()]
+        tasks, running, waiting = self.worker.snapshot()
+        views = [self.view(t, running, waiting) for t in tasks]
         views += self.orphan_views()
         if fmt == 'plain':
             return 0, task_rows(views), ''

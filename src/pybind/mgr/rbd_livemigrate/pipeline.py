@@ -49,6 +49,7 @@ class Runner(RunnerHandle):
         self.executing = False
         self.interrupted = False
         self.abandoned = False
+        self.next_step: Optional[Observed] = None
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, daemon=True,
                                        name='rbd_livemigrate.{}'.format(task_id))
@@ -117,10 +118,11 @@ class Runner(RunnerHandle):
         if self.abandoned:
             raise Abandoned()
 
-    def _move(self, state: State, **changes: object) -> Task:
+    def _move(self, state: State, persist: bool = True, **changes: object) -> Task:
         self._check()
         now = self._now()
-        return self.worker.update(self.task_id, lambda t: t.moved_to(state, now, **changes))
+        return self.worker.update(self.task_id, lambda t: t.moved_to(state, now, **changes),
+                                  persist=persist)
 
     def _fail(self, why: str) -> None:
         log.error('task %s failed: %s', self.task_id, why)
@@ -148,6 +150,8 @@ class Runner(RunnerHandle):
             self.worker.runner_done(self)
 
     def _run(self) -> None:
+        # after a step succeeds we know where librbd is: skip re-reading it
+        known: Optional[Observed] = None
         for _ in range(MAX_PASSES):
             if self.worker.stopping:
                 return
@@ -157,7 +161,8 @@ class Runner(RunnerHandle):
             source = ImageSpec.parse(task.source)
             dest = ImageSpec.parse(task.destination)
             try:
-                observed = self.adapter.observe(source, dest, task.source_image_id)
+                observed = known or self.adapter.observe(source, dest, task.source_image_id)
+                known = None
                 if task.cancel_requested:
                     self._cancel(task, dest, observed)
                     return
@@ -165,6 +170,7 @@ class Runner(RunnerHandle):
                     return
                 if not self._step(task, source, dest, observed):
                     return
+                known, self.next_step = self.next_step, None
             except Transient as e:
                 self._drop_client()
                 if self.worker.get(self.task_id).cancel_requested:
@@ -286,8 +292,10 @@ class Runner(RunnerHandle):
         self._move(State.PREPARING, source_image_id=info.id, size_bytes=info.size,
                    blocked_reason=None, blocked_since=None, next_retry=None, error=None)
         self.adapter.prepare(self._client(), source, dest, task.layout, info)
-        status = self.adapter.migration_status(dest) or {}
-        self._move(State.PREPARED, dest_image_id=status.get('dest_image_id'))
+        # not persisted: execute's record follows at once, and after a crash
+        # the next runner reads 'prepared' from librbd anyway
+        self._move(State.PREPARED, persist=False)
+        self.next_step = Observed(Step.PREPARED)
         log.info('task %s: prepared %s -> %s', task.id, source, dest)
         return True
 
@@ -369,7 +377,9 @@ class Runner(RunnerHandle):
             with self._lock:
                 self.executing = False
         self._check()
-        task = self._move(State.EXECUTED, progress=EXECUTE_SHARE, bytes_copied=size)
+        task = self._move(State.EXECUTED, persist=task.manual_commit, progress=EXECUTE_SHARE,
+                          bytes_copied=size)
+        self.next_step = Observed(Step.EXECUTED)
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
 
     def _commit(self, task: Task, dest: ImageSpec) -> None:
@@ -382,6 +392,7 @@ class Runner(RunnerHandle):
                 progress=EXECUTE_SHARE + frac * (1 - EXECUTE_SHARE)), persist=False)
             self.worker.progress.update(t)
         self.adapter.commit(self._client(), dest, on_progress)
+        self.next_step = Observed(Step.COMMITTED, dest_image_id=task.dest_image_id)
 
     def _abort(self, dest: ImageSpec) -> None:
         """Abort, waiting out EBUSY from a dead client's lock."""

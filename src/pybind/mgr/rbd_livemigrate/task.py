@@ -16,7 +16,7 @@ import datetime
 import enum
 import json
 import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, FrozenSet, List, Optional
 
 from .errors import LiveMigrateError, WrongState
@@ -102,7 +102,8 @@ class Layout:
     flatten: bool = False
 
     def to_json(self) -> Dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) not in (None, False)}
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> 'Layout':
@@ -198,7 +199,8 @@ class Task:
     # -- persistence ---------------------------------------------------
 
     def to_json(self) -> Dict[str, Any]:
-        d = asdict(self)
+        # shallow on purpose: asdict() deep-copies and dominated ls of 10,000 tasks
+        d = {name: getattr(self, name) for name in _TASK_FIELDS}
         d['state'] = self.state.value
         d['layout'] = self.layout.to_json()
         return d
@@ -254,3 +256,6 @@ class Task:
         d['progress'] = round(self.progress, 4)
         d['eta_seconds'] = self.eta_seconds()
         return d
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
