@@ -116,8 +116,10 @@ def test_blocklisted_clients_recover(fcluster: Cluster, flm: Livemigrate, name: 
     task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '4M')
     flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
     mgr_pid = fcluster.mgr_pid(fcluster.active_mgr())
+    # the copy client reaches the MgrMap with the next mgr beacon: wait for
+    # it and the control client both
+    wait_for(lambda: len(_our_clients(fcluster)) >= 2, 30, 'the copy client in the MgrMap')
     addrs = _our_clients(fcluster)
-    assert addrs, fcluster.ceph_json('mgr', 'dump').get('active_clients')
     for addr in addrs:
         fcluster.ceph('osd', 'blocklist', 'add', addr, '600')
     try:

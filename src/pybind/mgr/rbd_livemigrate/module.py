@@ -89,7 +89,8 @@ class Module(MgrModule):
             runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools),
             set_health=self.set_health,
             cluster_block=self.cluster_block,
-            blocklisted=self.blocklisted)
+            blocklisted=self.blocklisted,
+            on_blocklist=self.factory.discard_idle)
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
                                  time.time)
         self.config_notify()

@@ -102,14 +102,26 @@ class Runner(RunnerHandle):
     def _client(self) -> Client:
         with self._lock:
             if self.client is None or self.client.closed:
-                self.client = self.adapter.factory.make()
+                self.client = self.adapter.factory.take()
             return self.client
 
     def _drop_client(self) -> None:
+        """Close our client: it may be blocklisted or otherwise broken."""
         with self._lock:
             client, self.client = self.client, None
         if client is not None:
             client.close()
+
+    def _release_client(self) -> None:
+        """Hand a healthy client back for the next task."""
+        with self._lock:
+            client, self.client = self.client, None
+            healthy = not self.interrupted and not self.abandoned
+        if client is not None:
+            if healthy:
+                self.adapter.factory.release(client)
+            else:
+                client.close()
 
     def _now(self) -> float:
         return self.worker.clock()
@@ -146,7 +158,7 @@ class Runner(RunnerHandle):
             except Exception:
                 log.exception('task %s: cannot record the failure', self.task_id)
         finally:
-            self._drop_client()
+            self._release_client()
             self.worker.runner_done(self)
 
     def _run(self) -> None:

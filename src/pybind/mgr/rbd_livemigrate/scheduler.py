@@ -170,7 +170,8 @@ class Worker:
                  set_health: Callable[[HealthChecks], None],
                  cluster_block: Callable[[], Optional[str]],
                  clock: Callable[[], float] = time.time,
-                 blocklisted: Callable[[], Set[str]] = set) -> None:
+                 blocklisted: Callable[[], Set[str]] = set,
+                 on_blocklist: Callable[[Set[str]], None] = lambda addrs: None) -> None:
         self.store = store
         self.progress = progress
         self.runner_factory = runner_factory
@@ -178,6 +179,7 @@ class Worker:
         self.cluster_block = cluster_block
         self.clock = clock
         self.blocklisted = blocklisted
+        self.on_blocklist = on_blocklist
         self.blocklisted_since: Dict[str, float] = {}
         self.options = Options()
         self.lock = threading.RLock()
@@ -292,9 +294,10 @@ class Worker:
         """Interrupt, then abandon, runners whose client the OSD map blocklists."""
         with self.lock:
             runners = list(self.runners.values())
+        blocklist = self.blocklisted()
+        self.on_blocklist(blocklist)
         if not runners:
             return
-        blocklist = self.blocklisted()
         for r in runners:
             addr = r.client_addr()
             if addr is None or addr not in blocklist:
