@@ -80,7 +80,7 @@ class Commands:
              waiting: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         """A task as ls/status show it; ``running``/``waiting`` from one snapshot."""
         if running is None or waiting is None:
-            _, running, waiting = self.worker.snapshot()
+            running, waiting = self.worker.run_state()
         v = task.view()
         v['orphan'] = False
         v['running'] = task.id in running

@@ -80,15 +80,6 @@ class TryAgain(Transient):
     errno = errno.EAGAIN
 
 
-class Cancelled(LiveMigrateError):
-    errno = errno.ECANCELED
-
-
-class Interrupted(LiveMigrateError):
-    """The step was stopped on purpose (pause, shutdown); not an error."""
-    errno = errno.EINTR
-
-
 def handle_errors(func: F) -> F:
     """Turn typed errors into command results; never show a traceback."""
     @functools.wraps(func)

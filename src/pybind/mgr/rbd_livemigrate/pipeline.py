@@ -59,9 +59,6 @@ class Runner(RunnerHandle):
     def start(self) -> None:
         self.thread.start()
 
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)
 

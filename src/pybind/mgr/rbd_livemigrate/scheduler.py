@@ -157,9 +157,6 @@ class RunnerHandle:
         """Make a running copy stop now (cancel, shutdown)."""
         raise NotImplementedError
 
-    def alive(self) -> bool:
-        raise NotImplementedError
-
     def join(self, timeout: float) -> None:
         raise NotImplementedError
 
@@ -261,10 +258,6 @@ class Worker:
         self.wake.set()
         with self.lock:
             self.cond.notify_all()
-
-    def running(self) -> Set[str]:
-        with self.lock:
-            return set(self.runners)
 
     def interrupt(self, task_id: str) -> None:
         with self.lock:
@@ -408,11 +401,13 @@ class Worker:
         with self.lock:
             return self.current_block
 
-    def waiting_reason(self, task_id: str) -> Optional[str]:
+    def run_state(self) -> Tuple[Set[str], Dict[str, str]]:
+        """Ids with a runner, and why each waiting task waits (last pass)."""
         with self.lock:
-            return self.waiting.get(task_id)
+            return set(self.runners), dict(self.waiting)
 
     def snapshot(self) -> Tuple[List[Task], Set[str], Dict[str, str]]:
         with self.lock:
+            running, waiting = self.run_state()
             return (sorted(self.tasks.values(), key=lambda t: (t.created, t.id)),
-                    set(self.runners), dict(self.waiting))
+                    running, waiting)
