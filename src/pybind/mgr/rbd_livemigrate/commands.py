@@ -14,7 +14,8 @@ from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateE
                      NotAuthorized, NotFound, TryAgain, WrongState)
 from .formatting import check_format, dump, status_text, task_rows
 from .preflight import PoolInfo, find_blockers, validate_layout
-from .rbd_adapter import Adapter, MigrationRef, Step
+from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
+from .planner import Phase, judge, state_of
 from .scheduler import Worker
 from .spec import ImageSpec, PoolSpec, parse_bytes
 from .task import Layout, State, Task
@@ -47,7 +48,7 @@ class AddRequest(NamedTuple):
 
 
 class Commands:
-    def __init__(self, worker: Worker, adapter: Adapter,
+    def __init__(self, worker: Worker, adapter: RbdPort,
                  pools: Callable[[], Dict[str, PoolInfo]],
                  authorized: Callable[[str, str], bool],
                  clock: Callable[[], float]) -> None:
@@ -86,7 +87,8 @@ class Commands:
         v['running'] = task.id in running
         reason = None if v['running'] else waiting.get(task.id)
         v['waiting_reason'] = reason
-        if not v['blocked_reason'] and reason and reason == self.worker.current_block:
+        block = self.worker.current_block
+        if not v['blocked_reason'] and reason and block is not None and reason == str(block):
             v['blocked_reason'] = reason
         return v
 
@@ -244,16 +246,19 @@ class Commands:
         return 0, dump(views, fmt), ''
 
     def orphan_views(self) -> List[Dict[str, Any]]:
-        known = {(t.source, t.destination) for t in self.worker.all()}
+        known = {t.source_image_id for t in self.worker.all() if not t.terminal}
         out = []
         for ref in self.orphans:
-            if (ref.source, ref.destination) in known:
+            if ref.source_image_id in known:
                 continue
-            out.append({'id': None, 'orphan': True, 'source': ref.source,
-                        'destination': ref.destination, 'state': 'orphan', 'progress': 0.0,
-                        'error': None, 'created': None, 'started': None, 'finished': None,
-                        'blocked_reason': 'no task: adopt with ceph rbd livemigrate adopt '
-                                          '{}'.format(ref.destination)})
+            out.append({'id': None, 'orphan': True, 'orphan_kind': ref.kind.value,
+                        'source': ref.source, 'destination': ref.destination or None,
+                        'source_image_id': ref.source_image_id,
+                        'dest_image_id': ref.dest_image_id or None,
+                        'state': 'orphan', 'progress': 0.0, 'error': None, 'created': None,
+                        'started': None, 'finished': None,
+                        'blocked_reason': _ORPHAN_TEXT[ref.kind],
+                        'next_command': orphan_command(ref)})
         return out
 
     def status(self, target: str, fmt: Optional[str]) -> CommandResult:
@@ -270,14 +275,19 @@ class Commands:
         self._ready()
         task = self._find_task(task_id)
         self._authorize_task(task)
-        if task.terminal:
-            raise WrongState('task {} is already {}: nothing to cancel'.format(task.id, task.state))
-        if task.state == State.COMMITTING:
-            raise Busy('task {} is committing: a commit cannot be cancelled; wait for '
-                       'it'.format(task.id))
         before = task.state
-        self.worker.update(task.id, lambda t: t.evolve(cancel_requested=True, paused=False,
-                                                       next_retry=None))
+
+        def request_cancel(t: Task) -> Task:
+            # under the table lock: the runner's move to committing checks the
+            # same flag, so an accepted cancel is never followed by a commit
+            if t.state == State.COMMITTING:
+                raise Busy('task {} is committing: a commit cannot be cancelled; wait for '
+                           'it'.format(t.id))
+            if t.terminal:
+                raise WrongState('task {} is already {}: nothing to cancel'.format(
+                    t.id, t.state))
+            return t.evolve(cancel_requested=True, paused=False, next_retry=None)
+        self.worker.update(task.id, request_cancel)
         self.worker.interrupt(task.id)
         self.worker.kick()
         self.worker.wait_for(lambda: self.worker.get(task.id).terminal, CANCEL_WAIT_SECONDS)
@@ -300,10 +310,16 @@ class Commands:
         if not task.manual_commit:
             raise WrongState('task {} commits by itself (it was not added with '
                              '--manual-commit)'.format(task.id))
-        if task.state != State.EXECUTED:
-            raise WrongState('task {} is {}: commit needs it executed; see status'.format(
-                task.id, task.state))
-        self.worker.update(task.id, lambda t: t.evolve(commit_requested=True))
+
+        def request_commit(t: Task) -> Task:
+            if t.cancel_requested:
+                raise Busy('task {} is being cancelled: it will not be committed; see '
+                           'status'.format(t.id))
+            if t.state != State.EXECUTED:
+                raise WrongState('task {} is {}: commit needs it executed; see status'.format(
+                    t.id, t.state))
+            return t.evolve(commit_requested=True)
+        self.worker.update(task.id, request_commit)
         self.worker.kick()
         self.worker.wait_for(lambda: self.worker.get(task.id).state != State.EXECUTED, 10.0)
         return 0, dump(self.view(self.worker.get(task.id)), 'json'), ''
@@ -338,41 +354,109 @@ class Commands:
         return 0, dump(self.view(task), 'json'), ''
 
     def adopt(self, image_spec: str) -> CommandResult:
-        """Make a task of a migration that librbd has but no task knows."""
+        """Make a task of a migration that librbd has but no task knows.
+
+        The task finishes the migration the way librbd started it: a live
+        migration continues to commit, a half-committed one is committed,
+        a half-aborted or half-prepared one is aborted (the operator's own
+        layout for it is unknown: the source is restored).
+        """
         self._ready()
         dest = ImageSpec.parse(image_spec)
         self._authorize(dest.pool, dest.namespace)
         for t in self.worker.all():
-            if not t.done and t.destination == str(dest):
+            if not t.terminal and t.destination == str(dest):
                 return 0, dump(self.view(t), 'json'), ''
-        status = self.adapter.migration_status(dest)
-        if status is None:
-            raise NotFound("'{}' is not the target of a migration: see rbd status "
-                           '{}'.format(dest, dest))
-        src_pool = self.adapter.pool_name(status['source_pool_id'])
-        source = ImageSpec(src_pool, status.get('source_pool_namespace') or '',
-                           status['source_image_name'])
-        target_ns = status.get('dest_pool_namespace') or ''
-        if status.get('dest_image_name') != dest.image or target_ns != dest.namespace:
-            raise InvalidArgument("'{}' is the source of a migration: adopt it by its "
-                                  "destination image spec".format(dest))
+        ref = self._find_migration(dest)
+        source = ImageSpec.parse(ref.source)
         self._authorize(source.pool, source.namespace)
+        for t in self.worker.all():
+            if not t.terminal and t.source_image_id == ref.source_image_id:
+                return 0, dump(self.view(t), 'json'), ''
+        obs = self.adapter.observe(source, dest, ref.source_image_id, ref.dest_image_id or None)
+        verdict = judge(obs, source, dest)
+        state = state_of(verdict.phase)
+        if state is None:
+            raise InvalidArgument("the migration of '{}' to '{}' is {}: nothing to adopt{}".format(
+                source, dest, verdict.phase.value,
+                ' ({})'.format(verdict.detail) if verdict.detail else ''))
         now = self.clock()
-        step = self.adapter.observe(source, dest, status['source_image_id']).step
-        state = {Step.EXECUTED: State.EXECUTED}.get(step, State.PREPARED)
         task = Task(id=self._new_id(), source=str(source), destination=str(dest),
-                    state=state, source_image_id=status['source_image_id'],
-                    dest_image_id=status.get('dest_image_id'), created=now, started=now,
-                    adopted=True, size_bytes=self.adapter.size_of(dest))
+                    state=state, cancel_requested=state == State.ABORTING,
+                    source_image_id=ref.source_image_id, dest_image_id=obs.dest.image_id,
+                    created=now, started=now, adopted=True,
+                    size_bytes=self.adapter.size_of(dest) or self.adapter.size_of(source))
         self.worker.put(task)
-        self.orphans = [r for r in self.orphans if r.destination != str(dest)]
+        self.orphans = [r for r in self.orphans if r.source_image_id != ref.source_image_id]
         self.worker.kick()
+        log.info('adopted %s -> %s (%s) as task %s', source, dest, verdict.phase.value, task.id)
         return 0, dump(self.view(task), 'json'), ''
 
+    def _find_migration(self, dest: ImageSpec) -> MigrationRef:
+        """The migration whose destination is ``dest``: from the header at that
+        name, else from the sources parked in the trash (rescanned)."""
+        end = self.adapter.read_image(dest)
+        header = end.header
+        if header is not None:
+            if header.kind != HeaderType.DST:
+                raise InvalidArgument("'{}' is the source of a migration: adopt it by its "
+                                      'destination image spec'.format(dest))
+            source = ImageSpec(self.adapter.pool_name(header.pool_id), header.namespace,
+                               header.image_name)
+            return MigrationRef(str(source), str(dest), header.image_id, end.image_id or '')
+        for rescan in (False, True):
+            if rescan:
+                self.scan_orphans()
+            for ref in self.orphans:
+                if ref.destination == str(dest):
+                    return ref
+        raise NotFound("'{}' is not the target of a migration: see rbd status {} and "
+                       'ceph rbd livemigrate ls'.format(dest, dest))
+
     def scan_orphans(self) -> None:
+        """Migrations in the image headers that no task knows, with their kind."""
         pools = [p.name for p in self.pools().values() if p.is_rbd]
-        self.orphans = self.adapter.find_migrations(pools)
-        if self.orphans:
-            log.warning('found %d migration(s) without a task: %s', len(self.orphans),
-                        ', '.join('{} -> {}'.format(r.source, r.destination)
-                                  for r in self.orphans))
+        known = {t.source_image_id for t in self.worker.all() if not t.terminal}
+        orphans = []
+        for ref in self.adapter.find_migrations(pools):
+            if ref.source_image_id in known:
+                continue
+            if ref.destination:
+                try:
+                    source, dest = ImageSpec.parse(ref.source), ImageSpec.parse(ref.destination)
+                    obs = self.adapter.observe(source, dest, ref.source_image_id,
+                                               ref.dest_image_id or None)
+                    ref = ref._replace(kind=_ORPHAN_KINDS.get(judge(obs, source, dest).phase,
+                                                              OrphanKind.MIGRATION))
+                except LiveMigrateError as e:
+                    log.warning('cannot inspect migration %s -> %s: %s', ref.source,
+                                ref.destination, e)
+            orphans.append(ref)
+        self.orphans = orphans
+        if orphans:
+            log.warning('found %d migration(s) without a task: %s', len(orphans),
+                        ', '.join('{} -> {} ({})'.format(r.source, r.destination or '?', r.kind)
+                                  for r in orphans))
+
+
+_ORPHAN_KINDS = {Phase.ABORTING: OrphanKind.HALF_ABORTED,
+                 Phase.HALF_PREPARED: OrphanKind.HALF_PREPARED,
+                 Phase.HALF_COMMITTED: OrphanKind.HALF_COMMITTED}
+
+_ORPHAN_TEXT = {
+    OrphanKind.MIGRATION: 'a migration without a task: adopt it to run it to commit',
+    OrphanKind.HALF_PREPARED: 'a prepare cut short: adopt it to undo it (restores the source)',
+    OrphanKind.HALF_COMMITTED: 'a commit cut short (the source is left in the trash): adopt it '
+                               'to finish the commit',
+    OrphanKind.HALF_ABORTED: 'an abort cut short: adopt it to finish the abort (restores the '
+                             'source)',
+}
+
+
+def orphan_command(ref: MigrationRef) -> str:
+    """The one command that finishes an orphan."""
+    if ref.destination:
+        return 'ceph rbd livemigrate adopt {}'.format(ref.destination)
+    # a commit cut after the source's header went: only the trash entry is left
+    pool, ns, _ = ImageSpec.parse(ref.source)
+    return 'rbd trash rm {}'.format('/'.join(x for x in (pool, ns, ref.source_image_id) if x))

@@ -5,6 +5,7 @@ Health checks, rebuilt whole on every pass (a pure function of the tasks).
 import json
 from typing import Any, Dict, Iterable, List, Optional
 
+from .hold import HoldKind
 from .task import State, Task
 
 MAX_DETAIL = 50
@@ -12,9 +13,14 @@ MAX_DETAIL = 50
 HealthChecks = Dict[str, Dict[str, Any]]
 
 
-def deliberate(reason: str) -> bool:
+def deliberate(task: Task) -> bool:
     """A hold the operator asked for (pause, maintenance window): not a warning."""
-    return reason.startswith(('paused', 'queue paused', 'outside the maintenance window'))
+    if task.blocked_kind is None:
+        return False
+    try:
+        return HoldKind(task.blocked_kind).deliberate
+    except ValueError:
+        return False
 
 
 def _check(summary: str, detail: List[str]) -> Dict[str, Any]:
@@ -41,7 +47,7 @@ def build_checks(tasks: Iterable[Task], now: float, stall_warn_seconds: float,
             stalled.append('task {} ({} -> {}) made no progress for {:.0f}s at {:.0%}'.format(
                 t.id, t.source, t.destination, now - t.last_progress_at, t.progress))
         if (t.blocked_reason and t.blocked_since is not None and not t.done
-                and not deliberate(t.blocked_reason) and blocked_warn_seconds > 0
+                and not deliberate(t) and blocked_warn_seconds > 0
                 and now - t.blocked_since >= blocked_warn_seconds):
             blocked.append('task {} ({} -> {}) blocked for {:.0f}s: {}'.format(
                 t.id, t.source, t.destination, now - t.blocked_since, t.blocked_reason))

@@ -13,6 +13,7 @@ from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, NotifyType, O
 from .commands import AddRequest, Commands
 from .errors import LiveMigrateError, handle_errors
 from .health import HealthChecks, health_block
+from .hold import Hold, HoldKind
 from .pipeline import Runner
 from .preflight import PoolInfo, pools_from_maps
 from .progress import ProgressReporter
@@ -130,26 +131,17 @@ class Module(MgrModule):
         osd_map = self.get('osd_map')
         return set(osd_map.get('blocklist', osd_map.get('blacklist', {})))
 
-    def cluster_block(self) -> Optional[str]:
+    def cluster_block(self) -> Optional[Hold]:
         """Why no new prepare/execute may start now: window or cluster health."""
-        now = time.time()
-        reason: Optional[str] = None
         try:
             window = parse_window(self.maintenance_window)
-            if not in_window(window, now):
-                reason = 'outside the maintenance window {} (UTC)'.format(
-                    self.maintenance_window)
         except LiveMigrateError as e:
-            reason = str(e)
-        health = reason is not None and 'invalid' in reason
-        if reason is None:
-            reason = health_block(self.get('health'), self.health_pause_checks)
-            health = reason is not None
-        if health:
-            self.worker.health_block_since = self.worker.health_block_since or now
-        else:
-            self.worker.health_block_since = None
-        return reason
+            return Hold(HoldKind.WINDOW_INVALID, str(e))
+        if not in_window(window, time.time()):
+            return Hold(HoldKind.WINDOW_CLOSED, 'outside the maintenance window {} (UTC)'.format(
+                self.maintenance_window))
+        reason = health_block(self.get('health'), self.health_pause_checks)
+        return None if reason is None else Hold(HoldKind.CLUSTER_HEALTH, reason)
 
     def authorized(self, pool: str, namespace: str) -> bool:
         return bool(self.is_authorized({'pool': pool, 'namespace': namespace}))

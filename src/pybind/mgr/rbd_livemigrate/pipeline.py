@@ -1,23 +1,28 @@
 """
-One task's pipeline: prepare -> execute -> commit, or abort on cancel.
+One task's executor: observe, ask the planner, do the one action.
 
-A ``Runner`` thread drives one task.  Every pass first reads where librbd
-says the migration is (``Adapter.observe``) and then does only the step
-that is missing, so a runner started after a crash, a failover or a retry
-simply carries on.  The copy runs on the runner's own rados client;
-``interrupt`` blocklists that client, the only way to stop
-``migration_execute`` on Pacific, after which the abort runs on a new one.
+A ``Runner`` thread drives one task.  Every pass reads both ends of the
+migration from librbd (``RbdPort.observe``, by image id), asks
+``planner.plan`` for the one action that moves the task towards what the
+operator asked for, and does it; so a runner started after a crash, a
+failover, a retry or an operator's own cut ``rbd migration`` step simply
+carries on from what the image headers say.  The copy runs on the runner's
+own rados client; ``interrupt`` blocklists that client, the only way to
+stop ``migration_execute`` on Pacific, after which the abort runs on a new
+one.
 """
 
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .errors import Blocked, LiveMigrateError, Transient
+from .hold import Hold, HoldKind
+from .interface import Client, Observation, RbdPort
+from .planner import Act, Action, plan
 from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
-from .rbd_adapter import Adapter, Client, Observed, Step
 from .scheduler import RunnerHandle, Worker, retry_delay
 from .spec import ImageSpec
 from .task import State, Task
@@ -33,13 +38,13 @@ class Abandoned(Exception):
     """This runner was abandoned by the worker; stop touching the task."""
 
 
-# stable states to fall back to when a step is interrupted
-_FALLBACK = {State.PREPARING: State.QUEUED, State.EXECUTING: State.PREPARED,
-             State.COMMITTING: State.EXECUTED}
+# stable states to fall back to when a step is interrupted before librbd
+# changed anything; a commit or abort under way stays what it is
+_FALLBACK = {State.PREPARING: State.QUEUED, State.EXECUTING: State.PREPARED}
 
 
 class Runner(RunnerHandle):
-    def __init__(self, worker: Worker, task_id: str, adapter: Adapter,
+    def __init__(self, worker: Worker, task_id: str, adapter: RbdPort,
                  pools: Callable[[], Dict[str, PoolInfo]]) -> None:
         self.worker = worker
         self.task_id = task_id
@@ -49,7 +54,6 @@ class Runner(RunnerHandle):
         self.executing = False
         self.interrupted = False
         self.abandoned = False
-        self.next_step: Optional[Observed] = None
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, daemon=True,
                                        name='rbd_livemigrate.{}'.format(task_id))
@@ -145,7 +149,7 @@ class Runner(RunnerHandle):
         try:
             self._run()
         except Abandoned:
-            log.warning('task %s: an abandoned copy returned at last', self.task_id)
+            log.warning('task %s: an abandoned runner stopped', self.task_id)
         except Exception as e:
             if self.abandoned:
                 return
@@ -159,31 +163,29 @@ class Runner(RunnerHandle):
             self.worker.runner_done(self)
 
     def _run(self) -> None:
-        # after a step succeeds we know where librbd is: skip re-reading it
-        known: Optional[Observed] = None
         for _ in range(MAX_PASSES):
             if self.worker.stopping:
                 return
             task = self.worker.get(self.task_id)
             if not task.needs_worker:
                 return
+            if not task.cancel_requested and (task.paused or self.interrupted):
+                return
             source = ImageSpec.parse(task.source)
             dest = ImageSpec.parse(task.destination)
             try:
-                observed = known or self.adapter.observe(source, dest, task.source_image_id)
-                known = None
-                if task.cancel_requested:
-                    self._cancel(task, dest, observed)
+                obs = self.adapter.observe(source, dest, task.source_image_id,
+                                           task.dest_image_id)
+                task = self._learn_ids(task, obs)
+                action = plan(task, obs, self.worker.hold_reason(task))
+                log.debug('task %s (%s): %s', task.id, task.state, action)
+                if not self._do(task, action, source, dest, obs):
                     return
-                if task.paused or self.interrupted:
-                    return
-                if not self._step(task, source, dest, observed):
-                    return
-                known, self.next_step = self.next_step, None
             except Transient as e:
                 self._drop_client()
-                if self.worker.get(self.task_id).cancel_requested:
-                    continue                     # the copy was stopped for a cancel
+                if self.worker.get(self.task_id).cancel_requested and self.interrupted:
+                    self.interrupted = False         # the copy was stopped for a cancel
+                    continue
                 if self.worker.stopping:
                     self._fallback()
                     return
@@ -196,6 +198,20 @@ class Runner(RunnerHandle):
                     self._fail(str(e))
                 return
         self._retry_later('no progress after {} passes'.format(MAX_PASSES))
+
+    def _learn_ids(self, task: Task, obs: Observation) -> Task:
+        """Record the ids librbd shows for this migration (the destination's
+        is known once prepare wrote the source's header)."""
+        changes: Dict[str, object] = {}
+        if task.source_image_id is None and obs.source.image_id is not None:
+            changes['source_image_id'] = obs.source.image_id
+        header = obs.source.header
+        if (task.dest_image_id is None and header is not None
+                and obs.dest.image_id == header.image_id):
+            changes['dest_image_id'] = header.image_id
+        if not changes:
+            return task
+        return self.worker.update(self.task_id, lambda t: t.evolve(**changes))
 
     def _fallback(self) -> None:
         task = self.worker.get(self.task_id)
@@ -214,72 +230,87 @@ class Runner(RunnerHandle):
         state = _FALLBACK.get(task.state, task.state)
         self._move(state, attempts=attempts, error=why, next_retry=self._now() + delay)
 
-    # -- steps ---------------------------------------------------------
+    # -- actions -------------------------------------------------------
 
-    def _step(self, task: Task, source: ImageSpec, dest: ImageSpec,
-              observed: Observed) -> bool:
-        """Do the one missing step; True to look again, False when done for now."""
-        step = observed.step
-        if step == Step.NOT_PREPARED:
-            if task.state not in (State.QUEUED, State.PREPARING):
-                self._fail('the migration was aborted outside this module (source is intact); '
-                           'use retry to start it again')
-                return False
-            if self._gated(task):
-                return False
+    def _do(self, task: Task, action: Action, source: ImageSpec, dest: ImageSpec,
+            obs: Observation) -> bool:
+        """Do ``action``; True to observe again, False when done for now."""
+        act = action.act
+        if act == Act.WAIT:
+            self._wait(task, action)
+            return False
+        if act == Act.FAIL:
+            if task.state != State.FAILED or task.error != action.detail:
+                self._fail(action.detail)
+            return False
+        if act in (Act.MARK, Act.FLATTEN):
+            if act == Act.FLATTEN and self.adapter.flatten(self._client(), dest):
+                log.info('task %s: flattened %s', task.id, dest)
+            self._finish(action)
+            return False
+        if act == Act.PREPARE:
             return self._prepare(task, source, dest)
-        if step in (Step.PREPARING, Step.ERROR, Step.ABORTING):
-            # a prepare cut short, or a failed copy: undo it, then start over
-            log.warning('task %s: librbd reports %s (%s); aborting to start over',
-                        task.id, step.value, observed.detail)
-            self._abort(dest)
-            if task.state != State.QUEUED:
-                self._move(State.QUEUED)
-            if step == Step.ERROR:
-                raise Transient('migration in error state: {}'.format(observed.detail))
-            return True
-        if step in (Step.PREPARED, Step.EXECUTING):
+        if act == Act.EXECUTE:
             if task.state not in (State.PREPARED, State.EXECUTING):
-                # prepared before a crash or a failure: catch the record up
                 task = self._move(State.PREPARED, error=None)
-            if self._gated(task):
-                if task.state == State.EXECUTING:
-                    self._move(State.PREPARED)
-                return False
             self._execute(task, dest)
             return True
-        if step == Step.EXECUTED:
-            if task.state != State.EXECUTED:
-                task = self._move(State.EXECUTED, progress=EXECUTE_SHARE,
-                                  bytes_copied=task.size_bytes or task.bytes_copied)
-            if task.manual_commit and not task.commit_requested:
-                self.worker.progress.update(task, force=True)
-                return False
-            self._commit(task, dest)
+        if act == Act.COMMIT:
+            self._commit(dest)
             return True
-        if step == Step.COMMITTED:
-            if task.layout.flatten and task.state != State.COMMITTED:
-                # librbd's Pacific binding cannot flatten in prepare: do it now
-                if self.adapter.flatten(self._client(), dest):
-                    log.info('task %s: flattened %s', task.id, dest)
-            if task.state != State.COMMITTED:
-                task = self._move(State.COMMITTED, dest_image_id=observed.dest_image_id)
-            self.worker.progress.complete(task)
-            log.info('task %s: %s -> %s committed', task.id, task.source, task.destination)
-            return False
-        # SOURCE_MISSING, CONFLICT
-        self._fail(observed.detail)
-        return False
+        if act == Act.FINISH_COMMIT:
+            task = self._move(State.COMMITTING)
+            self.worker.progress.update(task, force=True)
+            assert task.source_image_id is not None
+            log.warning('task %s: finishing an interrupted commit: removing source %s (id %s)',
+                        task.id, source, task.source_image_id)
+            self.adapter.finish_commit(self._client(), source, task.source_image_id, dest,
+                                       obs.source.header)
+            return True
+        assert act == Act.ABORT, action
+        if action.state is not None and task.state != action.state:
+            self._move(action.state, error=action.detail or task.error)
+        target = source if action.by_source else dest
+        log.info('task %s: aborting through %s%s', task.id, target,
+                 ' ({})'.format(action.detail) if action.detail else '')
+        self._abort(target)
+        if action.retry:
+            raise Transient(action.detail)
+        return True
 
-    def _gated(self, task: Task) -> bool:
-        """No new prepare/execute while the window, health or a pause says so."""
-        reason = self.worker.hold_reason(task)
-        if reason is None:
-            return False
+    def _wait(self, task: Task, action: Action) -> None:
+        if action.state is not None and task.state != action.state:
+            task = self._move(action.state)
+        hold = action.hold
+        if hold is None:
+            return
+        if hold.kind == HoldKind.MANUAL_COMMIT:
+            self.worker.progress.update(task, force=True)
+            return
+        self._set_hold(hold)
+
+    def _set_hold(self, hold: Hold, recheck: Optional[float] = None) -> None:
         now = self._now()
         self.worker.update(self.task_id, lambda t: t.evolve(
-            blocked_reason=reason, blocked_since=t.blocked_since or now))
-        return True
+            blocked_reason=str(hold), blocked_kind=hold.kind.value,
+            blocked_since=t.blocked_since or now,
+            next_retry=recheck if recheck is not None else t.next_retry))
+
+    def _finish(self, action: Action) -> None:
+        state = action.state
+        assert state in (State.COMMITTED, State.ABORTED), action
+        changes: Dict[str, Any] = {'cancel_requested': False}
+        if action.detail or state == State.COMMITTED:
+            changes['error'] = action.detail or None
+        task = self._move(state, **changes)
+        if state == State.COMMITTED:
+            self.worker.progress.complete(task)
+            log.info('task %s: %s -> %s committed', task.id, task.source, task.destination)
+        elif action.detail == 'cancelled before prepare':
+            self.worker.progress.forget(task)
+        else:
+            self.worker.progress.fail(task, 'cancelled')
+            log.info('task %s: aborted; %s restored', task.id, task.source)
 
     def _prepare(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
         blockers, info = find_blockers(self.adapter, self.pools(), source, dest, task.layout,
@@ -289,22 +320,16 @@ class Runner(RunnerHandle):
                 source, info.id, task.source_image_id), 2))
         if blockers:
             if all(b.wait for b in blockers):
-                now = self._now()
-                reason = str(blockers[0])
-                recheck = now + self.worker.options.blocked_recheck_seconds
-                self.worker.update(self.task_id, lambda t: t.evolve(
-                    blocked_reason=reason, blocked_since=t.blocked_since or now,
-                    next_retry=recheck))
+                self._set_hold(Hold(HoldKind.WATCHERS, str(blockers[0])),
+                               self._now() + self.worker.options.blocked_recheck_seconds)
                 return False
             raise blockers[0]
         assert info is not None
         self._move(State.PREPARING, source_image_id=info.id, size_bytes=info.size,
-                   blocked_reason=None, blocked_since=None, next_retry=None, error=None)
+                   blocked_reason=None, blocked_kind=None, blocked_since=None,
+                   next_retry=None, error=None)
         self.adapter.prepare(self._client(), source, dest, task.layout, info)
-        # not persisted: execute's record follows at once, and after a crash
-        # the next runner reads 'prepared' from librbd anyway
         self._move(State.PREPARED, persist=False)
-        self.next_step = Observed(Step.PREPARED)
         log.info('task %s: prepared %s -> %s', task.id, source, dest)
         return True
 
@@ -315,27 +340,31 @@ class Runner(RunnerHandle):
             task = self.worker.get(self.task_id)
             if task.cancel_requested:
                 return held
-            reason = self.worker.hold_reason(task)
-            if reason is None:
+            hold = self.worker.hold_reason(task)
+            if hold is None:
                 break
-            if not held or task.blocked_reason != reason:
-                now = self._now()
-                self.worker.update(self.task_id, lambda t: t.evolve(
-                    blocked_reason=reason, blocked_since=t.blocked_since or now))
+            if not held or task.blocked_reason != str(hold):
+                self._set_hold(hold)
                 held = True
             self.worker.wait_for(lambda: self.interrupted or self.worker.stopping, 1.0)
         if held:
             self.worker.update(self.task_id, lambda t: t.evolve(
-                blocked_reason=None, blocked_since=None, last_progress_at=self._now()))
+                blocked_reason=None, blocked_kind=None, blocked_since=None,
+                last_progress_at=self._now()))
         return held
 
     def _throttle(self, task: Task, base: List[float], copied: int) -> None:
         """Token bucket: sleeping in librbd's progress callback stalls the copy.
 
-        ``base`` is (time, bytes) where the bucket was last reset: at the start
-        and after every hold, so a resumed copy does not burst to catch up.
+        ``base`` is (time, bytes, limit) where the bucket was last reset: at
+        the start, after every hold and whenever the effective limit changes
+        (a share of the total limit, an option change), so a copy neither
+        bursts to catch up nor pays back, at a new rate, the time it ran
+        unthrottled or faster.
         """
         limit = self.worker.bandwidth_limit(task)
+        if limit != base[2]:
+            base[:] = [self._now(), float(copied), float(limit)]
         if limit <= 0:
             return
         due = base[0] + (copied - base[1]) / float(limit)
@@ -350,11 +379,11 @@ class Runner(RunnerHandle):
         started = self._now()
         task = self._move(State.EXECUTING, progress=0.0, bytes_copied=0,
                           rate_bytes_per_sec=None, last_progress_at=started, next_retry=None,
-                          blocked_reason=None, blocked_since=None)
+                          blocked_reason=None, blocked_kind=None, blocked_since=None)
         self.worker.progress.update(task, force=True)
         size = task.size_bytes or 0
         last_persist: List[float] = [started]
-        base: List[float] = [started, 0.0]
+        base: List[float] = [started, 0.0, float(self.worker.bandwidth_limit(task))]
 
         def on_progress(offset: int, total: int) -> None:
             if self.abandoned:
@@ -372,7 +401,7 @@ class Runner(RunnerHandle):
                 last_progress_at=now), persist=persist)
             self.worker.progress.update(t)
             if self._hold():
-                base[:] = [self._now(), copied]
+                base[:2] = [self._now(), float(copied)]
             self._throttle(t, base, copied)
 
         client = self._client()
@@ -388,11 +417,22 @@ class Runner(RunnerHandle):
         self._check()
         task = self._move(State.EXECUTED, persist=task.manual_commit, progress=EXECUTE_SHARE,
                           bytes_copied=size)
-        self.next_step = Observed(Step.EXECUTED)
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
 
-    def _commit(self, task: Task, dest: ImageSpec) -> None:
-        task = self._move(State.COMMITTING)
+    def _commit(self, dest: ImageSpec) -> None:
+        """Commit, unless a cancel was accepted first (checked under the table lock:
+        a cancel accepted after this point answers EBUSY instead)."""
+        now = self._now()
+
+        def to_committing(t: Task) -> Task:
+            if t.cancel_requested:
+                raise _CancelWins()
+            return t.moved_to(State.COMMITTING, now)
+        self._check()
+        try:
+            task = self.worker.update(self.task_id, to_committing)
+        except _CancelWins:
+            return
         self.worker.progress.update(task, force=True)
 
         def on_progress(offset: int, total: int) -> None:
@@ -401,15 +441,15 @@ class Runner(RunnerHandle):
                 progress=EXECUTE_SHARE + frac * (1 - EXECUTE_SHARE)), persist=False)
             self.worker.progress.update(t)
         self.adapter.commit(self._client(), dest, on_progress)
-        self.next_step = Observed(Step.COMMITTED, dest_image_id=task.dest_image_id)
 
-    def _abort(self, dest: ImageSpec) -> None:
+    def _abort(self, target: ImageSpec) -> None:
         """Abort, waiting out EBUSY from a dead client's lock."""
         deadline = self._now() + ABORT_BUSY_RETRY_SECONDS
         delay = 0.5
         while True:
+            self._check()
             try:
-                self.adapter.abort(self._client(), dest)
+                self.adapter.abort(self._client(), target)
                 return
             except Transient as e:
                 self._drop_client()
@@ -419,20 +459,6 @@ class Runner(RunnerHandle):
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _cancel(self, task: Task, dest: ImageSpec, observed: Observed) -> None:
-        step = observed.step
-        if step == Step.COMMITTED:
-            task = self._move(State.COMMITTED, cancel_requested=False,
-                              error='cancel came too late: the migration was committed')
-            self.worker.progress.complete(task)
-            return
-        if step in (Step.NOT_PREPARED, Step.SOURCE_MISSING, Step.CONFLICT):
-            task = self._move(State.ABORTED, error='cancelled before prepare')
-            self.worker.progress.forget(task)
-            return
-        if task.state != State.ABORTING:
-            task = self._move(State.ABORTING)
-        self._abort(dest)
-        task = self._move(State.ABORTED, error='cancelled: migration aborted, source restored')
-        self.worker.progress.fail(task, 'cancelled')
-        log.info('task %s: aborted; %s restored', task.id, task.source)
+
+class _CancelWins(Exception):
+    """A cancel was accepted before the commit started."""

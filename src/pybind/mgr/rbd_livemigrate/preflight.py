@@ -11,7 +11,7 @@ import errno
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import Blocked, InvalidArgument, NotFound
-from .rbd_adapter import FEATURES, Adapter, ImageInfo
+from .interface import FEATURES, ImageInfo, RbdPort
 from .spec import ImageSpec, is_power_of_two, validate_name
 from .task import Layout
 
@@ -101,7 +101,7 @@ def _check_pool(pools: Dict[str, PoolInfo], name: str, role: str,
     return pool
 
 
-def find_blockers(adapter: Adapter, pools: Dict[str, PoolInfo], source: ImageSpec,
+def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpec,
                   dest: ImageSpec, layout: Layout,
                   allow_descendants: bool) -> Tuple[List[Blocked], Optional[ImageInfo]]:
     """Every blocker found (none: prepare may run), and the source's info."""

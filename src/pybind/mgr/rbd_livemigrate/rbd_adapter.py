@@ -14,43 +14,35 @@ copy blocklists that client, which is the only way to stop
 ``migration_execute`` on Pacific.
 """
 
-import enum
 import errno
 import logging
 import struct
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import rados
 import rbd
 
 from .errors import (AlreadyExists, InvalidArgument, LiveMigrateError, NotFound,
                      Transient, TryAgain)
+from .interface import (FEATURES, ClientPool, End, HeaderType, ImageInfo, MigrationHeader,
+                        MigrationRef, MigState, Observation, OrphanKind, ProgressCallback,
+                        RbdPort, TrashSource)
+from .interface import Client as ClientBase
 from .spec import ImageSpec, PoolSpec
 from .task import Layout
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 CONTROL_OP_TIMEOUT_SECONDS = 60
 MAX_IDLE_CLIENTS = 4
-
-FEATURES: Dict[str, int] = {
-    'layering': rbd.RBD_FEATURE_LAYERING,
-    'striping': rbd.RBD_FEATURE_STRIPINGV2,
-    'exclusive-lock': rbd.RBD_FEATURE_EXCLUSIVE_LOCK,
-    'object-map': rbd.RBD_FEATURE_OBJECT_MAP,
-    'fast-diff': rbd.RBD_FEATURE_FAST_DIFF,
-    'deep-flatten': rbd.RBD_FEATURE_DEEP_FLATTEN,
-    'journaling': rbd.RBD_FEATURE_JOURNALING,
-}
 
 # librbd.h values the Pacific binding does not export
 OPERATION_FEATURE_MIGRATION = getattr(rbd, 'RBD_OPERATION_FEATURE_MIGRATION', 1 << 4)
 TRASH_SOURCE_MIGRATION = getattr(rbd, 'RBD_TRASH_IMAGE_SOURCE_MIGRATION', 2)
 
 TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ESHUTDOWN,
-                              errno.EIO,
+                              errno.EIO, errno.EROFS,
                               errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
 
 
@@ -91,60 +83,7 @@ def client_addr(addrs: str) -> str:
     return first
 
 
-class Step(enum.Enum):
-    """Where librbd says a migration is (read from the image headers)."""
-    NOT_PREPARED = 'not prepared'
-    PREPARING = 'preparing'
-    PREPARED = 'prepared'
-    EXECUTING = 'executing'
-    EXECUTED = 'executed'
-    ABORTING = 'aborting'
-    ERROR = 'error'
-    COMMITTED = 'committed'
-    SOURCE_MISSING = 'source missing'
-    CONFLICT = 'conflict'
-
-
-_LIBRBD_STATES = {
-    rbd.RBD_IMAGE_MIGRATION_STATE_PREPARING: Step.PREPARING,
-    rbd.RBD_IMAGE_MIGRATION_STATE_PREPARED: Step.PREPARED,
-    rbd.RBD_IMAGE_MIGRATION_STATE_EXECUTING: Step.EXECUTING,
-    rbd.RBD_IMAGE_MIGRATION_STATE_EXECUTED: Step.EXECUTED,
-    rbd.RBD_IMAGE_MIGRATION_STATE_ERROR: Step.ERROR,
-    getattr(rbd, 'RBD_IMAGE_MIGRATION_STATE_ABORTING', 5): Step.ABORTING,
-}
-
-
-class Observed(NamedTuple):
-    step: Step
-    detail: str = ''
-    dest_image_id: Optional[str] = None
-
-
-class ImageInfo(NamedTuple):
-    id: str
-    size: int
-    object_size: int
-    stripe_unit: int
-    stripe_count: int
-    features: int
-    data_pool_id: int
-    watchers: List[str]
-    descendants: List[str]
-    snapshots: List[str]
-    used_bytes: int
-    migrating: bool
-    has_parent: bool
-
-
-class MigrationRef(NamedTuple):
-    """A migration found in the image headers (for orphans)."""
-    source: str
-    destination: str
-    source_image_id: str
-
-
-class Client:
+class Client(ClientBase):
     """One connected rados client, registered with the mgr for fencing."""
 
     def __init__(self, factory: 'ClientFactory', handle: rados.Rados) -> None:
@@ -175,7 +114,7 @@ class Client:
         self.factory.unregister(self.addrs)
 
 
-class ClientFactory:
+class ClientFactory(ClientPool):
     """Makes clients with their own CephContext; falls back to the mgr's."""
 
     def __init__(self, name: str, conf: Dict[str, str], context: Any,
@@ -190,7 +129,7 @@ class ClientFactory:
         self._idle: List[Client] = []
         self._idle_lock = threading.Lock()
 
-    def take(self) -> Client:
+    def take(self) -> Client:  # type: ignore[override]
         """An idle copy client, or a new one."""
         with self._idle_lock:
             while self._idle:
@@ -199,7 +138,7 @@ class ClientFactory:
                     return client
         return self.make()
 
-    def release(self, client: Client) -> None:
+    def release(self, client: Client) -> None:  # type: ignore[override]
         """Keep a healthy client for the next task; close the rest."""
         with self._idle_lock:
             if not client.closed and len(self._idle) < MAX_IDLE_CLIENTS:
@@ -242,11 +181,11 @@ class ClientFactory:
         return client
 
 
-class Adapter:
+class Adapter(RbdPort):
     """librbd migration calls on top of a control client (rebuilt on demand)."""
 
     def __init__(self, factory: ClientFactory) -> None:
-        self.factory = factory
+        self.factory: ClientFactory = factory
         self._lock = threading.Lock()
         self._control: Optional[Client] = None
 
@@ -285,7 +224,7 @@ class Adapter:
                                'try again'.format(e))
             raise
 
-    def blocklist(self, client: Client, expire_seconds: float = 3600.0) -> None:
+    def blocklist(self, client: ClientBase, expire_seconds: float = 3600.0) -> None:
         def op(c: Client) -> None:
             try:
                 c.handle.blocklist_add(client.addr, expire_seconds)
@@ -392,64 +331,57 @@ class Adapter:
                 io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
 
-    def image_id(self, spec: ImageSpec) -> Optional[str]:
-        def op(c: Client) -> Optional[str]:
+    def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
+                dest_id: Optional[str]) -> Observation:
+        """Both ends of the migration ``source`` -> ``dest``, by image id.
+
+        Reads raw metadata (directory, header objects, trash entries) rather
+        than opening images: an image in the middle of an abort cannot be
+        opened (EROFS), and an open by name may find another image.  The
+        destination id, when not recorded, is learned from the source's
+        migration header (librbd writes it there before the destination
+        exists) or from a destination header that points to the source id.
+        """
+        def op(c: Client) -> Observation:
+            src_io = c.ioctx(source.pool, source.namespace)
+            dst_io = c.ioctx(dest.pool, dest.namespace)
             try:
-                io = c.ioctx(spec.pool, spec.namespace)
-            except NotFound:
-                return None
+                s_name = dir_lookup(src_io, source.image)
+                sid = source_id or s_name
+                s_end = read_end(src_io, sid, s_name)
+                did = dest_id
+                if did is None and s_end.header is not None and \
+                        s_end.header.kind == HeaderType.SRC:
+                    did = s_end.header.image_id
+                d_name = s_name if source == dest else dir_lookup(dst_io, dest.image)
+                if did is None and d_name is not None and d_name != sid:
+                    h = read_header(dst_io, d_name)
+                    if h is not None and h.kind == HeaderType.DST and h.image_id == sid:
+                        did = d_name
+                return Observation(s_end, read_end(dst_io, did, d_name))
+            except rados.Error as e:
+                raise translate(e, "cannot read the migration state of '{}' -> '{}'".format(
+                    source, dest))
+            finally:
+                src_io.close()
+                dst_io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def read_image(self, spec: ImageSpec) -> End:
+        def op(c: Client) -> End:
+            io = c.ioctx(spec.pool, spec.namespace)
             try:
-                with rbd.Image(io, spec.image, read_only=True) as image:
-                    return str(image.id())
-            except rbd.ImageNotFound:
-                return None
-            except rbd.Error as e:
-                raise translate(e, "cannot open image '{}'".format(spec))
+                name_id = dir_lookup(io, spec.image)
+                return read_end(io, name_id, name_id)
+            except rados.Error as e:
+                raise translate(e, "cannot read image '{}'".format(spec))
             finally:
                 io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
-
-    def migration_status(self, spec: ImageSpec) -> Optional[Dict[str, Any]]:
-        """librbd's migration status of the image at ``spec``; None if not migrating."""
-        def op(c: Client) -> Optional[Dict[str, Any]]:
-            try:
-                io = c.ioctx(spec.pool, spec.namespace)
-            except NotFound:
-                return None
-            try:
-                return dict(rbd.RBD().migration_status(io, spec.image))
-            except (rbd.ImageNotFound, rbd.InvalidArgument):
-                return None
-            except rbd.Error as e:
-                raise translate(e, "cannot read the migration state of '{}'".format(spec))
-            finally:
-                io.close()
-        return self._with_control(op)  # type: ignore[no-any-return]
-
-    def observe(self, source: ImageSpec, dest: ImageSpec,
-                source_image_id: Optional[str]) -> Observed:
-        """Where the migration of ``source`` to ``dest`` is, from the headers."""
-        status = self.migration_status(dest)
-        if status is not None:
-            if source_image_id and status.get('source_image_id') != source_image_id:
-                return Observed(Step.CONFLICT, "'{}' is the target of another migration "
-                                "(source image id {})".format(dest, status.get('source_image_id')))
-            step = _LIBRBD_STATES.get(status.get('state', -1), Step.ERROR)
-            return Observed(step, status.get('state_description') or '',
-                            status.get('dest_image_id'))
-        dest_id = self.image_id(dest)
-        source_id = dest_id if source == dest else self.image_id(source)
-        if source_id is not None and (source_image_id is None or source_id == source_image_id):
-            if dest_id is not None and source != dest:
-                return Observed(Step.CONFLICT, "destination '{}' exists".format(dest))
-            return Observed(Step.NOT_PREPARED)
-        if dest_id is not None:
-            return Observed(Step.COMMITTED, dest_image_id=dest_id)
-        return Observed(Step.SOURCE_MISSING, "source image '{}' does not exist".format(source))
 
     # -- the migration steps -------------------------------------------
 
-    def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Layout,
+    def prepare(self, client: ClientBase, source: ImageSpec, dest: ImageSpec, layout: Layout,
                 info: ImageInfo) -> None:
         kwargs: Dict[str, Any] = {}
         if layout.features is not None:
@@ -483,7 +415,7 @@ class Adapter:
             src_io.close()
             dst_io.close()
 
-    def _run(self, client: Client, dest: ImageSpec, what: str,
+    def _run(self, client: ClientBase, dest: ImageSpec, what: str,
              call: Callable[..., Any], on_progress: Optional[ProgressCallback]) -> None:
         def cb(offset: int, total: int) -> int:
             if on_progress is not None:
@@ -497,19 +429,71 @@ class Adapter:
         finally:
             io.close()
 
-    def execute(self, client: Client, dest: ImageSpec,
+    def execute(self, client: ClientBase, dest: ImageSpec,
                 on_progress: Optional[ProgressCallback] = None) -> None:
         self._run(client, dest, 'execute', rbd.RBD().migration_execute, on_progress)
 
-    def commit(self, client: Client, dest: ImageSpec,
+    def commit(self, client: ClientBase, dest: ImageSpec,
                on_progress: Optional[ProgressCallback] = None) -> None:
         self._run(client, dest, 'commit', rbd.RBD().migration_commit, on_progress)
 
-    def abort(self, client: Client, dest: ImageSpec,
+    def abort(self, client: ClientBase, spec: ImageSpec,
               on_progress: Optional[ProgressCallback] = None) -> None:
-        self._run(client, dest, 'abort', rbd.RBD().migration_abort, on_progress)
+        self._run(client, spec, 'abort', rbd.RBD().migration_abort, on_progress)
 
-    def flatten(self, client: Client, dest: ImageSpec) -> bool:
+    def finish_commit(self, client: ClientBase, source: ImageSpec, source_id: str,
+                      dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
+        """Remove a source that an interrupted ``migration_commit`` left behind.
+
+        librbd's commit removes the destination's migration header first,
+        then the source's snapshots, the source and its trash entry, then
+        re-enables mirroring on the destination.  Cut after the first step,
+        the source stays in its pool's trash with its own migration header,
+        and no public librbd call removes it: ``trash_remove`` opens the
+        image read-write and librbd refuses that (EROFS) while a source
+        header exists.  So clear that header with the ``rbd`` object class
+        method ``migration_remove`` (what librbd itself calls), remove the
+        snapshots commit had not reached, then the trash entry.
+        """
+        io = client.ioctx(source.pool, source.namespace)
+        oid = 'rbd_header.' + source_id
+        try:
+            if header_exists(io, source_id):
+                if read_header(io, source_id) is not None:
+                    io.execute(oid, 'rbd', 'migration_remove', b'')
+                with rbd.Image(io, image_id=source_id) as image:
+                    for snap in image.list_snaps():
+                        if snap.get('namespace', 0) != 0:     # trash/group snapshots
+                            continue
+                        if image.is_protected_snap(snap['name']):
+                            image.unprotect_snap(snap['name'])
+                        image.remove_snap(snap['name'])
+            try:
+                rbd.RBD().trash_remove(io, source_id, force=True)
+            except rbd.ImageNotFound:
+                pass
+        except (rados.Error, rbd.Error) as e:
+            raise translate(e, "cannot finish removing source '{}' (id {})".format(
+                source, source_id))
+        finally:
+            io.close()
+        if header is not None and header.mirroring:
+            self._enable_mirroring(client, dest, header.mirror_image_mode)
+
+    def _enable_mirroring(self, client: ClientBase, dest: ImageSpec, mode: int) -> None:
+        """What commit's last step does when the source was mirrored."""
+        io = client.ioctx(dest.pool, dest.namespace)
+        try:
+            with rbd.Image(io, dest.image) as image:
+                image.mirror_image_enable(mode)
+        except rbd.InvalidArgument:
+            pass                                  # already enabled (pool mode)
+        except rbd.Error as e:
+            log.warning("cannot re-enable mirroring on '%s': %s", dest, e)
+        finally:
+            io.close()
+
+    def flatten(self, client: ClientBase, dest: ImageSpec) -> bool:
         """Flatten a committed clone (``--flatten``); False if it has no parent."""
         io = client.ioctx(dest.pool, dest.namespace)
         try:
@@ -541,12 +525,12 @@ class Adapter:
                     for ns in namespaces:
                         io.set_namespace(ns)
                         for image_id, source, name in trash_entries(io):
-                            if source != TRASH_SOURCE_MIGRATION:
+                            if source != TrashSource.MIGRATION.value:
                                 continue
-                            ref = _read_migration_ref(c, io, pool, ns, image_id, name)
+                            ref = _migration_ref(c, io, pool, ns, image_id, name)
                             if ref is not None:
                                 refs.append(ref)
-                except rbd.Error as e:
+                except (rados.Error, rbd.Error) as e:
                     log.warning('cannot scan pool %s for migrations: %s', pool, e)
                 finally:
                     io.close()
@@ -573,6 +557,99 @@ def _read_string(buf: bytes, off: int) -> Tuple[str, int]:
     (n,) = struct.unpack_from('<I', buf, off)
     off += 4
     return buf[off:off + n].decode('utf-8', 'replace'), off + n
+
+
+def decode_migration_spec(buf: bytes) -> Optional[MigrationHeader]:
+    """cls::rbd::MigrationSpec: ENCODE_START(v, compat, len), header_type (u8),
+    pool_id (s64), pool_namespace, image_name, image_id, snap_seqs (map),
+    overlap (u64), flatten, mirroring, state (u8), state_description,
+    mirror_image_mode (u8, v2+), ..."""
+    try:
+        version = buf[0]
+        off = 6
+        kind = HeaderType(buf[off])
+        off += 1
+        (pool_id,) = struct.unpack_from('<q', buf, off)
+        off += 8
+        namespace, off = _read_string(buf, off)
+        name, off = _read_string(buf, off)
+        image_id, off = _read_string(buf, off)
+        (nsnaps,) = struct.unpack_from('<I', buf, off)
+        off += 4 + 16 * nsnaps + 8 + 1             # snap_seqs, overlap, flatten
+        mirroring = bool(buf[off])
+        state = MigState.of(buf[off + 1])
+        off += 2
+        description, off = _read_string(buf, off)
+        mode = buf[off] if version >= 2 and off < len(buf) else 0
+    except (IndexError, ValueError, struct.error):
+        return None
+    return MigrationHeader(kind, pool_id, namespace, name, image_id, state, description,
+                           mirroring, mode)
+
+
+def header_exists(io: 'rados.Ioctx', image_id: str) -> bool:
+    try:
+        io.stat('rbd_header.' + image_id)
+        return True
+    except rados.ObjectNotFound:
+        return False
+
+
+def read_header(io: 'rados.Ioctx', image_id: str) -> Optional[MigrationHeader]:
+    """The migration header of image ``image_id``; None if it has none."""
+    try:
+        _, out = io.execute('rbd_header.' + image_id, 'rbd', 'migration_get', b'')
+    except rados.ObjectNotFound:
+        return None
+    except rados.Error as e:
+        if abs(getattr(e, 'errno', 0) or 0) == errno.EINVAL:   # not migrating
+            return None
+        raise
+    return decode_migration_spec(bytes(out))
+
+
+def _omap_get(io: 'rados.Ioctx', oid: str, key: str) -> Optional[bytes]:
+    with rados.ReadOpCtx() as op:
+        it, _ = io.get_omap_vals_by_keys(op, (key,))
+        try:
+            io.operate_read_op(op, oid)
+        except rados.ObjectNotFound:
+            return None
+        for _, value in it:
+            return bytes(value)
+    return None
+
+
+def dir_lookup(io: 'rados.Ioctx', name: str) -> Optional[str]:
+    """The id the image name resolves to now (the pool's rbd_directory)."""
+    value = _omap_get(io, 'rbd_directory', 'name_' + name)
+    if value is None:
+        return None
+    try:
+        return _read_string(value, 0)[0]
+    except struct.error:
+        return None
+
+
+def trash_source(io: 'rados.Ioctx', image_id: str) -> Optional[TrashSource]:
+    """The source of the trash entry of ``image_id`` (None: not in the trash)."""
+    value = _omap_get(io, 'rbd_trash', 'id_' + image_id)
+    if value is None:
+        return None
+    try:
+        return TrashSource(value[6])
+    except (IndexError, ValueError):
+        return TrashSource.UNKNOWN
+
+
+def read_end(io: 'rados.Ioctx', image_id: Optional[str], name_id: Optional[str]) -> End:
+    pool_id = int(io.get_pool_id())
+    if image_id is None:
+        return End(None, name_id, pool_id=pool_id)
+    exists = header_exists(io, image_id)
+    return End(image_id=image_id, name_id=name_id, exists=exists,
+               header=read_header(io, image_id) if exists else None,
+               trash=trash_source(io, image_id), pool_id=pool_id)
 
 
 def trash_entries(io: 'rados.Ioctx') -> List[Tuple[str, int, str]]:
@@ -604,31 +681,20 @@ def trash_entries(io: 'rados.Ioctx') -> List[Tuple[str, int, str]]:
         start = batch[-1][0]
 
 
-def _read_migration_ref(c: Client, io: 'rados.Ioctx', pool: str, ns: str,
-                        image_id: str, name: str) -> Optional[MigrationRef]:
-    """Decode the source header's cls::rbd::MigrationSpec to find the target."""
+def _migration_ref(c: Client, io: 'rados.Ioctx', pool: str, ns: str,
+                   image_id: str, name: str) -> Optional[MigrationRef]:
+    """The migration a source in the trash belongs to (from its header)."""
+    source = str(ImageSpec(pool, ns, name))
+    header = read_header(io, image_id) if header_exists(io, image_id) else None
+    if header is None or header.kind != HeaderType.SRC:
+        # a commit cut after the header went: only the trash entry is left
+        return MigrationRef(source=source, destination='', source_image_id=image_id,
+                            kind=OrphanKind.HALF_COMMITTED)
     try:
-        ret, out = io.execute('rbd_header.' + image_id, 'rbd', 'migration_get', b'')
-    except rados.Error as e:
-        log.debug('migration_get on %s/%s failed: %s', pool, image_id, e)
-        return None
-    try:
-        buf = bytes(out)
-        off = 6                                   # ENCODE_START: v, compat, len
-        header_type = buf[off]
-        off += 1
-        (pool_id,) = struct.unpack_from('<q', buf, off)
-        off += 8
-        dest_ns, off = _read_string(buf, off)
-        dest_name, off = _read_string(buf, off)
-    except (IndexError, struct.error):
-        return None
-    if header_type != 1:                          # MIGRATION_HEADER_TYPE_SRC
-        return None
-    try:
-        dest_pool = c.handle.pool_reverse_lookup(pool_id)
+        dest_pool = c.handle.pool_reverse_lookup(header.pool_id)
     except rados.Error:
-        dest_pool = str(pool_id)
-    return MigrationRef(source=str(ImageSpec(pool, ns, name)),
-                        destination=str(ImageSpec(dest_pool, dest_ns, dest_name)),
-                        source_image_id=image_id)
+        dest_pool = str(header.pool_id)
+    return MigrationRef(source=source,
+                        destination=str(ImageSpec(dest_pool, header.namespace,
+                                                  header.image_name)),
+                        source_image_id=image_id, dest_image_id=header.image_id)

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tu
 
 from .errors import NotFound
 from .health import HealthChecks, build_checks
+from .hold import Hold, HoldKind
 from .progress import ProgressReporter
 from .store import TaskStore
 from .task import State, Task
@@ -165,7 +166,7 @@ class Worker:
     def __init__(self, store: TaskStore, progress: ProgressReporter,
                  runner_factory: RunnerFactory,
                  set_health: Callable[[HealthChecks], None],
-                 cluster_block: Callable[[], Optional[str]],
+                 cluster_block: Callable[[], Optional[Hold]],
                  clock: Callable[[], float] = time.time,
                  blocklisted: Callable[[], Set[str]] = set,
                  on_blocklist: Callable[[Set[str]], None] = lambda addrs: None) -> None:
@@ -191,7 +192,7 @@ class Worker:
         self.wake = threading.Event()
         # why new work may not start now (window, health, queue paused); the
         # running copies hold while it is set
-        self.current_block: Optional[str] = None
+        self.current_block: Optional[Hold] = None
         self.health_block_since: Optional[float] = None
         self.chores: List[Chore] = []
 
@@ -329,10 +330,11 @@ class Worker:
         block = None if self.stopping else self.cluster_block()
         with self.lock:
             if self.queue_paused and not block:
-                block = 'queue paused'
+                block = Hold(HoldKind.QUEUE_PAUSED, 'queue paused')
             self.current_block = block
             tasks = list(self.tasks.values())
-            decision = decide(tasks, set(self.runners), self.options, now, block)
+            decision = decide(tasks, set(self.runners), self.options, now,
+                              str(block) if block else None)
             self.waiting = dict(decision.waiting)
             to_start = [] if self.stopping else decision.start
             for task_id in to_start:
@@ -341,9 +343,14 @@ class Worker:
                 runner.start()
             for task_id in history_to_drop(tasks, self.options.max_history):
                 self.remove(task_id)
+        if block is None or block.kind.deliberate:
+            self.health_block_since = None
+        elif self.health_block_since is None:
+            self.health_block_since = now
         held = 0 if self.health_block_since is None else now - self.health_block_since
         queue_note = ''
-        if block and held >= self.options.blocked_warn_seconds:
+        if block and self.health_block_since is not None and (
+                block.kind.warn_at_once or held >= self.options.blocked_warn_seconds):
             waiting = sum(1 for t in tasks if t.needs_worker and not t.cancel_requested)
             queue_note = 'queue held for {:.0f}s: {}; {} task(s) waiting or paused'.format(
                 held, block, waiting)
@@ -394,10 +401,10 @@ class Worker:
             limit = share if limit <= 0 else min(limit, share)
         return limit
 
-    def hold_reason(self, task: Task) -> Optional[str]:
-        """Why a running copy of ``task`` must hold now (None: go on)."""
+    def hold_reason(self, task: Task) -> Optional[Hold]:
+        """Why new work or a running copy of ``task`` must hold now (None: go on)."""
         if task.paused:
-            return 'paused'
+            return Hold(HoldKind.PAUSED, 'paused')
         with self.lock:
             return self.current_block
 

@@ -16,6 +16,13 @@ log = logging.getLogger(__name__)
 TASK_PREFIX = 'task/'
 FLAG_PREFIX = 'flag/'
 MAX_VALUE_BYTES = 64 * 1024
+MAX_REASON_CHARS = 200
+
+
+def _one_line(text: str) -> str:
+    """A reason for the health detail: one line, cut short."""
+    text = ' '.join(text.splitlines())
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + '...'
 
 
 class TaskStore:
@@ -30,12 +37,19 @@ class TaskStore:
         skipped: Dict[str, str] = {}
         for key, value in sorted(self._get_prefix(TASK_PREFIX).items()):
             try:
+                if not isinstance(value, str):
+                    raise CorruptRecord('task record is not text')
                 task = Task.loads(value)
                 if key != TASK_PREFIX + task.id:
                     raise CorruptRecord('key does not match task id {!r}'.format(task.id))
             except CorruptRecord as e:
                 log.error('skipping stored task %s: %s', key, e)
-                skipped[key] = str(e)
+                skipped[key] = _one_line(str(e))
+                continue
+            except Exception as e:  # last resort: one record never stops the module
+                log.error('skipping stored task %s: unexpected error', key, exc_info=True)
+                skipped[key] = _one_line('unexpected error loading it: {}: {}'.format(
+                    type(e).__name__, e))
                 continue
             tasks.append(task)
         return tasks, skipped

@@ -1,0 +1,237 @@
+"""
+The typed interface to librbd, without librbd.
+
+Plain records of what the adapter reads from the cluster (``Observation``,
+``ImageInfo``, ``MigrationRef``) and the ``RbdPort`` protocol that
+``rbd_adapter.Adapter`` implements.  Nothing here imports ``rados`` or
+``rbd``: the planner, the preflight checks, the commands and their unit
+tests use only this module, and fakes shaped like ``RbdPort`` stand in for
+the cluster.
+
+Constants are librbd's own (``librbd.h``, ``cls_rbd_types.h``), spelled out
+so that they are known without the binding.
+"""
+
+import enum
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+from .spec import ImageSpec, PoolSpec
+from .task import Layout
+
+ProgressCallback = Callable[[int, int], None]
+
+# librbd.h RBD_FEATURE_*
+FEATURES: Dict[str, int] = {
+    'layering': 1 << 0,
+    'striping': 1 << 1,
+    'exclusive-lock': 1 << 2,
+    'object-map': 1 << 3,
+    'fast-diff': 1 << 4,
+    'deep-flatten': 1 << 5,
+    'journaling': 1 << 6,
+}
+
+
+class MigState(enum.Enum):
+    """cls::rbd::MigrationState, as stored in an image's migration header."""
+    ERROR = 0
+    PREPARING = 1
+    PREPARED = 2
+    EXECUTING = 3
+    EXECUTED = 4
+    ABORTING = 5
+    UNKNOWN = -1
+
+    @classmethod
+    def of(cls, value: int) -> 'MigState':
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class HeaderType(enum.Enum):
+    """cls::rbd::MigrationHeaderType: which end of a migration an image is."""
+    SRC = 1
+    DST = 2
+
+
+class MigrationHeader(NamedTuple):
+    """An image's migration header (cls::rbd::MigrationSpec), decoded.
+
+    ``pool_id``/``namespace``/``image_name``/``image_id`` name the *other*
+    end: a source's header points to its destination and the reverse.
+    """
+    kind: HeaderType
+    pool_id: int
+    namespace: str
+    image_name: str
+    image_id: str
+    state: MigState
+    description: str = ''
+    mirroring: bool = False
+    mirror_image_mode: int = 0
+
+
+class TrashSource(enum.Enum):
+    """cls::rbd::TrashImageSource of a trash entry."""
+    USER = 0
+    MIRRORING = 1
+    MIGRATION = 2
+    REMOVING = 3
+    USER_PARENT = 4
+    UNKNOWN = -1
+
+
+class End(NamedTuple):
+    """One end of a migration, as librbd holds it now.
+
+    ``image_id`` is the id this end is tracked by (recorded by the task,
+    or learned from the other end's header); the other fields describe
+    that id, except ``name_id``, which is what the end's *name* resolves to
+    now in its pool's directory (None: no image has that name).
+    """
+    image_id: Optional[str] = None
+    name_id: Optional[str] = None
+    exists: bool = False                     # its header object exists
+    header: Optional[MigrationHeader] = None
+    trash: Optional[TrashSource] = None      # its trash entry, if any
+    pool_id: int = -1
+
+
+class Observation(NamedTuple):
+    """Both ends of one migration, read in one pass (``RbdPort.observe``)."""
+    source: End
+    dest: End
+
+
+class ImageInfo(NamedTuple):
+    id: str
+    size: int
+    object_size: int
+    stripe_unit: int
+    stripe_count: int
+    features: int
+    data_pool_id: int
+    watchers: List[str]
+    descendants: List[str]
+    snapshots: List[str]
+    used_bytes: int
+    migrating: bool
+    has_parent: bool
+
+
+class OrphanKind(str, enum.Enum):
+    """What a migration without a task is (shown by ``ls``)."""
+    MIGRATION = 'migration'              # a live migration no task knows
+    HALF_PREPARED = 'half-prepared'      # a prepare cut short
+    HALF_COMMITTED = 'half-committed'    # source left in the trash by a cut commit
+    HALF_ABORTED = 'half-aborted'        # an abort cut short
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MigrationRef(NamedTuple):
+    """A migration found from its source's trash entry (for orphans)."""
+    source: str
+    destination: str
+    source_image_id: str
+    dest_image_id: str = ''
+    kind: OrphanKind = OrphanKind.MIGRATION
+
+
+class Client:
+    """What the pipeline needs of a rados client (rbd_adapter.Client)."""
+    addr: str
+    closed: bool
+
+    def ioctx(self, pool: str, namespace: str = '') -> Any:
+        """An open rados.Ioctx (only the adapter uses it)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class ClientPool:
+    """Copy clients: ``take`` an idle or new one, ``release`` it after use."""
+
+    def take(self) -> Client:
+        raise NotImplementedError
+
+    def release(self, client: Client) -> None:
+        raise NotImplementedError
+
+
+class RbdPort:
+    """Everything the module asks of librbd/librados.
+
+    Reads return plain values; every call raises the typed errors of
+    ``errors.py`` (``Transient`` for errors a retry may not hit).  The
+    steps take the ``Client`` they run on: copies run on their own
+    clients, which ``blocklist`` can stop.
+    """
+    factory: ClientPool
+
+    # -- reads --------------------------------------------------------
+    def pool_exists(self, pool: str) -> bool:
+        raise NotImplementedError
+
+    def namespace_exists(self, pool: str, namespace: str) -> bool:
+        raise NotImplementedError
+
+    def pool_name(self, pool_id: int) -> str:
+        raise NotImplementedError
+
+    def list_images(self, spec: PoolSpec) -> List[str]:
+        raise NotImplementedError
+
+    def image_exists(self, spec: ImageSpec) -> bool:
+        raise NotImplementedError
+
+    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        raise NotImplementedError
+
+    def size_of(self, spec: ImageSpec) -> Optional[int]:
+        raise NotImplementedError
+
+    def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
+                dest_id: Optional[str]) -> Observation:
+        raise NotImplementedError
+
+    def read_image(self, spec: ImageSpec) -> End:
+        """The image the name ``spec`` resolves to now (id, header, trash)."""
+        raise NotImplementedError
+
+    def find_migrations(self, pools: List[str]) -> List[MigrationRef]:
+        raise NotImplementedError
+
+    # -- steps --------------------------------------------------------
+    def blocklist(self, client: Client, expire_seconds: float = 3600.0) -> None:
+        raise NotImplementedError
+
+    def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Layout,
+                info: ImageInfo) -> None:
+        raise NotImplementedError
+
+    def execute(self, client: Client, dest: ImageSpec,
+                on_progress: Optional[ProgressCallback] = None) -> None:
+        raise NotImplementedError
+
+    def commit(self, client: Client, dest: ImageSpec,
+               on_progress: Optional[ProgressCallback] = None) -> None:
+        raise NotImplementedError
+
+    def abort(self, client: Client, spec: ImageSpec,
+              on_progress: Optional[ProgressCallback] = None) -> None:
+        """``migration_abort`` through the image at ``spec`` (either end's name)."""
+        raise NotImplementedError
+
+    def finish_commit(self, client: Client, source: ImageSpec, source_id: str,
+                      dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
+        """Remove a source an interrupted commit left in the trash."""
+        raise NotImplementedError
+
+    def flatten(self, client: Client, dest: ImageSpec) -> bool:
+        raise NotImplementedError

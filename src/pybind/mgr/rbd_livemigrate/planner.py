@@ -1,0 +1,309 @@
+"""
+The per-task planner: ``plan(task, observation, hold) -> Action``.
+
+The per-task counterpart of the scheduler's ``decide``: a pure function,
+no I/O, no threads.  ``judge`` reads an ``Observation`` (both ends of the
+migration, by image id) into a ``Phase``; ``plan`` maps (phase, the task's
+intent, the record's state) to the one action that brings librbd closer to
+what the operator asked for.  ``pipeline.Runner`` executes the action,
+observes again and asks again, so any intermediate state librbd leaves
+behind (a step cut short by a crash, failover or a killed ``rbd``
+process) is finished from wherever it stands.
+
+Intermediate states and their action:
+
+========================================  ================================
+librbd holds                              action
+========================================  ================================
+source live, no headers                   prepare (or nothing, on cancel)
+source in trash, header PREPARING          abort, then prepare again
+both headers PREPARED/EXECUTING           execute
+both headers EXECUTED                     commit (or wait: manual commit)
+either header ABORTING, or the            abort again (by destination, or
+destination gone under a source header    by source once it is gone)
+destination without header, source        finish the commit: remove the
+still in its trash (a cut commit)         source (``finish_commit``)
+source gone, destination live             committed
+a name now resolving to another id        fail: never touch that image
+========================================  ================================
+
+A cancel turns every live phase into an abort; once librbd has removed
+the destination's header (a commit under way) nothing can be aborted and
+the commit is finished instead.
+"""
+
+import enum
+from typing import NamedTuple, Optional
+
+from .hold import Hold, HoldKind
+from .interface import End, HeaderType, MigrationHeader, MigState, Observation, TrashSource
+from .spec import ImageSpec
+from .task import State, Task
+
+
+class Phase(enum.Enum):
+    """Where a migration stands, judged by image id from both ends."""
+    NOT_PREPARED = 'not prepared'
+    HALF_PREPARED = 'half-prepared'
+    PREPARED = 'prepared'
+    EXECUTING = 'executing'
+    EXECUTED = 'executed'
+    ERROR = 'error'
+    ABORTING = 'aborting'
+    HALF_COMMITTED = 'half-committed'
+    COMMITTED = 'committed'
+    # nothing to do but tell the operator
+    DEST_TAKEN = 'destination taken'
+    SOURCE_REPLACED = 'source replaced'
+    DEST_REPLACED = 'destination replaced'
+    SOURCE_MISSING = 'source missing'
+    SOURCE_IN_TRASH = 'source in trash'
+    OTHER_MIGRATION = 'other migration'
+    STRANDED = 'stranded'
+    INCONSISTENT = 'inconsistent'
+
+    @property
+    def fatal(self) -> bool:
+        return self in _FATAL
+
+
+_FATAL = frozenset({Phase.DEST_TAKEN, Phase.SOURCE_REPLACED, Phase.DEST_REPLACED,
+                    Phase.SOURCE_MISSING, Phase.SOURCE_IN_TRASH, Phase.OTHER_MIGRATION,
+                    Phase.STRANDED, Phase.INCONSISTENT})
+
+# phases in which librbd holds no migration state for the recorded ids:
+# a cancel has nothing to undo
+_NOTHING_TO_UNDO = frozenset({Phase.NOT_PREPARED, Phase.DEST_TAKEN, Phase.SOURCE_REPLACED,
+                              Phase.SOURCE_MISSING, Phase.SOURCE_IN_TRASH,
+                              Phase.OTHER_MIGRATION})
+
+_BY_DEST_STATE = {
+    MigState.PREPARING: Phase.HALF_PREPARED,
+    MigState.PREPARED: Phase.PREPARED,
+    MigState.EXECUTING: Phase.EXECUTING,
+    MigState.EXECUTED: Phase.EXECUTED,
+    MigState.ERROR: Phase.ERROR,
+    MigState.ABORTING: Phase.ABORTING,
+}
+
+
+class Verdict(NamedTuple):
+    phase: Phase
+    detail: str = ''
+
+
+def _points_to(h: MigrationHeader, end: End, spec: ImageSpec) -> bool:
+    """Does header ``h`` name the image ``end`` (at ``spec``)?"""
+    return ((h.pool_id == end.pool_id or end.pool_id < 0) and h.namespace == spec.namespace
+            and h.image_name == spec.image
+            and (end.image_id is None or h.image_id == end.image_id))
+
+
+def judge(obs: Observation, source: ImageSpec, dest: ImageSpec) -> Verdict:
+    """The phase of the migration ``source`` -> ``dest`` that ``obs`` shows."""
+    s, d = obs.source, obs.dest
+    sid, did = s.image_id, d.image_id
+    sh = s.header
+    dh = d.header
+    if sh is not None and sh.kind != HeaderType.SRC:
+        return Verdict(Phase.OTHER_MIGRATION, "source '{}' (id {}) is the destination of "
+                       "another migration: see rbd status {}".format(source, sid, source))
+    if dh is not None and dh.kind != HeaderType.DST:
+        return Verdict(Phase.OTHER_MIGRATION, "destination '{}' (id {}) is the source of "
+                       "another migration".format(dest, did))
+    if sh is not None and not _points_to(sh, d, dest):
+        return Verdict(Phase.OTHER_MIGRATION, "source '{}' (id {}) is being migrated to "
+                       "'{}' (id {}), not to '{}': see rbd status".format(
+                           source, sid, sh.image_name, sh.image_id, dest))
+    if dh is not None and not _points_to(dh, s, source):
+        return Verdict(Phase.OTHER_MIGRATION, "'{}' is the target of another migration "
+                       "(source image id {}, this task's is {})".format(dest, dh.image_id, sid))
+
+    if sh is None and dh is None:
+        return _judge_no_headers(s, d, source, dest)
+    if sh is None:
+        assert dh is not None
+        if dh.state == MigState.ABORTING:
+            return Verdict(Phase.ABORTING)
+        return Verdict(Phase.INCONSISTENT, "destination '{}' (id {}) has a migration header "
+                       'but its source (id {}) has none: see rbd migration abort {}'.format(
+                           dest, did, sid, dest))
+    if sh.state == MigState.ABORTING or (dh is not None and dh.state == MigState.ABORTING):
+        return Verdict(Phase.ABORTING)
+    if dh is not None:
+        phase = _BY_DEST_STATE.get(dh.state)
+        if phase is None:
+            return Verdict(Phase.INCONSISTENT, "destination '{}' reports an unknown migration "
+                           'state'.format(dest))
+        return Verdict(phase, dh.description if phase == Phase.ERROR else '')
+    # a source header without a destination header
+    if sh.state == MigState.PREPARING:
+        return Verdict(Phase.HALF_PREPARED)
+    if not d.exists:
+        # abort removes the destination before it restores the source
+        return Verdict(Phase.ABORTING)
+    if d.name_id != did:
+        return Verdict(Phase.DEST_REPLACED, _replaced('destination', dest, d.name_id, did))
+    if sh.state == MigState.EXECUTED:
+        return Verdict(Phase.HALF_COMMITTED)
+    return Verdict(Phase.INCONSISTENT, "destination '{}' (id {}) lost its migration header "
+                   'before the copy finished (source state {}): see rbd status {}'.format(
+                       dest, did, sh.state.name.lower(), dest))
+
+
+def _replaced(role: str, spec: ImageSpec, now: Optional[str], recorded: Optional[str]) -> str:
+    return ("{} '{}' is now image id {}, not the recorded id {}: the module will not touch "
+            'it; cancel this task, or add the migration again'.format(
+                role, spec, now, recorded))
+
+
+def _judge_no_headers(s: End, d: End, source: ImageSpec, dest: ImageSpec) -> Verdict:
+    sid, did = s.image_id, d.image_id
+    in_place = source == dest
+    if sid is not None and s.exists and s.trash is None:
+        if s.name_id != sid:
+            return Verdict(Phase.SOURCE_REPLACED, _replaced('source', source, s.name_id, sid))
+        if did is not None and did != sid and d.exists:
+            return Verdict(Phase.INCONSISTENT, "both '{}' (id {}) and '{}' (id {}) exist "
+                           'without migration headers: check them with rbd info'.format(
+                               source, sid, dest, did))
+        if not in_place and d.name_id is not None:
+            return Verdict(Phase.DEST_TAKEN, "destination image '{}' exists (id {}): choose "
+                           'another name or remove it'.format(dest, d.name_id))
+        return Verdict(Phase.NOT_PREPARED)
+    if sid is not None and s.trash is not None:
+        if s.trash != TrashSource.MIGRATION:
+            return Verdict(Phase.SOURCE_IN_TRASH, "source '{}' (id {}) was moved to the trash: "
+                           'restore it with rbd trash restore'.format(source, sid))
+        if not s.exists and did is not None and d.exists and d.name_id == did:
+            # the commit removed the source's header, not yet its trash entry
+            return Verdict(Phase.HALF_COMMITTED)
+        return Verdict(Phase.STRANDED, "source '{}' (id {}) is in the trash without a "
+                       'migration header (a prepare cut short before it wrote one); no public '
+                       'librbd call can restore it: see the documentation'.format(source, sid))
+    # the source id is gone
+    if did is not None and d.exists and d.name_id == did:
+        return Verdict(Phase.COMMITTED)
+    if did is not None and d.name_id is not None:
+        return Verdict(Phase.DEST_REPLACED, _replaced('destination', dest, d.name_id, did))
+    if did is None and s.name_id is not None and s.name_id != sid:
+        return Verdict(Phase.SOURCE_REPLACED, _replaced('source', source, s.name_id, sid))
+    if did is None and d.name_id is not None and not in_place:
+        return Verdict(Phase.SOURCE_MISSING, "source image '{}' (id {}) no longer exists and "
+                       "'{}' (id {}) was never recorded as its destination: check both with "
+                       'rbd info'.format(source, sid, dest, d.name_id))
+    return Verdict(Phase.SOURCE_MISSING, "source image '{}' (id {}) does not exist{}".format(
+        source, sid, '' if did is None else " and neither does destination '{}' (id {})".format(
+            dest, did)))
+
+
+class Act(enum.Enum):
+    PREPARE = 'prepare'
+    EXECUTE = 'execute'
+    COMMIT = 'commit'
+    ABORT = 'abort'
+    FINISH_COMMIT = 'finish commit'
+    FLATTEN = 'flatten'
+    MARK = 'mark'            # only the record changes, to ``state``
+    WAIT = 'wait'            # nothing to do now (a hold, or an operator's move)
+    FAIL = 'fail'
+
+
+class Action(NamedTuple):
+    act: Act
+    state: Optional[State] = None    # the record's state when the action starts
+    detail: str = ''                 # error/reason for the record
+    by_source: bool = False          # ABORT through the source's name
+    retry: bool = False              # after ABORT: retry later (an error state)
+    hold: Optional[Hold] = None      # WAIT: why
+
+
+def plan(task: Task, obs: Observation, hold: Optional[Hold] = None) -> Action:
+    """The one action that moves ``task`` towards its intent, given ``obs``.
+
+    ``hold`` (window, health, pause) keeps new prepare/execute work from
+    starting; it never holds an abort, a commit or a finish.
+    """
+    source = ImageSpec.parse(task.source)
+    dest = ImageSpec.parse(task.destination)
+    verdict = judge(obs, source, dest)
+    return plan_phase(task, verdict, obs, hold)
+
+
+def plan_phase(task: Task, verdict: Verdict, obs: Observation,
+               hold: Optional[Hold] = None) -> Action:
+    phase = verdict.phase
+    cancel = task.cancel_requested
+    if phase == Phase.COMMITTED:
+        if task.state == State.COMMITTED:
+            return Action(Act.WAIT)
+        late = 'cancel came too late: the migration was committed' if cancel else ''
+        if task.layout.flatten:
+            return Action(Act.FLATTEN, State.COMMITTED, late)
+        return Action(Act.MARK, State.COMMITTED, late)
+    if phase == Phase.HALF_COMMITTED:
+        # librbd removed the destination's header: the source cannot come back
+        return Action(Act.FINISH_COMMIT, State.COMMITTING)
+    if cancel:
+        if phase in _NOTHING_TO_UNDO:
+            before_prepare = task.state in (State.QUEUED, State.PREPARING) or (
+                task.state == State.FAILED and task.dest_image_id is None)
+            if phase == Phase.NOT_PREPARED and not before_prepare:
+                why = 'cancelled: migration aborted, source restored'
+            elif phase == Phase.NOT_PREPARED:
+                why = 'cancelled before prepare'
+            else:
+                why = 'cancelled; nothing to undo: {}'.format(verdict.detail)
+            return Action(Act.MARK, State.ABORTED, why)
+        if phase.fatal:
+            return Action(Act.FAIL, State.FAILED, 'cancel failed: {}'.format(verdict.detail))
+        return Action(Act.ABORT, State.ABORTING, by_source=_abort_by_source(phase, obs))
+    if phase.fatal:
+        return Action(Act.FAIL, State.FAILED, verdict.detail)
+    if phase == Phase.NOT_PREPARED:
+        if task.state not in (State.QUEUED, State.PREPARING):
+            return Action(Act.FAIL, State.FAILED,
+                          'the migration was aborted outside this module (source {} is '
+                          'intact): use retry to start it again'.format(task.source))
+        if hold is not None:
+            return Action(Act.WAIT, hold=hold)
+        return Action(Act.PREPARE, State.PREPARING)
+    if phase == Phase.HALF_PREPARED:
+        return Action(Act.ABORT, State.QUEUED, 'a prepare was cut short: undoing it',
+                      by_source=_abort_by_source(phase, obs))
+    if phase == Phase.ERROR:
+        return Action(Act.ABORT, State.QUEUED,
+                      'migration in error state ({}): aborted to start over'.format(
+                          verdict.detail or 'no detail'),
+                      by_source=_abort_by_source(phase, obs), retry=True)
+    if phase == Phase.ABORTING:
+        # someone's abort was cut short: finish it (the intent it shows)
+        return Action(Act.ABORT, None, by_source=_abort_by_source(phase, obs))
+    if phase in (Phase.PREPARED, Phase.EXECUTING):
+        if hold is not None:
+            return Action(Act.WAIT, State.PREPARED, hold=hold)
+        return Action(Act.EXECUTE, State.EXECUTING)
+    assert phase == Phase.EXECUTED, phase
+    if task.manual_commit and not task.commit_requested:
+        return Action(Act.WAIT, State.EXECUTED, hold=Hold(
+            HoldKind.MANUAL_COMMIT, 'executed: waiting for ceph rbd livemigrate commit {}'.format(
+                task.id)))
+    return Action(Act.COMMIT, State.COMMITTING)
+
+
+def _abort_by_source(phase: Phase, obs: Observation) -> bool:
+    """Abort through the source's name once the destination has no header.
+
+    librbd finds a migration by either name; through the destination it
+    needs the destination's header, through the source (in its trash) the
+    source's.
+    """
+    return obs.dest.header is None or not obs.dest.exists
+
+
+def state_of(phase: Phase) -> Optional[State]:
+    """The record state an adopted migration in ``phase`` starts from."""
+    return {Phase.PREPARED: State.PREPARED, Phase.EXECUTING: State.PREPARED,
+            Phase.EXECUTED: State.EXECUTED, Phase.HALF_COMMITTED: State.COMMITTING,
+            Phase.ABORTING: State.ABORTING, Phase.HALF_PREPARED: State.ABORTING,
+            Phase.ERROR: State.PREPARED}.get(phase)
