@@ -290,7 +290,9 @@ class Commands:
         self.worker.update(task.id, request_cancel)
         self.worker.interrupt(task.id)
         self.worker.kick()
-        self.worker.wait_for(lambda: self.worker.get(task.id).terminal, CANCEL_WAIT_SECONDS)
+        # the runner clears the flag when the cancel ends (aborted or failed)
+        self.worker.wait_for(lambda: not self.worker.get(task.id).cancel_requested,
+                             CANCEL_WAIT_SECONDS)
         task = self.worker.get(task.id)
         v = self.view(task)
         if task.state == State.ABORTED:

@@ -439,7 +439,60 @@ class Adapter(RbdPort):
 
     def abort(self, client: ClientBase, spec: ImageSpec,
               on_progress: Optional[ProgressCallback] = None) -> None:
-        self._run(client, spec, 'abort', rbd.RBD().migration_abort, on_progress)
+        try:
+            self._run(client, spec, 'abort', rbd.RBD().migration_abort, on_progress)
+        except NotFound:
+            # an abort cut while it removed the destination's snapshots leaves
+            # one in the snapshot trash, and every later abort fails ENOENT on it
+            if not self._purge_trashed_snaps(client, spec):
+                raise
+            self._run(client, spec, 'abort', rbd.RBD().migration_abort, on_progress)
+
+    def _purge_trashed_snaps(self, client: ClientBase, spec: ImageSpec) -> int:
+        """Finish the snapshot removals an interrupted abort left half done.
+
+        librbd removes a snapshot by moving it to the snapshot trash
+        namespace first, then dropping its object map, its RADOS snapshot
+        id and its record.  Cut in between, the snapshot stays in the trash
+        namespace and a new ``migration_abort`` asks to remove it by its
+        user name, which fails ENOENT (Pacific, Reef).  The destination of
+        an abort cannot be opened (EROFS) to remove it by id, so do those
+        three steps here, only for trashed snapshots without clones, only
+        on the destination of a migration being aborted.
+        """
+        io = client.ioctx(spec.pool, spec.namespace)
+        purged = 0
+        try:
+            image_id = dir_lookup(io, spec.image)
+            if image_id is None:
+                return 0
+            header = read_header(io, image_id)
+            if header is None or header.kind != HeaderType.DST or \
+                    header.state != MigState.ABORTING:
+                return 0
+            oid = 'rbd_header.' + image_id
+            for snap_id in _snapshot_ids(io, oid):
+                _, out = io.execute(oid, 'rbd', 'snapshot_get', struct.pack('<Q', snap_id))
+                ns_type, children = _snapshot_ns_and_children(bytes(out))
+                if ns_type != SNAP_NAMESPACE_TRASH or children:
+                    continue
+                log.warning("removing snapshot %d of '%s' (id %s) left in the snapshot trash by "
+                            'an interrupted abort', snap_id, spec, image_id)
+                try:
+                    io.remove_object('rbd_object_map.{}.{:016x}'.format(image_id, snap_id))
+                except rados.ObjectNotFound:
+                    pass
+                try:
+                    io.remove_self_managed_snap(snap_id)
+                except rados.ObjectNotFound:
+                    pass
+                io.execute(oid, 'rbd', 'snapshot_remove', struct.pack('<Q', snap_id))
+                purged += 1
+        except rados.Error as e:
+            raise translate(e, "cannot clean the snapshots of '{}'".format(spec))
+        finally:
+            io.close()
+        return purged
 
     def finish_commit(self, client: ClientBase, source: ImageSpec, source_id: str,
                       dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
@@ -585,6 +638,28 @@ def decode_migration_spec(buf: bytes) -> Optional[MigrationHeader]:
         return None
     return MigrationHeader(kind, pool_id, namespace, name, image_id, state, description,
                            mirroring, mode)
+
+
+SNAP_NAMESPACE_TRASH = 2          # cls::rbd::SNAPSHOT_NAMESPACE_TYPE_TRASH
+
+
+def _snapshot_ids(io: 'rados.Ioctx', oid: str) -> List[int]:
+    with rados.ReadOpCtx() as op:
+        it, _ = io.get_omap_vals(op, 'snapshot_', 'snapshot_', 1024)
+        io.operate_read_op(op, oid)
+        return [int(k[len('snapshot_'):], 16) for k, _ in it]
+
+
+def _snapshot_ns_and_children(buf: bytes) -> Tuple[int, int]:
+    """cls::rbd::SnapshotInfo: ENCODE_START, id (u64), snapshot_namespace
+    (ENCODE_START, type u32, ...), name, image_size (u64), timestamp (utime_t),
+    child_count (u32)."""
+    off = 6 + 8
+    (ns_len,) = struct.unpack_from('<I', buf, off + 2)
+    (ns_type,) = struct.unpack_from('<I', buf, off + 6)
+    _, off = _read_string(buf, off + 6 + ns_len)
+    (children,) = struct.unpack_from('<I', buf, off + 16)
+    return ns_type, children
 
 
 def header_exists(io: 'rados.Ioctx', image_id: str) -> bool:
