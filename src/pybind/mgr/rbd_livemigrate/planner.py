@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional
 from .hold import Hold, HoldKind
 from .interface import End, HeaderType, MigrationHeader, MigState, Observation, TrashSource
 from .spec import ImageSpec
-from .task import State, Task
+from .task import State, Task, can_move
 
 
 class Phase(enum.Enum):
@@ -227,7 +227,13 @@ def plan(task: Task, obs: Observation, hold: Optional[Hold] = None) -> Action:
     source = ImageSpec.parse(task.source)
     dest = ImageSpec.parse(task.destination)
     verdict = judge(obs, source, dest)
-    return plan_phase(task, verdict, obs, hold)
+    action = plan_phase(task, verdict, obs, hold)
+    if action.state is not None and not can_move(task.state, action.state):
+        # a record and headers no sequence of steps produces: touch nothing
+        return Action(Act.FAIL, State.FAILED, 'librbd shows the migration {} but the task '
+                      'is {}: check with rbd status {}, then cancel or retry'.format(
+                          verdict.phase.value, task.state, dest))
+    return action
 
 
 def plan_phase(task: Task, verdict: Verdict, obs: Observation,
@@ -282,7 +288,7 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
     if phase in (Phase.PREPARED, Phase.EXECUTING):
         if hold is not None:
             return Action(Act.WAIT, State.PREPARED, hold=hold)
-        return Action(Act.EXECUTE, State.EXECUTING)
+        return Action(Act.EXECUTE, State.PREPARED)
     assert phase == Phase.EXECUTED, phase
     if task.manual_commit and not task.commit_requested:
         return Action(Act.WAIT, State.EXECUTED, hold=Hold(
