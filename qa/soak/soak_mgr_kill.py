@@ -45,6 +45,8 @@ def main() -> int:
     phases: Dict[str, int] = collections.Counter()
     lost: List[str] = []
     stuck: List[str] = []
+    leftovers: List[str] = []
+    unreachable: List[str] = []
     recovery: List[float] = []
     ready: List[float] = []
     try:
@@ -70,25 +72,35 @@ def main() -> int:
             except (AssertionError, TimeoutError) as e:
                 stuck.append('{}: {}'.format(task['id'], e))
                 continue
-            if rbdtools.checksums(c.conf, dst) != before:
-                lost.append(dst)
+            try:
+                if rbdtools.checksums(c.conf, dst) != before:     # opens dst by name
+                    lost.append(dst)
+            except Exception as e:
+                unreachable.append('{}: {}'.format(dst, e))
+                continue
+            if rbdtools.image_exists(c.conf, src):
+                unreachable.append('{}: the source name still exists'.format(src))
+            trash = rbdtools.trash_names(c.conf, 'a') + rbdtools.trash_names(c.conf, 'b')
+            if trash:
+                leftovers.append('{}: trash holds {}'.format(name, trash))
             rbdtools_rm(c, dst)
             print('iteration {:3d}: killed in {:10s} module back in {:5.1f}s, committed '
                   '{:5.1f}s after the kill'.format(i + 1, phase, ready[-1], recovery[-1]),
                   flush=True)
     finally:
-        c.stop(purge=not (lost or stuck))
+        c.stop(purge=not (lost or stuck or leftovers or unreachable))
     print()
-    print('| iterations | phases hit | lost images | stuck tasks | mean module-back (s) '
-          '| mean kill-to-committed (s) |')
-    print('|---|---|---|---|---|---|')
-    print('| {} | {} | {} | {} | {:.1f} | {:.1f} |'.format(
+    print('| iterations | phases hit | lost images | stuck tasks | trash leftovers '
+          '| unreachable | mean module-back (s) | mean kill-to-committed (s) |')
+    print('|---|---|---|---|---|---|---|---|')
+    print('| {} | {} | {} | {} | {} | {} | {:.1f} | {:.1f} |'.format(
         args.iterations, ', '.join('{} {}'.format(k, v) for k, v in sorted(phases.items())),
-        len(lost), len(stuck), statistics.mean(ready) if ready else 0,
+        len(lost), len(stuck), len(leftovers), len(unreachable),
+        statistics.mean(ready) if ready else 0,
         statistics.mean(recovery) if recovery else 0))
-    for x in lost + stuck:
+    for x in lost + stuck + leftovers + unreachable:
         print('  ', x)
-    return 1 if lost or stuck else 0
+    return 1 if lost or stuck or leftovers or unreachable else 0
 
 
 def rbdtools_rm(c: Cluster, spec: str) -> None:

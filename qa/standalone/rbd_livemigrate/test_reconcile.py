@@ -1,0 +1,244 @@
+"""
+Reconciliation against what librbd holds, on a real cluster: the states an
+interrupted librbd step leaves behind are made exactly (the first write of
+``migration_commit``/``migration_abort``, done with the same ``rbd`` object
+class call librbd makes) and the module must finish them; an image replaced
+under the recorded name is never touched; a malformed store record never
+stops the module.  The kill -9 grid is ``test_partial_states.py``.
+"""
+
+import datetime
+import json
+import struct
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+import rados
+
+from cluster import Cluster
+from conftest import Livemigrate, destroy_cluster, make_cluster, rbdtools, wait_for
+
+MiB = 1 << 20
+ABORTING = 5                        # cls::rbd::MIGRATION_STATE_ABORTING
+
+
+@pytest.fixture(scope='module')
+def rcluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = make_cluster('lm-reconcile-', ['a', 'b'])
+    c.rbd('namespace', 'create', 'a/ns1')
+    c.rbd('namespace', 'create', 'b/ns2')
+    yield c
+    destroy_cluster(c, request.session.testsfailed > 0)
+
+
+@pytest.fixture
+def rlm(rcluster: Cluster) -> Livemigrate:
+    return Livemigrate(rcluster)
+
+
+def image_id(c: Cluster, spec: str) -> str:
+    return str(json.loads(c.rbd('info', '--format', 'json', spec).stdout)['id'])
+
+
+def cls_exec(c: Cluster, spec: str, image: str, method: str, data: bytes = b'') -> None:
+    """Run an ``rbd`` class method on an image header, as librbd does."""
+    pool, ns, _ = rbdtools.split(spec)
+    with rbdtools.connect(c.conf) as cluster:
+        io = cluster.open_ioctx(pool)
+        io.set_namespace(ns)
+        try:
+            io.execute('rbd_header.' + image, 'rbd', method, data)
+        finally:
+            io.close()
+
+
+def source_trash_id(c: Cluster, spec: str) -> str:
+    pool, ns, name = rbdtools.split(spec)
+    with rbdtools.connect(c.conf) as cluster:
+        io = cluster.open_ioctx(pool)
+        io.set_namespace(ns)
+        try:
+            with rados.ReadOpCtx() as op:
+                it, _ = io.get_omap_vals(op, '', 'id_', 1000)
+                io.operate_read_op(op, 'rbd_trash')
+                for key, value in it:
+                    buf = bytes(value)
+                    (n,) = struct.unpack_from('<I', buf, 7)
+                    if buf[11:11 + n].decode() == name:
+                        return str(key[3:])
+        finally:
+            io.close()
+    raise AssertionError('{} not in the trash'.format(spec))
+
+
+def set_aborting(c: Cluster, spec: str, image: str) -> None:
+    """What migration_abort writes first (source, then destination)."""
+    cls_exec(c, spec, image, 'migration_set_state', struct.pack('<BI', ABORTING, 0))
+
+
+def trash_empty(c: Cluster, image: str, *where: str) -> bool:
+    """No trash entry named ``image`` in these pool[/namespace]s."""
+    for w in where:
+        pool, _, ns = w.partition('/')
+        if image.rsplit('/', 1)[-1] in rbdtools.trash_names(c.conf, pool, ns):
+            return False
+    return True
+
+
+def prepared_by_hand(c: Cluster, src: str, dst: str, size: int = 16 * MiB
+                     ) -> Dict[str, str]:
+    """An image with 2 snapshots prepared and executed with the rbd CLI."""
+    rbdtools.create_image(c.conf, src, size, seed=src, snaps=2)
+    before = rbdtools.checksums(c.conf, src)
+    c.rbd('migration', 'prepare', src, dst)
+    c.rbd('migration', 'execute', dst)
+    return before
+
+
+def orphan(lm: Livemigrate, dst: str) -> Optional[Dict[str, object]]:
+    for row in lm.ls():
+        if row.get('orphan') and row.get('destination') == dst:
+            return row
+    return None
+
+
+def poll_truthful(c: Cluster, lm: Livemigrate, task_id: str, src: str, dst: str,
+                  want: str) -> Dict[str, object]:
+    """Wait for ``want``; at every poll a committed/aborted claim must hold."""
+    seen: List[str] = []
+
+    def check() -> bool:
+        t = lm.status(task_id)
+        seen.append(str(t['state']))
+        if t['state'] == 'committed':
+            assert trash_empty(c, src, src.rsplit('/', 1)[0]), \
+                'committed with the source in trash'
+            assert image_id(c, dst) == t['dest_image_id']
+        if t['state'] == 'aborted':
+            assert image_id(c, src) == t['source_image_id']
+        return t['state'] == want
+    wait_for(check, 120, 'task {} to reach {} (seen {})'.format(task_id, want, seen))
+    return lm.status(task_id)
+
+
+@pytest.mark.parametrize('src,dst', [('a/{}', 'b/{}'), ('a/ns1/{}', 'b/ns2/{}'),
+                                     ('a/{}', 'a/{}')])
+def test_half_committed_is_finished(rcluster: Cluster, rlm: Livemigrate, name: str,
+                                    src: str, dst: str) -> None:
+    """Issue scenario 1: commit cut after the destination's header went."""
+    src, dst = src.format(name), dst.format(name)
+    if src == dst:
+        rbdtools.create_image(rcluster.conf, src, 16 * MiB, seed=src, snaps=2)
+        before = rbdtools.checksums(rcluster.conf, src)
+        rcluster.rbd('migration', 'prepare', src, dst, '--object-size', '8M', '--stripe-unit', '8M',
+                     '--stripe-count', '1')
+        rcluster.rbd('migration', 'execute', dst)
+    else:
+        before = prepared_by_hand(rcluster, src, dst)
+    sid = source_trash_id(rcluster, src)
+    did = image_id(rcluster, dst) if src != dst else None
+    # commit's first write: the destination's migration header goes
+    dest_id = did or json.loads(rcluster.rbd('info', '--format', 'json', dst).stdout)['id']
+    cls_exec(rcluster, dst, dest_id, 'migration_remove')
+    rlm.ok('ls')                                  # the module answers
+    task = rlm.ok('adopt', dst)
+    assert task['state'] == 'committing' and task['source_image_id'] == sid
+    t = poll_truthful(rcluster, rlm, task['id'], src, dst, 'committed')
+    assert t['error'] is None
+    assert rbdtools.checksums(rcluster.conf, dst) == before
+    assert trash_empty(rcluster, src, src.rsplit('/', 1)[0], dst.rsplit('/', 1)[0])
+    assert orphan(rlm, dst) is None
+
+
+def test_half_aborted_is_finished(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
+    """Issue scenario 2: an abort cut after it marked both headers aborting
+    (opening either image answers EROFS)."""
+    src, dst = 'a/' + name, 'b/' + name
+    before = prepared_by_hand(rcluster, src, dst)
+    sid, did = source_trash_id(rcluster, src), image_id(rcluster, dst)
+    set_aborting(rcluster, src, sid)
+    set_aborting(rcluster, dst, did)
+    rlm.ok('adopt', dst)
+    t = poll_truthful(rcluster, rlm, rlm.status(dst)['id'], src, dst, 'aborted')
+    assert t['source_image_id'] == sid
+    assert rbdtools.checksums(rcluster.conf, src) == before
+    assert not rbdtools.image_exists(rcluster.conf, dst)
+    assert trash_empty(rcluster, src, 'a', 'b')
+
+
+def test_cancel_of_task_with_abort_cut(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
+    """A module task whose abort was cut (mgr killed) finishes it on cancel."""
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(rcluster.conf, src, 16 * MiB, seed=src, snaps=1)
+    before = rbdtools.checksums(rcluster.conf, src)
+    task = rlm.add(src, dst, '--manual-commit')
+    rlm.wait(task['id'], ('executed',))
+    rlm.ok('pause', task['id'])
+    set_aborting(rcluster, src, task['source_image_id'])
+    out = rlm.ok('cancel', task['id'])
+    assert out['state'] == 'aborted', out
+    assert rbdtools.checksums(rcluster.conf, src) == before
+    assert trash_empty(rcluster, src, 'a', 'b')
+    # an accepted cancel is never followed by a commit
+    rc, _, err = rlm.run('commit', task['id'])
+    assert rc != 0 and 'aborted' in err
+
+
+def test_replaced_image_is_never_touched(rcluster: Cluster, rlm: Livemigrate,
+                                         name: str) -> None:
+    """Issue scenario 3: removed and replaced by a clone while the task waits."""
+    src = 'a/' + name
+    rbdtools.create_image(rcluster.conf, src, 8 * MiB, seed=src)
+    rcluster.rbd('create', 'a/tmpl-' + name, '--size', '8M')
+    rcluster.rbd('snap', 'create', 'a/tmpl-{}@s'.format(name))
+    rcluster.rbd('snap', 'protect', 'a/tmpl-{}@s'.format(name))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    later = now + datetime.timedelta(hours=2)
+    rlm.set_option('maintenance_window', '{:%H:%M}-{:%H:%M}'.format(
+        later, later + datetime.timedelta(minutes=30)))
+    try:
+        task = rlm.add(src, '--object-size', '8M', '--flatten')
+        old_id = task['source_image_id']
+        rcluster.rbd('rm', src)
+        rcluster.rbd('clone', 'a/tmpl-{}@s'.format(name), src)
+        new_id = image_id(rcluster, src)
+    finally:
+        rlm.rm_option('maintenance_window')
+    t = rlm.wait(task['id'], ('failed',), timeout=60)
+    assert old_id in t['error'] and new_id in t['error']
+    assert '\n' not in t['error']
+    assert rbdtools.parent_of(rcluster.conf, src) == 'a/tmpl-{}@s'.format(name)
+    assert rbdtools.image_layout(rcluster.conf, src)['object_size'] == 4 * MiB
+    rlm.ok('cancel', task['id'])
+    assert rlm.status(task['id'])['state'] == 'aborted'
+    assert rbdtools.parent_of(rcluster.conf, src) is not None
+
+
+def test_bad_record_never_stops_the_module(rcluster: Cluster, rlm: Livemigrate,
+                                           name: str) -> None:
+    bad = {'version': 1, 'id': 'badrec1', 'source': 'a/x', 'destination': 'b/x',
+           'priority': 'high', 'layout': [1], 'created': None}
+    key = 'mgr/rbd_livemigrate/task/badrec1'
+    rcluster.ceph('config-key', 'set', key, json.dumps(bad))
+    try:
+        active = rcluster.active_mgr()
+        rcluster.kill_mgr(active)
+        rcluster.start_mgr(active)
+        rcluster.wait_module_ready(timeout=90)
+
+        def warned() -> bool:
+            checks = rcluster.ceph_json('health', 'detail', '--format', 'json')['checks']
+            return 'RBD_LIVEMIGRATE_BAD_RECORD' in checks
+        wait_for(warned, 60, 'RBD_LIVEMIGRATE_BAD_RECORD')
+        detail = rcluster.ceph_json('health', 'detail', '--format', 'json')['checks'][
+            'RBD_LIVEMIGRATE_BAD_RECORD']['detail'][0]['message']
+        assert 'task/badrec1' in detail
+        # the queue still runs
+        src = 'a/' + name
+        rbdtools.create_image(rcluster.conf, src, 4 * MiB, seed=src)
+        before = rbdtools.checksums(rcluster.conf, src)
+        task = rlm.add(src, 'b/' + name)
+        rlm.wait(task['id'])
+        assert rbdtools.checksums(rcluster.conf, 'b/' + name) == before
+    finally:
+        rcluster.ceph('config-key', 'rm', key)
