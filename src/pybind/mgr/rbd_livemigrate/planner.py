@@ -175,8 +175,10 @@ def _judge_no_headers(s: End, d: End, source: ImageSpec, dest: ImageSpec) -> Ver
         if s.trash != TrashSource.MIGRATION:
             return Verdict(Phase.SOURCE_IN_TRASH, "source '{}' (id {}) was moved to the trash: "
                            'restore it with rbd trash restore'.format(source, sid))
-        if not s.exists and did is not None and d.exists and d.name_id == did:
-            # the commit removed the source's header, not yet its trash entry
+        if did is not None and d.exists and d.name_id == did:
+            # a commit (librbd's, or our finish of one) removed the source's
+            # migration header or its header object, not yet its trash entry;
+            # a prepare writes the source's header before the destination exists
             return Verdict(Phase.HALF_COMMITTED)
         return Verdict(Phase.STRANDED, "source '{}' (id {}) is in the trash without a "
                        'migration header (a prepare cut short before it wrote one); no public '

@@ -63,6 +63,9 @@ def cross_pool() -> Dict[str, Tuple[Observation, Phase]]:
             Phase.ABORTING),
         'commit cut after destination header removal': (
             obs(trashed(src_header(MigState.EXECUTED)), d_live(None)), Phase.HALF_COMMITTED),
+        'finish of a commit cut after migration_remove': (
+            obs(End(S, None, True, None, TrashSource.MIGRATION, A), d_live(None)),
+            Phase.HALF_COMMITTED),
         'commit cut after source header removal': (
             obs(End(S, None, False, None, TrashSource.MIGRATION, A), d_live(None)),
             Phase.HALF_COMMITTED),
