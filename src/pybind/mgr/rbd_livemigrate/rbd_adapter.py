@@ -343,18 +343,19 @@ class Adapter(RbdPort):
         exists) or from a destination header that points to the source id.
         """
         def op(c: Client) -> Observation:
-            src_io = c.ioctx(source.pool, source.namespace)
-            dst_io = c.ioctx(dest.pool, dest.namespace)
+            src_io = _ioctx_or_none(c, source)
+            dst_io = _ioctx_or_none(c, dest)
             try:
-                s_name = dir_lookup(src_io, source.image)
+                s_name = dir_lookup(src_io, source.image) if src_io else None
                 sid = source_id or s_name
                 s_end = read_end(src_io, sid, s_name)
                 did = dest_id
                 if did is None and s_end.header is not None and \
                         s_end.header.kind == HeaderType.SRC:
                     did = s_end.header.image_id
-                d_name = s_name if source == dest else dir_lookup(dst_io, dest.image)
-                if did is None and d_name is not None and d_name != sid:
+                d_name = s_name if source == dest else (
+                    dir_lookup(dst_io, dest.image) if dst_io else None)
+                if did is None and d_name is not None and d_name != sid and dst_io:
                     h = read_header(dst_io, d_name)
                     if h is not None and h.kind == HeaderType.DST and h.image_id == sid:
                         did = d_name
@@ -363,8 +364,9 @@ class Adapter(RbdPort):
                 raise translate(e, "cannot read the migration state of '{}' -> '{}'".format(
                     source, dest))
             finally:
-                src_io.close()
-                dst_io.close()
+                for io in (src_io, dst_io):
+                    if io is not None:
+                        io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
 
     def read_image(self, spec: ImageSpec) -> End:
@@ -717,7 +719,18 @@ def trash_source(io: 'rados.Ioctx', image_id: str) -> Optional[TrashSource]:
         return TrashSource.UNKNOWN
 
 
-def read_end(io: 'rados.Ioctx', image_id: Optional[str], name_id: Optional[str]) -> End:
+def _ioctx_or_none(c: Client, spec: ImageSpec) -> Optional['rados.Ioctx']:
+    """The spec's pool and namespace; None if the pool is gone (nothing is there)."""
+    try:
+        return c.ioctx(spec.pool, spec.namespace)
+    except NotFound:
+        return None
+
+
+def read_end(io: Optional['rados.Ioctx'], image_id: Optional[str],
+             name_id: Optional[str]) -> End:
+    if io is None:
+        return End(image_id, None)
     pool_id = int(io.get_pool_id())
     if image_id is None:
         return End(None, name_id, pool_id=pool_id)
