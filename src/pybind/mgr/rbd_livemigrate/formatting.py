@@ -51,7 +51,8 @@ def task_rows(views: List[Dict[str, Any]]) -> str:
 
 
 def status_text(v: Dict[str, Any]) -> str:
-    keys = ['id', 'state', 'source', 'destination', 'progress', 'bytes_copied', 'size_bytes',
+    keys = ['id', 'state', 'source', 'source_image_id', 'destination', 'dest_image_id',
+            'cancel_requested', 'progress', 'bytes_copied', 'size_bytes',
             'rate_bytes_per_sec', 'eta_seconds', 'priority', 'manual_commit', 'paused',
             'blocked_reason', 'waiting_reason', 'error', 'attempts', 'next_retry', 'created',
             'started', 'finished', 'layout']

@@ -1,0 +1,179 @@
+"""
+The executor against a fake librbd (an ``RbdPort`` holding one migration's
+headers in memory): it follows the planner from any state librbd is left
+in, and an accepted cancel is never followed by a commit, even when the
+cancel lands between the plan and the commit.
+"""
+
+from typing import Any, Dict, List, Optional
+
+from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo,
+                                       MigrationHeader, MigState, Observation, RbdPort,
+                                       TrashSource)
+from rbd_livemigrate.pipeline import Runner
+from rbd_livemigrate.preflight import PoolInfo
+from rbd_livemigrate.progress import ProgressReporter
+from rbd_livemigrate.scheduler import Worker
+from rbd_livemigrate.spec import ImageSpec
+from rbd_livemigrate.store import TaskStore
+from rbd_livemigrate.task import State, Task
+
+S, D = 'sid', 'did'
+
+
+class FakeClient(Client):
+    addr = '127.0.0.1:0/1'
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakePool(ClientPool):
+    def take(self) -> Client:
+        return FakeClient()
+
+    def release(self, client: Client) -> None:
+        pass
+
+
+class FakeLibrbd(RbdPort):
+    """One migration a/img -> b/img, as librbd would hold it."""
+
+    def __init__(self, phase: str) -> None:
+        self.factory = FakePool()
+        self.phase = phase          # not-prepared, executed, half-committed, aborting, ...
+        self.calls: List[str] = []
+        self.on_observe: Optional[Any] = None
+
+    def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
+                dest_id: Optional[str]) -> Observation:
+        if self.on_observe is not None:
+            self.on_observe()
+        p = self.phase
+
+        def sh(st: MigState) -> MigrationHeader:
+            return MigrationHeader(HeaderType.SRC, 2, '', 'img', D, st)
+
+        def dh(st: MigState) -> MigrationHeader:
+            return MigrationHeader(HeaderType.DST, 1, '', 'img', S, st)
+        trashed = TrashSource.MIGRATION
+        if p == 'not-prepared':
+            return Observation(End(S, S, True, None, None, 1), End(None, None, pool_id=2))
+        if p in ('prepared', 'executed', 'aborting'):
+            st = {'prepared': MigState.PREPARED, 'executed': MigState.EXECUTED,
+                  'aborting': MigState.ABORTING}[p]
+            return Observation(End(S, None, True, sh(st), trashed, 1),
+                               End(D, D, True, dh(st), None, 2))
+        if p == 'half-committed':
+            return Observation(End(S, None, True, sh(MigState.EXECUTED), trashed, 1),
+                               End(D, D, True, None, None, 2))
+        assert p == 'committed', p
+        return Observation(End(S, None, False, None, None, 1), End(D, D, True, None, None, 2))
+
+    # the steps move the fake along as librbd would
+    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        return ImageInfo(S, 1 << 20, 4 << 20, 4 << 20, 1, 1, -1, [], [], [], 1 << 20, False,
+                         False)
+
+    def namespace_exists(self, pool: str, namespace: str) -> bool:
+        return True
+
+    def image_exists(self, spec: ImageSpec) -> bool:
+        return False
+
+    def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Any,
+                info: ImageInfo) -> None:
+        self.calls.append('prepare')
+        self.phase = 'prepared'
+
+    def execute(self, client: Client, dest: ImageSpec, on_progress: Any = None) -> None:
+        self.calls.append('execute')
+        self.phase = 'executed'
+
+    def commit(self, client: Client, dest: ImageSpec, on_progress: Any = None) -> None:
+        self.calls.append('commit')
+        self.phase = 'committed'
+
+    def abort(self, client: Client, spec: ImageSpec, on_progress: Any = None) -> None:
+        self.calls.append('abort via ' + str(spec))
+        self.phase = 'not-prepared'
+
+    def finish_commit(self, client: Client, source: ImageSpec, source_id: str,
+                      dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
+        self.calls.append('finish commit of ' + source_id)
+        self.phase = 'committed'
+
+    def flatten(self, client: Client, dest: ImageSpec) -> bool:
+        self.calls.append('flatten')
+        return False
+
+
+def worker() -> Worker:
+    kv: Dict[str, str] = {}
+
+    def set_key(k: str, v: Optional[str]) -> None:
+        if v is None:
+            kv.pop(k, None)
+        else:
+            kv[k] = v
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    return Worker(store, ProgressReporter(lambda *a, **k: None), lambda w, t: None,  # type: ignore
+                  lambda checks: None, lambda: None)
+
+
+POOLS = {n: PoolInfo(n, i, True, False, False, None) for i, n in ((1, 'a'), (2, 'b'))}
+
+
+def run(fake: FakeLibrbd, **task: Any) -> Task:
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0,
+               source_image_id=S, **task))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    return w.get('t1')
+
+
+def test_full_run_records_ids() -> None:
+    fake = FakeLibrbd('not-prepared')
+    t = run(fake)
+    assert fake.calls == ['prepare', 'execute', 'commit']
+    assert t.state == State.COMMITTED and t.dest_image_id == D and t.error is None
+
+
+def test_half_committed_is_finished_not_reported_early() -> None:
+    fake = FakeLibrbd('half-committed')
+    t = run(fake, state=State.EXECUTED, dest_image_id=D)
+    assert fake.calls == ['finish commit of ' + S]
+    assert t.state == State.COMMITTED
+
+
+def test_cut_abort_is_finished_on_cancel() -> None:
+    fake = FakeLibrbd('aborting')
+    t = run(fake, state=State.ABORTING, cancel_requested=True, dest_image_id=D)
+    assert fake.calls == ['abort via b/img']
+    assert t.state == State.ABORTED and not t.cancel_requested
+
+
+def test_operators_abort_is_not_undone() -> None:
+    fake = FakeLibrbd('aborting')
+    t = run(fake, state=State.EXECUTED, dest_image_id=D)
+    assert fake.calls == ['abort via b/img']                 # finished, never re-prepared
+    assert t.state == State.FAILED and 'outside this module' in (t.error or '')
+
+
+def test_cancel_between_plan_and_commit_wins() -> None:
+    """The cancel lands after the runner read the task and observed librbd,
+    before it starts the commit: the commit must not run."""
+    fake = FakeLibrbd('executed')
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0, source_image_id=S,
+               dest_image_id=D, state=State.EXECUTED))
+
+    def cancel_once() -> None:
+        fake.on_observe = None
+        w.update('t1', lambda t: t.evolve(cancel_requested=True))
+    fake.on_observe = cancel_once
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    assert 'commit' not in fake.calls
+    assert fake.calls == ['abort via b/img']
+    assert w.get('t1').state == State.ABORTED
