@@ -22,9 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from cluster import Cluster  # noqa: E402
 import rbdtools  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'standalone',
-                                'rbd_livemigrate'))
-from conftest import Livemigrate  # noqa: E402
+from lmcli import Livemigrate  # noqa: E402
 
 MiB = 1 << 20
 
