@@ -110,3 +110,33 @@ def test_worker_persists_and_skips_corrupt() -> None:
     w.tick()
     assert FakeRunner.started == ['t8', 't7']   # priority first
     assert 'RBD_LIVEMIGRATE_BAD_RECORD' in health[-1]
+
+
+def _held_worker(hold: Optional[Any]) -> Tuple[Worker, List[Dict[str, Any]]]:
+    kv: Dict[str, str] = {}
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)},
+                      lambda k, v: kv.__setitem__(k, v) if v else kv.pop(k, None))
+    health: List[Dict[str, Any]] = []
+    w = Worker(store, ProgressReporter(lambda *a, **k: None), FakeRunner, health.append,
+               lambda: hold, clock=lambda: NOW)
+    w.load()
+    w.put(mk(1))
+    return w, health
+
+
+def test_invalid_window_warns_at_once_closed_window_never() -> None:
+    from rbd_livemigrate.hold import Hold, HoldKind
+    from rbd_livemigrate.window import parse_window
+    import pytest
+    with pytest.raises(Exception) as e:
+        parse_window('10:00-10:00')                # an empty range is invalid
+    w, health = _held_worker(Hold(HoldKind.WINDOW_INVALID, str(e.value)))
+    w.tick()
+    check = health[-1]['RBD_LIVEMIGRATE_BLOCKED']
+    assert '10:00-10:00' in check['detail'][0]
+    w, health = _held_worker(Hold(HoldKind.WINDOW_CLOSED, 'outside the maintenance window'))
+    w.tick()
+    assert 'RBD_LIVEMIGRATE_BLOCKED' not in health[-1]
+    w, health = _held_worker(Hold(HoldKind.CLUSTER_HEALTH, 'cluster health OSD_FULL'))
+    w.tick()
+    assert 'RBD_LIVEMIGRATE_BLOCKED' not in health[-1]   # only after blocked_warn_seconds
