@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, NotifyType, Option
 
 from .commands import AddRequest, Commands
+from .compat import ClientRegistry
 from .errors import LiveMigrateError, handle_errors
 from .health import HealthChecks, health_block
 from .hold import Hold, HoldKind
@@ -76,13 +77,14 @@ class Module(MgrModule):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        registry = ClientRegistry(self._ceph_register_client, self._ceph_unregister_client)
         self.factory = ClientFactory(
             name='mgr.{}'.format(self.get_mgr_id()),
             conf={'mon_host': str(self.get_ceph_option('mon_host') or ''),
                   'keyring': str(self.get_ceph_option('keyring') or '')},
             context=self.get_context(),
-            register=self._ceph_register_client,
-            unregister=self._ceph_unregister_client)
+            register=registry.register,
+            unregister=registry.unregister)
         self.adapter = Adapter(self.factory)
         self.worker = Worker(
             store=TaskStore(self.get_store_prefix, self.set_store),

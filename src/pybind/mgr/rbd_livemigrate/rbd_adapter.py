@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import rados
 import rbd
 
+from .compat import prepare_takes_flatten
 from .errors import (AlreadyExists, InvalidArgument, LiveMigrateError, NotFound,
                      Transient, TryAgain)
 from .interface import (FEATURES, ClientPool, End, HeaderType, ImageInfo, MigrationHeader,
@@ -406,7 +407,8 @@ class Adapter(RbdPort):
         if layout.data_pool is not None:
             # Pacific's binding passes data_pool straight to C: it wants bytes
             kwargs['data_pool'] = layout.data_pool.encode()
-        # Pacific's binding has no flatten for prepare: see flatten() below
+        if layout.flatten and prepare_takes_flatten(rbd.RBD.migration_prepare):
+            kwargs['flatten'] = True          # Squid and later; else flatten() after commit
         src_io = client.ioctx(source.pool, source.namespace)
         dst_io = client.ioctx(dest.pool, dest.namespace)
         try:

@@ -114,8 +114,13 @@ def test_worker_persists_and_skips_corrupt() -> None:
 
 def _held_worker(hold: Optional[Any]) -> Tuple[Worker, List[Dict[str, Any]]]:
     kv: Dict[str, str] = {}
-    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)},
-                      lambda k, v: kv.__setitem__(k, v) if v else kv.pop(k, None))
+
+    def set_key(k: str, v: Optional[str]) -> None:
+        if v is None:
+            kv.pop(k, None)
+        else:
+            kv[k] = v
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
     health: List[Dict[str, Any]] = []
     w = Worker(store, ProgressReporter(lambda *a, **k: None), FakeRunner, health.append,
                lambda: hold, clock=lambda: NOW)
