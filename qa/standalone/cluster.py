@@ -1,14 +1,14 @@
 #!/usr/bin/python3
-"""Throwaway single-host Ceph cluster (Pacific, memstore OSDs) for rbd_livemigrate tests.
+"""Throwaway single-host Ceph cluster (memstore OSDs) for rbd_livemigrate tests.
 
 Everything a cluster owns (conf, keyrings, daemon data, logs, pid files, admin sockets) lives
 in one directory, so several clusters can run side by side on different directories and ports.
 
 CLI::
 
-    python3 qa/standalone/cluster.py install [--dashboard]
-    python3 qa/standalone/cluster.py start --dir DIR [--port P] [--osds N] [--mgrs M]
-        [--osd-bytes 3G] [--pools a,b] [--module PATH | --no-module]
+    python3 qa/standalone/cluster.py install [--dashboard] [--release pacific|reef]
+    python3 qa/standalone/cluster.py start --dir DIR [--release pacific|reef] [--port P]
+        [--osds N] [--mgrs M] [--osd-bytes 3G] [--pools a,b] [--module PATH | --no-module]
     python3 qa/standalone/cluster.py status --dir DIR
     python3 qa/standalone/cluster.py stop --dir DIR [--purge]
 
@@ -16,10 +16,19 @@ Library (stdlib only, so it runs before anything is pip installed)::
 
     sys.path.insert(0, 'qa/standalone')
     from cluster import Cluster
-    c = Cluster('/tmp/c1', pools=['a', 'b'])
+    c = Cluster('/tmp/c1', pools=['a', 'b'], release='reef')
     c.start()
     c.ceph('osd', 'pool', 'ls')
+    c.python('-c', 'import rbd; print(rbd.__file__)')   # python3 of the cluster's release
     c.stop(purge=True)
+
+Releases: the default is the one the host's own packages give (Debian 12: pacific, Debian 13:
+reef).  The other one runs from a Debian root built once with mmdebstrap and cached (see
+release_root.py): every ceph/rbd/rados/daemon command, and ``python_argv``, then runs chroot'ed
+into it, with /proc, /sys, /dev, /tmp, the project tree, DIR and the module folder
+bind-mounted at their own paths in a private mount namespace per command (nothing is mounted
+on the host, so nothing needs unmounting).  ``cluster.release`` says which release runs;
+``wrap_argv()`` turns any command line into one that runs under it.
 
 Daemons fork into the background (so they outlive the process that started them).  DIR/pids
 records ``name pid`` for every daemon we started; a mgr that respawns (e.g. on
@@ -54,6 +63,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import release_root  # noqa: E402
+from release_root import RELEASES, ReleaseError, Runtime  # noqa: E402,F401
+
 REPO = os.path.dirname(os.path.dirname(HERE))
 MODULE_NAME = 'rbd_livemigrate'
 DEFAULT_MODULE = os.path.join(REPO, 'src', 'pybind', 'mgr', MODULE_NAME)
@@ -191,8 +205,33 @@ def missing_packages(dashboard: bool = False) -> List[str]:
     return missing
 
 
-def install(dashboard: bool = False, quiet: bool = False) -> None:
-    """apt-get install the Ceph packages if any is missing; no-op when all are present."""
+def host_release() -> str:
+    """The release the host's own packages give ('pacific' on Debian 12, 'reef' on 13)."""
+    return release_root.runtime(None).release
+
+
+def prepare(release: Optional[str] = None, dashboard: bool = False,
+            quiet: bool = False) -> Runtime:
+    """Make ``release`` (None: the host's) runnable and return where it runs.
+
+    The host's release: apt-get install the Ceph packages if any is missing.  Another
+    release: build its cached Debian root if it is not there yet (root needed).
+    """
+    rt = release_root.runtime(release)
+    if not rt.chrooted:
+        _install_host(dashboard, quiet)
+    return rt.ensure(quiet)
+
+
+def install(dashboard: bool = False, quiet: bool = False,
+            release: Optional[str] = None) -> None:
+    """apt-get install the Ceph packages if any is missing; no-op when all are present.
+
+    With a ``release`` the host does not carry: build (once) the root it runs from."""
+    prepare(release, dashboard, quiet)
+
+
+def _install_host(dashboard: bool, quiet: bool) -> None:
     missing = missing_packages(dashboard)
     if not missing:
         return
@@ -243,11 +282,14 @@ class Cluster:
     enabled in the MgrMap before any mgr starts (so no respawn); None runs without it.
     ``port`` 0 picks a free one.  Construct with the same ``dir`` (or use :meth:`attach`)
     to talk to / stop a cluster another process started.
+
+    ``release`` ('pacific', 'reef'): which Ceph runs; None means the one recorded in
+    DIR/cluster.json if there is one, else the host's own (see :func:`host_release`).
     """
 
     def __init__(self, dir: str, port: int = 0, osds: int = 2, mgrs: int = 2,
                  osd_bytes: int = 3 << 30, module: Optional[str] = DEFAULT_MODULE,
-                 pools: Sequence[str] = ()) -> None:
+                 pools: Sequence[str] = (), release: Optional[str] = None) -> None:
         if osds < 1 or mgrs < 1:
             raise ValueError('need at least one OSD and one mgr')
         if mgrs > len(MGR_ID_LETTERS):
@@ -264,6 +306,12 @@ class Cluster:
         self.log_dir = os.path.join(self.dir, 'log')
         self.run_dir = os.path.join(self.dir, 'run')
         self.admin_keyring = os.path.join(self.dir, 'keyring')
+        if release is None:
+            recorded = self._recorded()
+            self.runtime = release_root.runtime(recorded.get('release'), recorded.get('root'))
+        else:
+            self.runtime = release_root.runtime(release)
+        self.release = self.runtime.release
         self.boot_seconds = 0.0
         self._t0 = time.monotonic()
         self._pids_lock = threading.Lock()
@@ -275,6 +323,19 @@ class Cluster:
             meta = json.load(f)
         return cls(dir, port=meta['port'], osds=meta['osds'], mgrs=len(meta['mgr_ids']),
                    osd_bytes=meta['osd_bytes'], module=meta['module'], pools=meta['pools'])
+        # the release (and root) come from the same file, in __init__
+
+    def _recorded(self) -> Dict[str, Optional[str]]:
+        """'release' and 'root' as DIR/cluster.json records them (None where it does not)."""
+        try:
+            with open(os.path.join(self.dir, 'cluster.json')) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
+        return {k: meta[k] if isinstance(meta.get(k), str) else None
+                for k in ('release', 'root')}
 
     # ---- paths --------------------------------------------------------------------------
 
@@ -297,13 +358,38 @@ class Cluster:
 
     # ---- running commands ---------------------------------------------------------------
 
+    def wrap_argv(self, argv: Sequence[str]) -> List[str]:
+        """``argv`` as a command line that runs under this cluster's release (unchanged for
+        the host's release; chroot'ed into the release's root otherwise).  Run the result
+        with ``env=cluster.env``.  Paths under /tmp, the project tree, DIR and the module
+        folder are the same inside the root; other host paths are not visible there."""
+        binds = [self.dir] + ([self.module] if self.module else [])
+        return self.runtime.wrap(argv, binds)
+
+    @property
+    def python_argv(self) -> List[str]:
+        """The python3 that imports this release's ``rados``/``rbd`` (Debian's
+        /usr/bin/python3 of the release), as a command line prefix."""
+        return self.wrap_argv(['/usr/bin/python3'])
+
+    def python(self, *args: str, check: bool = True, timeout: float = 300,
+               input: Optional[str] = None) -> 'subprocess.CompletedProcess[str]':
+        """Run ``python3 <args>`` under this cluster's release (``CEPH_CONF`` set), e.g.
+        ``c.python('-c', 'import rbd; ...')`` or ``c.python(script, arg)``."""
+        return self._run(['/usr/bin/python3', *args], check, timeout, input)
+
+    def command(self, *argv: str, check: bool = True, timeout: float = 300,
+                input: Optional[str] = None) -> 'subprocess.CompletedProcess[str]':
+        """Run any command under this cluster's release (see :meth:`wrap_argv`)."""
+        return self._run(argv, check, timeout, input)
+
     def _run(self, argv: Sequence[str], check: bool, timeout: float,
              input: Optional[str]) -> 'subprocess.CompletedProcess[str]':
-        p = subprocess.run(list(argv), env=self.env, input=input, text=True,
+        p = subprocess.run(self.wrap_argv(argv), env=self.env, input=input, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                            stdin=None if input is not None else subprocess.DEVNULL)
         if check and p.returncode != 0:
-            raise CephCommandError(p.returncode, p.args, p.stdout, p.stderr)
+            raise CephCommandError(p.returncode, list(argv), p.stdout, p.stderr)
         return p
 
     def ceph(self, *args: str, check: bool = True, timeout: float = 60,
@@ -436,13 +522,15 @@ class Cluster:
         if os.path.exists(pid_file):
             os.unlink(pid_file)
         out_path = os.path.join(self.log_dir, f'{name}.out')
-        argv = [shutil.which(DAEMON_BINARIES[kind]) or DAEMON_BINARIES[kind],
-                '-c', self.conf, '-i', ident, *extra]
+        argv = self.wrap_argv([self.runtime.which(DAEMON_BINARIES[kind]),
+                               '-c', self.conf, '-i', ident, *extra])
         # The daemon's output goes to a file, not a pipe: a forked child that kept the pipe
-        # open would make us wait for EOF forever.
+        # open would make us wait for EOF forever.  Daemons keep the working directory they
+        # are started in, and Debian 13's ceph-osd has a relative default `osd class dir`
+        # (lib/x86_64-linux-gnu/rados-classes): start them in / as systemd would.
         with open(out_path, 'ab') as out:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                               timeout=120)
+                               timeout=120, cwd='/')
         if p.returncode != 0:
             raise ClusterError(f'{name} failed to start (exit {p.returncode})\n'
                                + tail(out_path) + '\n' + tail(self.log_file(name)))
@@ -563,8 +651,27 @@ class Cluster:
                 # the ceph CLI runs one command per stdin line: one process for all PGs
                 self.ceph(input=''.join(f'osd force-create-pg {pg} --yes-i-really-mean-it\n'
                                         for pg in lost))
+                self._wait_recreated(osd_id, timeout)
             self.wait_pgs_active(timeout)
         return pid
+
+    def _wait_recreated(self, osd_id: int, timeout: float) -> None:
+        """Wait for force-created PGs; nudge the OSD if it dropped a create.
+
+        An OSD sometimes drops a create (it logs "handle_fast_pg_create ... with no history or
+        past_intervals ... Ignoring"; seen on Reef in about one restart of four): the PG stays
+        stale while the mons answer "already creating".  Marking the OSD down makes it boot
+        into the map again, and the mons send it the pending creates again.
+        """
+        deadline = time.monotonic() + timeout
+        for _ in range(3):
+            try:
+                self.wait_pgs_active(max(1.0, min(10.0, deadline - time.monotonic())))
+                return
+            except ClusterError:
+                if time.monotonic() >= deadline:
+                    raise
+            self.ceph('osd', 'down', str(osd_id))
 
     def stop_osd(self, osd_id: int) -> None:
         """SIGSTOP osd ``osd_id``: it freezes (I/O to its PGs blocks) but keeps its data.
@@ -706,9 +813,15 @@ class Cluster:
     # ---- start ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create and boot the cluster; raises ClusterError (daemons stopped, logs kept)."""
+        """Create and boot the cluster; raises ClusterError (daemons stopped, logs kept).
+
+        Installs the host's packages or builds the release's root first if needed (not
+        counted in ``boot_seconds``)."""
+        try:
+            self.runtime = prepare(self.release, quiet=True)
+        except ReleaseError as e:
+            raise ClusterError(str(e)) from None
         t0 = self._t0 = time.monotonic()
-        install(quiet=True)
         self._prepare_dir()
         try:
             self._boot()
@@ -833,7 +946,7 @@ class Cluster:
         self._link_modules()
         meta = {'port': self.port, 'osds': self.osds, 'mgr_ids': self.mgr_ids,
                 'osd_bytes': self.osd_bytes, 'module': self.module, 'pools': self.pools,
-                'fsid': fsid}
+                'fsid': fsid, 'release': self.release, 'root': self.runtime.root}
         _write(os.path.join(self.dir, 'cluster.json'), json.dumps(meta, indent=1) + '\n')
 
         # One keyring seeds the monitor's auth database at mkfs: mon., client.admin and every
@@ -914,8 +1027,9 @@ class Cluster:
             print(f'[{time.monotonic() - self._t0:5.2f}s] {what}', file=sys.stderr, flush=True)
 
     def _check_run(self, argv: List[str], what: str, log: Optional[str] = None) -> None:
+        argv = self.wrap_argv([self.runtime.which(argv[0])] + argv[1:])
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=120)
+                           stderr=subprocess.STDOUT, text=True, timeout=120, cwd='/')
         if p.returncode != 0:
             msg = f'{what} failed (exit {p.returncode}): {p.stdout.strip()}'
             raise ClusterError(msg + ('\n' + tail(log) if log else ''))
@@ -924,13 +1038,20 @@ class Cluster:
         """DIR/mgr-modules: a symlink per entry of the system mgr dir, plus our module.
 
         The mgr only knows modules present in its module path when it starts, so the link
-        must exist before any mgr runs.
+        must exist before any mgr runs.  Link targets are paths as the release's mgr sees
+        them (inside its root, if it has one).  Where the release's bcrypt refuses the mgr's
+        sub-interpreters (Debian 13), ``bcrypt`` links to the harness's cffi build: the
+        module path comes first on the mgr's sys.path (see release_root.py).
         """
         target = os.path.join(self.dir, 'mgr-modules')
-        for entry in sorted(os.listdir(SYSTEM_MGR_DIR)):
+        mgr_dir = self.runtime.mgr_dir
+        for entry in sorted(os.listdir(self.runtime.host_path(mgr_dir))):
             if entry == MODULE_NAME or entry == '__pycache__':
                 continue
-            os.symlink(os.path.join(SYSTEM_MGR_DIR, entry), os.path.join(target, entry))
+            os.symlink(os.path.join(mgr_dir, entry), os.path.join(target, entry))
+        if self.runtime.bcrypt_dir:
+            os.symlink(os.path.join(self.runtime.bcrypt_dir, 'bcrypt'),
+                       os.path.join(target, 'bcrypt'))
         if self.module is not None:
             os.symlink(self.module, os.path.join(target, MODULE_NAME))
 
@@ -1021,6 +1142,7 @@ class Cluster:
             f"osd: {osd['num_up_osds']} up / {osd['num_in_osds']} in "
             f"(memstore {self.osd_bytes / (1 << 30):g} GiB each)",
             f"  pools: {', '.join(self.pools) or '(none)'}; module: {module}",
+            f'  ceph: {self.runtime.describe()}',
             f'  logs: {self.log_dir}   pids: {os.path.join(self.dir, "pids")}',
         ]
         return '\n'.join(lines)
@@ -1030,7 +1152,9 @@ class Cluster:
 # CLI
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    install(dashboard=args.dashboard)
+    rt = prepare(args.release, dashboard=args.dashboard)
+    if rt.chrooted:
+        print(f'ready: {rt.describe()}')
     return 0
 
 
@@ -1038,8 +1162,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     pools = [p for p in (args.pools or '').split(',') if p]
     cluster = Cluster(args.dir, port=args.port, osds=args.osds, mgrs=args.mgrs,
                       osd_bytes=parse_bytes(args.osd_bytes),
-                      module=None if args.no_module else args.module, pools=pools)
-    install()
+                      module=None if args.no_module else args.module, pools=pools,
+                      release=args.release)
+    prepare(cluster.release)
     cluster.start()
     print(cluster.summary())
     print(f'export CEPH_CONF={cluster.conf}')
@@ -1073,10 +1198,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = sub.add_parser('install', help='apt-get install the Ceph packages if missing')
     p.add_argument('--dashboard', action='store_true', help='also ceph-mgr-dashboard')
+    p.add_argument('--release', choices=RELEASES, default=None,
+                   help='build the root of a release the host does not carry '
+                        '(default: the host\'s own, i.e. apt-get install)')
     p.set_defaults(func=_cmd_install)
 
     p = sub.add_parser('start', help='create and boot a cluster in DIR')
     p.add_argument('--dir', required=True)
+    p.add_argument('--release', choices=RELEASES, default=None,
+                   help='Ceph release to run (default: the host\'s own packages)')
     p.add_argument('--port', type=int, default=0, help='mon msgr v2 port (default: a free one)')
     p.add_argument('--osds', type=int, default=2)
     p.add_argument('--mgrs', type=int, default=2, help='mgr ids are x, y, z, a, ...')
@@ -1103,7 +1233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # our stdout was closed early (`... | head -1`): not a failure of the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ClusterError, ValueError, OSError, subprocess.CalledProcessError,
+    except (ClusterError, ReleaseError, ValueError, OSError, subprocess.CalledProcessError,
             subprocess.TimeoutExpired) as e:
         print(f'{args.command}: error: {e}', file=sys.stderr)
         return 1

@@ -875,6 +875,8 @@ class Corpus:
         anchor = time.monotonic()
         ctx.note('anchor: librbd {} -> {}'.format(initial, phase))
         _sleep_until(anchor + moment.value)
+        ctx.note('kill {:.0f} ms after the anchor (wanted {:.0f})'.format(
+            (time.monotonic() - anchor) * 1000, moment.value * 1000))
 
     def _read_phase(self, ctx: CaseContext, extra: str = '') -> str:
         assert ctx.probe is not None
@@ -936,8 +938,10 @@ class Corpus:
                 procs.append(command)
                 ctx.note('issued ' + ' '.join(command.args[1:]))
             self._await_moment(ctx, case.moment, t_start, initial)
+            t_kill = time.monotonic()
             cl.kill_mgr(active)
-            ctx.note('killed mgr.{}'.format(active))
+            ctx.note('killed mgr.{} ({:.0f} ms after the step was started)'.format(
+                active, (t_kill - t_start) * 1000))
         finally:
             if watcher is not None:
                 _close_watcher(watcher)
@@ -1288,6 +1292,32 @@ def matrix(results: Sequence[Result]) -> str:
     return '\n'.join(out)
 
 
+MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'src', 'pybind', 'mgr',
+                          'rbd_livemigrate')
+
+
+def module_version(module_dir: str = MODULE_DIR) -> str:
+    """'<commit>' or '<commit>+dirty:<hash of the module files>'.  Every mgr restart loads
+    the working copy as it is then, so a run that spans edits tests several versions."""
+    import hashlib
+    try:
+        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=module_dir,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '.'], cwd=module_dir,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = '?', ''
+    if not dirty:
+        return head or '?'
+    h = hashlib.sha1()
+    for root, _, files in sorted(os.walk(module_dir)):
+        for name in sorted(files):
+            if name.endswith('.py'):
+                with open(os.path.join(root, name), 'rb') as f:
+                    h.update(f.read())
+    return '{}+dirty:{}'.format(head, h.hexdigest()[:8])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or '').strip().split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
@@ -1325,7 +1355,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     t0 = time.monotonic()
     base = args.dir or tempfile.mkdtemp(prefix='partial-states-', dir='/tmp')
-    print('booting a cluster in {} for {} case(s)'.format(base, len(cases)), flush=True)
+    version = module_version()
+    print('booting a cluster in {} for {} case(s); module {}'.format(base, len(cases), version),
+          flush=True)
     cluster = start_cluster(base)
     results: List[Result] = []
     failed = True
@@ -1353,8 +1385,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in bad:
         print(r.describe())
         print()
-    print('{} case(s), {} failed, {:.0f}s'.format(len(results), len(bad),
-                                                  time.monotonic() - t0))
+    print('{} case(s), {} failed, {:.0f}s; module {}'.format(
+        len(results), len(bad), time.monotonic() - t0, version))
+    if module_version() != version:
+        print('warning: the module changed during the run (now {}): cases ran on different '
+              'versions'.format(module_version()))
     return 1 if bad else 0
 
 
