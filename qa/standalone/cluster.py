@@ -321,9 +321,9 @@ class Cluster:
         """A Cluster for a directory an earlier ``start`` set up (reads DIR/cluster.json)."""
         with open(os.path.join(os.path.abspath(dir), 'cluster.json')) as f:
             meta = json.load(f)
+        # the release (and its root) come from the same file, read in __init__
         return cls(dir, port=meta['port'], osds=meta['osds'], mgrs=len(meta['mgr_ids']),
                    osd_bytes=meta['osd_bytes'], module=meta['module'], pools=meta['pools'])
-        # the release (and root) come from the same file, in __init__
 
     def _recorded(self) -> Dict[str, Optional[str]]:
         """'release' and 'root' as DIR/cluster.json records them (None where it does not)."""
@@ -1196,7 +1196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
 
-    p = sub.add_parser('install', help='apt-get install the Ceph packages if missing')
+    p = sub.add_parser('install', help='apt-get install the Ceph packages if missing '
+                                       '(--release: build that release\'s root if missing)')
     p.add_argument('--dashboard', action='store_true', help='also ceph-mgr-dashboard')
     p.add_argument('--release', choices=RELEASES, default=None,
                    help='build the root of a release the host does not carry '

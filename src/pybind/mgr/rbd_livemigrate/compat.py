@@ -7,13 +7,14 @@ remembered.  Unit-tested against fakes shaped like each release
 (tests/test_compat.py).
 
 ==========================  ==========================  =========================
-what                        Pacific (16)                Quincy/Reef and later
+what                        Pacific (16)                Reef (18) and later
 ==========================  ==========================  =========================
 register a rados client     ``_ceph_register_client(    ``_ceph_register_client(
 for fencing on failover     addrs)``                    name, addrs, replace)``
 unregister it               ``(addrs)``                 ``(name, addrs)``
-``migration_prepare``       no ``flatten``              Squid (19) adds ``flatten``
-                                                        and ``clone_format``
+``migration_prepare``       no ``flatten``              ``flatten`` and
+                                                        ``clone_format`` (seen in
+                                                        Reef 18.2.7)
 ==========================  ==========================  =========================
 """
 
@@ -88,14 +89,15 @@ def _takes_name(fn: Callable[..., Any]) -> Optional[bool]:
 
 
 def prepare_takes_flatten(migration_prepare: Callable[..., Any]) -> bool:
-    """Does ``RBD.migration_prepare`` take ``flatten`` (Squid and later)?
+    """Does ``RBD.migration_prepare`` take ``flatten`` (Reef 18.2 and later)?
 
-    Cython methods of older bindings carry no signature; their docstring
-    lists the parameters.
+    Cython methods carry no Python signature; their docstring starts with
+    the embedded one and lists the parameters.
     """
     try:
         return 'flatten' in inspect.signature(migration_prepare).parameters
     except (TypeError, ValueError):
         pass
     doc = getattr(migration_prepare, '__doc__', None) or ''
-    return ':param flatten:' in doc or 'flatten:' in doc
+    first = doc.strip().split('\n', 1)[0]
+    return ':param flatten:' in doc or 'flatten=' in first

@@ -228,7 +228,8 @@ class Adapter(RbdPort):
     def blocklist(self, client: ClientBase, expire_seconds: float = 3600.0) -> None:
         def op(c: Client) -> None:
             try:
-                c.handle.blocklist_add(client.addr, expire_seconds)
+                # Reef's binding types expire_seconds as int (a float: TypeError)
+                c.handle.blocklist_add(client.addr, int(expire_seconds))
             except rados.Error as e:
                 raise translate(e, 'cannot blocklist client {}'.format(client.addr))
         self._with_control(op)

@@ -102,3 +102,11 @@ def test_prepare_flatten_detection() -> None:
         'Prepare an RBD image migration.\n\n:param flatten: flatten the image'))
     assert not prepare_takes_flatten(CythonNoSignature(
         'Prepare an RBD image migration.\n\n:param data_pool: data pool'))
+    # Cython's embedded signature line (Reef 18.2.7)
+    assert prepare_takes_flatten(CythonNoSignature(
+        'RBD.migration_prepare(self, ioctx, image_name, dest_ioctx, dest_image_name, '
+        'features=None, order=None, stripe_unit=None, stripe_count=None, data_pool=None, '
+        'clone_format=None, flatten=False)\n\n        Prepare an RBD image migration.'))
+    assert not prepare_takes_flatten(CythonNoSignature(
+        'RBD.migration_prepare(self, ioctx, image_name, dest_ioctx, dest_image_name, '
+        'features=None, order=None, stripe_unit=None, stripe_count=None, data_pool=None)'))
