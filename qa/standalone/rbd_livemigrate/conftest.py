@@ -23,9 +23,14 @@ from lmcli import TERMINAL, Livemigrate  # noqa: E402,F401
 import rbdtools  # noqa: E402
 
 
+# the Ceph release every cluster of this run uses: LM_RELEASE=pacific|reef,
+# default what the host's own packages give (see cluster.py --release)
+RELEASE = os.environ.get('LM_RELEASE') or None
+
+
 def make_cluster(prefix: str, pools: List[str], osd_bytes: int = 3 << 30) -> Cluster:
     base = tempfile.mkdtemp(prefix=prefix, dir='/tmp')
-    c = Cluster(dir=base, osds=2, mgrs=2, osd_bytes=osd_bytes, pools=pools)
+    c = Cluster(dir=base, osds=2, mgrs=2, osd_bytes=osd_bytes, pools=pools, release=RELEASE)
     try:
         c.start()
         lm = Livemigrate(c)
