@@ -4,14 +4,17 @@ The module reports each task through the mgr ``progress`` module; the
 dashboard's ``/api/summary`` lists every progress event under
 ``executing_tasks`` as ``progress/<message>`` with a percentage, and under
 ``finished_tasks`` once it completes or fails.  Enabling the dashboard makes
-the mgrs respawn, hence the separate cluster.  Uses urllib only (see
-qa/dashboard_screenshot.py for the helpers and the screenshot).
+the mgrs respawn, hence the separate cluster.  The REST checks use urllib;
+the browser check drives Debian's chromium with Selenium (the helpers and the
+screenshot are in qa/dashboard_screenshot.py).
 """
 
 import os
+import re
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -21,7 +24,8 @@ from conftest import Livemigrate, destroy_cluster, make_cluster, rbdtools, wait_
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from dashboard_screenshot import DashboardClient, enable_dashboard, migration_tasks  # noqa: E402
+from dashboard_screenshot import (  # noqa: E402
+    DashboardClient, enable_dashboard, ensure_browser, migration_tasks, take_screenshot)
 
 MiB = 1 << 20
 PREFIX = 'progress/Live-migrating RBD image '
@@ -61,6 +65,19 @@ def test_login_needs_credentials(dash: Tuple[Cluster, DashboardClient]) -> None:
         anonymous.login()
 
 
+def test_api_version_from_415(dash: Tuple[Cluster, DashboardClient]) -> None:
+    """The client sends the API version the dashboard names in a 415, whatever it is."""
+    _, client = dash
+    client.versions['/api/summary'] = '9.9'
+    try:
+        status, body = client.request('GET', '/api/summary')
+        assert status == 200 and 'executing_tasks' in body
+        assert re.fullmatch(r'\d+\.\d+', client.versions['/api/summary'])
+        assert client.versions['/api/summary'] != '9.9'
+    finally:
+        client.versions.pop('/api/summary', None)
+
+
 def test_summary_shows_progress(dash: Tuple[Cluster, DashboardClient], dlm: Livemigrate,
                                 name: str) -> None:
     c, client = dash
@@ -79,14 +96,13 @@ def test_summary_shows_progress(dash: Tuple[Cluster, DashboardClient], dlm: Live
         return len([p for p, _ in seen if 0 < p < 95]) >= 2 and seen[-1][0] > seen[0][0]
     wait_for(bar_moves, 60, 'a moving bar for {} in /api/summary'.format(src), interval=1)
 
-    entry = migration_tasks(client.summary(), src) or [None]
+    entries = migration_tasks(client.summary(), src)
     print('dashboard saw (dashboard %, module progress):', seen)
     for percent, progress in seen:
         assert isinstance(percent, int) and 0 <= percent <= 100
         # the module updates progress about once a second: the two agree roughly
         assert abs(percent - progress * 100) <= 35, seen
-    if entry[0] is not None:
-        e = entry[0]
+    for e in entries[:1]:
         assert e['name'] == '{}{} to {}'.format(PREFIX, src, dst)
         assert e['metadata'] == {'origin': 'rbd_livemigrate', 'task_id': task['id'],
                                  'source': src, 'destination': dst}
@@ -122,3 +138,32 @@ def test_cancel_shows_failed(dash: Tuple[Cluster, DashboardClient], dlm: Livemig
     assert f['success'] is False
     assert f['exception'] == {'detail': 'cancelled'}
     assert not migration_tasks(client.summary(), spec)
+
+
+def test_browser_shows_bar(dash: Tuple[Cluster, DashboardClient], dlm: Livemigrate,
+                           name: str, tmp_path: Path) -> None:
+    """An operator logged in to the dashboard sees the running migration's bar."""
+    c, client = dash
+    ensure_browser()
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(c.conf, src, 48 * MiB, seed=name)
+    before = rbdtools.checksums(c.conf, src)
+    task = dlm.add(src, dst, '--bandwidth-limit', '2M')
+    png = str(tmp_path / 'dashboard-{}.png'.format(c.release))
+    title = 'Live-migrating RBD image {} to {}'.format(src, dst)
+
+    t0 = time.monotonic()
+    shown = take_screenshot(client.url, client.user, client.password, png, title)
+    print('saw {!r} in the DOM after {:.1f}s, screenshot {}'.format(
+        shown, time.monotonic() - t0, png))
+    assert shown['text'].splitlines()[0] == title, shown
+    width = re.search(r'width: ([0-9.]+)%', shown['style'])
+    percent = re.search(r'^(\d+) %$', shown['text'], re.MULTILINE)
+    assert width and percent, shown
+    assert 0 < float(width.group(1)) == int(percent.group(1)) < 100, shown
+    with open(png, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert os.path.getsize(png) > 10000
+
+    dlm.wait(task['id'])
+    assert rbdtools.checksums(c.conf, dst) == before

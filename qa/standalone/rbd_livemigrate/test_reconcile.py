@@ -166,6 +166,33 @@ def test_half_aborted_is_finished(rcluster: Cluster, rlm: Livemigrate, name: str
     assert trash_empty(rcluster, src, 'a', 'b')
 
 
+@pytest.mark.parametrize('in_place', [False, True], ids=['cross-pool', 'in-place'])
+def test_prepare_cut_before_destination_header(rcluster: Cluster, rlm: Livemigrate, name: str,
+                                               in_place: bool) -> None:
+    """A prepare cut after it created the destination, before it wrote the
+    destination's header: librbd's own abort fails (EINVAL, EEXIST in place,
+    and it marks the source aborting first); the module removes that
+    destination and restores the source."""
+    src = 'a/' + name
+    dst = src if in_place else 'b/' + name
+    rbdtools.create_image(rcluster.conf, src, 16 * MiB, seed=src, snaps=2)
+    before = rbdtools.checksums(rcluster.conf, src)
+    rcluster.rbd('migration', 'prepare', src, dst, '--object-size', '8M', '--stripe-unit', '8M',
+                 '--stripe-count', '1')
+    sid, did = source_trash_id(rcluster, src), image_id(rcluster, dst)
+    cls_exec(rcluster, src, sid, 'migration_set_state', struct.pack('<BI', 1, 0))  # PREPARING
+    cls_exec(rcluster, dst, did, 'migration_remove')
+    task = rlm.ok('adopt', dst)
+    assert task['state'] == 'aborting'
+    t = poll_truthful(rcluster, rlm, task['id'], src, dst, 'aborted')
+    assert t['source_image_id'] == sid
+    assert rbdtools.checksums(rcluster.conf, src) == before
+    assert rbdtools.image_layout(rcluster.conf, src)['object_size'] == 4 * MiB
+    assert trash_empty(rcluster, src, 'a', 'b')
+    if not in_place:
+        assert not rbdtools.image_exists(rcluster.conf, dst)
+
+
 def test_cancel_of_task_with_abort_cut(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
     """A module task whose abort was cut (mgr killed) finishes it on cancel."""
     src, dst = 'a/' + name, 'b/' + name

@@ -233,5 +233,9 @@ class RbdPort:
         """Remove a source an interrupted commit left in the trash."""
         raise NotImplementedError
 
+    def discard_dest(self, client: Client, dest: ImageSpec, dest_id: str) -> None:
+        """Remove a destination a prepare created but never gave its header."""
+        raise NotImplementedError
+
     def flatten(self, client: Client, dest: ImageSpec) -> bool:
         raise NotImplementedError

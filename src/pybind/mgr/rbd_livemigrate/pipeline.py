@@ -267,6 +267,12 @@ class Runner(RunnerHandle):
             self.adapter.finish_commit(self._client(), source, task.source_image_id, dest,
                                        obs.source.header)
             return True
+        if act == Act.DISCARD_DEST:
+            assert action.state is not None and obs.dest.image_id is not None
+            if task.state != action.state:
+                self._move(action.state, error=action.detail)
+            self.adapter.discard_dest(self._client(), dest, obs.dest.image_id)
+            return True
         assert act == Act.ABORT, action
         if action.state is not None and task.state != action.state:
             self._move(action.state, error=action.detail or task.error)

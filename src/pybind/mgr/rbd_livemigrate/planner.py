@@ -128,6 +128,16 @@ def judge(obs: Observation, source: ImageSpec, dest: ImageSpec) -> Verdict:
         return Verdict(Phase.INCONSISTENT, "destination '{}' (id {}) has a migration header "
                        'but its source (id {}) has none: see rbd migration abort {}'.format(
                            dest, did, sid, dest))
+    if sh.state == MigState.ABORTING and dh is None and d.exists and d.name_id == did:
+        # librbd's abort marks the source first, then fails (EINVAL) on a
+        # destination without header: a prepare or a commit cut short.  After
+        # a cut commit the destination holds the only current data: never
+        # guess which it was
+        return Verdict(Phase.INCONSISTENT, "an abort was tried on '{}' -> '{}', whose "
+                       'destination (id {}) has no migration header (a prepare or a commit '
+                       'cut short); the destination may hold the only current data: check '
+                       'it with rbd info and rbd du {} before removing anything'.format(
+                           source, dest, did, dest))
     if sh.state == MigState.ABORTING or (dh is not None and dh.state == MigState.ABORTING):
         return Verdict(Phase.ABORTING)
     if dh is not None:
@@ -205,6 +215,7 @@ class Act(enum.Enum):
     COMMIT = 'commit'
     ABORT = 'abort'
     FINISH_COMMIT = 'finish commit'
+    DISCARD_DEST = 'discard destination'   # a prepare cut before the header
     FLATTEN = 'flatten'
     MARK = 'mark'            # only the record changes, to ``state``
     WAIT = 'wait'            # nothing to do now (a hold, or an operator's move)
@@ -242,6 +253,13 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
                hold: Optional[Hold] = None) -> Action:
     phase = verdict.phase
     cancel = task.cancel_requested
+    if phase == Phase.HALF_PREPARED and _half_created(obs):
+        # librbd's abort cannot undo this (EINVAL, or EEXIST in place): the
+        # destination it created has no header yet; it holds nothing but what
+        # prepare copied, so remove it, then abort through the source
+        return Action(Act.DISCARD_DEST, State.ABORTING if cancel else State.QUEUED,
+                      'a prepare was cut short before the destination had its header: '
+                      'removing that destination')
     if phase == Phase.COMMITTED:
         if task.state == State.COMMITTED:
             return Action(Act.WAIT)
@@ -307,6 +325,15 @@ def _abort_by_source(phase: Phase, obs: Observation) -> bool:
     source's.
     """
     return obs.dest.header is None or not obs.dest.exists
+
+
+def _half_created(obs: Observation) -> bool:
+    """The destination exists without a header, created by a prepare cut short:
+    its id is the one the source's header (state preparing) names, and its
+    name resolves to it."""
+    sh, d = obs.source.header, obs.dest
+    return (sh is not None and sh.state == MigState.PREPARING and d.exists
+            and d.header is None and d.image_id == sh.image_id and d.name_id == d.image_id)
 
 
 def state_of(phase: Phase) -> Optional[State]:

@@ -538,6 +538,40 @@ class Adapter(RbdPort):
         if header is not None and header.mirroring:
             self._enable_mirroring(client, dest, header.mirror_image_mode)
 
+    def discard_dest(self, client: ClientBase, dest: ImageSpec, dest_id: str) -> None:
+        """Remove the destination of a prepare cut before it wrote the
+        destination's migration header.
+
+        librbd's abort cannot undo that state: through either name it fails
+        EINVAL (the destination has no header), and in place EEXIST (the
+        destination took the name).  The image holds only what prepare
+        copied (the snapshots, not yet the data, which execute copies), so
+        remove it, checked by id right before, then abort through the
+        source.
+        """
+        io = client.ioctx(dest.pool, dest.namespace)
+        try:
+            if dir_lookup(io, dest.image) != dest_id or read_header(io, dest_id) is not None:
+                raise Transient("'{}' changed while being cleaned up; looking again".format(dest))
+            with rbd.Image(io, dest.image) as image:
+                if image.id() != dest_id:
+                    raise Transient("'{}' is no longer id {}; looking again".format(
+                        dest, dest_id))
+                for snap in image.list_snaps():
+                    if snap.get('namespace', 0) != 0:     # trash/group snapshots
+                        continue
+                    if image.is_protected_snap(snap['name']):
+                        image.unprotect_snap(snap['name'])
+                    image.remove_snap(snap['name'])
+            log.warning("removing '%s' (id %s): created by a prepare cut short", dest, dest_id)
+            rbd.RBD().remove(io, dest.image)
+        except rbd.ImageNotFound:
+            pass
+        except (rados.Error, rbd.Error) as e:
+            raise translate(e, "cannot remove the half-created destination '{}'".format(dest))
+        finally:
+            io.close()
+
     def _enable_mirroring(self, client: ClientBase, dest: ImageSpec, mode: int) -> None:
         """What commit's last step does when the source was mirrored."""
         io = client.ioctx(dest.pool, dest.namespace)
