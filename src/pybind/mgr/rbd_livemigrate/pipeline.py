@@ -331,9 +331,11 @@ class Runner(RunnerHandle):
                 return False
             raise blockers[0]
         assert info is not None
+        # a new prepare makes a new destination: forget one an undone
+        # prepare may have recorded (the next pass learns the new id)
         self._move(State.PREPARING, source_image_id=info.id, size_bytes=info.size,
-                   blocked_reason=None, blocked_kind=None, blocked_since=None,
-                   next_retry=None, error=None)
+                   dest_image_id=None, blocked_reason=None, blocked_kind=None,
+                   blocked_since=None, next_retry=None, error=None)
         self.adapter.prepare(self._client(), source, dest, task.layout, info)
         self._move(State.PREPARED, persist=False)
         log.info('task %s: prepared %s -> %s', task.id, source, dest)

@@ -45,12 +45,14 @@ class FakeLibrbd(RbdPort):
         self.phase = phase          # not-prepared, executed, half-committed, aborting, ...
         self.calls: List[str] = []
         self.on_observe: Optional[Any] = None
+        self.did = D                # the destination id librbd gave the migration
 
     def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
                 dest_id: Optional[str]) -> Observation:
         if self.on_observe is not None:
             self.on_observe()
         p = self.phase
+        D = self.did
 
         def sh(st: MigState) -> MigrationHeader:
             return MigrationHeader(HeaderType.SRC, 2, '', 'img', D, st)
@@ -65,6 +67,9 @@ class FakeLibrbd(RbdPort):
                   'aborting': MigState.ABORTING}[p]
             return Observation(End(S, None, True, sh(st), trashed, 1),
                                End(D, D, True, dh(st), None, 2))
+        if p == 'half-prepared':
+            return Observation(End(S, None, True, sh(MigState.PREPARING), trashed, 1),
+                               End(D, None, False, None, None, 2))
         if p == 'half-committed':
             return Observation(End(S, None, True, sh(MigState.EXECUTED), trashed, 1),
                                End(D, D, True, None, None, 2))
@@ -159,6 +164,23 @@ def test_operators_abort_is_not_undone() -> None:
     t = run(fake, state=State.EXECUTED, dest_image_id=D)
     assert fake.calls == ['abort via b/img']                 # finished, never re-prepared
     assert t.state == State.FAILED and 'outside this module' in (t.error or '')
+
+
+def test_redone_prepare_records_the_new_destination() -> None:
+    """A prepare cut short is undone and done again: the second prepare makes
+    a new destination id, which replaces the one recorded from the first."""
+    fake = FakeLibrbd('prepared')
+    new_id = 'did2'
+
+    def prepare(*a: Any) -> None:
+        fake.calls.append('prepare')
+        fake.phase = 'prepared'
+        fake.did = new_id
+    fake.prepare = prepare  # type: ignore[assignment]
+    fake.phase = 'half-prepared'
+    t = run(fake, state=State.PREPARING, dest_image_id='did')
+    assert t.state == State.COMMITTED and t.dest_image_id == new_id, t
+    assert fake.calls == ['abort via a/img', 'prepare', 'execute', 'commit']
 
 
 def test_cancel_between_plan_and_commit_wins() -> None:
