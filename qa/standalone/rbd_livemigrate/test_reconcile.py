@@ -193,6 +193,37 @@ def test_prepare_cut_before_destination_header(rcluster: Cluster, rlm: Livemigra
         assert not rbdtools.image_exists(rcluster.conf, dst)
 
 
+def test_prepare_cut_before_any_header(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
+    """A prepare cut after it moved the source to the trash, before it wrote
+    the source's migration header: librbd can neither abort (no migration)
+    nor restore it (trash entries of migrations are refused).  ls names it,
+    and its next_command puts the source back."""
+    src, dst = 'a/' + name, 'b/' + name
+    before = prepared_by_hand(rcluster, src, dst)
+    sid, did = source_trash_id(rcluster, src), image_id(rcluster, dst)
+    # undo all but the trash move: no destination, no source header
+    cls_exec(rcluster, dst, did, 'migration_remove')
+    rcluster.rbd('snap', 'purge', dst)
+    rcluster.rbd('rm', dst)
+    cls_exec(rcluster, src, sid, 'migration_remove')
+    row = None
+
+    def listed() -> bool:
+        nonlocal row
+        row = next((r for r in rlm.ls() if r.get('orphan') and r['source'] == src), None)
+        return row is not None
+    rlm.run('adopt', 'b/none-' + name)           # any adopt rescans for orphans
+    wait_for(listed, 30, 'orphan {} in ls'.format(src))
+    assert row is not None and row['orphan_kind'] == 'half-prepared', row
+    assert row['next_command'] == 'ceph rbd livemigrate adopt ' + src
+    task = rlm.ok(*row['next_command'].split()[3:])
+    t = poll_truthful(rcluster, rlm, task['id'], src, src, 'aborted')
+    assert t['source_image_id'] == sid and image_id(rcluster, src) == sid
+    assert rbdtools.checksums(rcluster.conf, src) == before
+    assert trash_empty(rcluster, src, 'a', 'b')
+    assert not any(r.get('orphan') and r['source'] == src for r in rlm.ls())
+
+
 def test_cancel_of_task_with_abort_cut(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
     """A module task whose abort was cut (mgr killed) finishes it on cancel."""
     src, dst = 'a/' + name, 'b/' + name

@@ -412,6 +412,11 @@ class Commands:
             for ref in self.orphans:
                 if ref.destination == str(dest):
                     return ref
+                if (not ref.destination and ref.kind == OrphanKind.HALF_PREPARED
+                        and ref.source == str(dest)):
+                    # a source a cut prepare left in the trash before it named
+                    # the destination: adopted in place, to be put back
+                    return ref._replace(destination=ref.source)
         raise NotFound("'{}' is not the target of a migration: see rbd status {} and "
                        'ceph rbd livemigrate ls'.format(dest, dest))
 
@@ -459,6 +464,8 @@ def orphan_command(ref: MigrationRef) -> str:
     """The one command that finishes an orphan."""
     if ref.destination:
         return 'ceph rbd livemigrate adopt {}'.format(ref.destination)
+    if ref.kind == OrphanKind.HALF_PREPARED:
+        return 'ceph rbd livemigrate adopt {}'.format(ref.source)
     # a commit cut after the source's header went: only the trash entry is left
     pool, ns, _ = ImageSpec.parse(ref.source)
     return 'rbd trash rm {}'.format('/'.join(x for x in (pool, ns, ref.source_image_id) if x))

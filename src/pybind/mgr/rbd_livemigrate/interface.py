@@ -233,6 +233,10 @@ class RbdPort:
         """Remove a source an interrupted commit left in the trash."""
         raise NotImplementedError
 
+    def restore_source(self, client: Client, source: ImageSpec, source_id: str) -> None:
+        """Put back a source a prepare moved to the trash without a header."""
+        raise NotImplementedError
+
     def discard_dest(self, client: Client, dest: ImageSpec, dest_id: str) -> None:
         """Remove a destination a prepare created but never gave its header."""
         raise NotImplementedError

@@ -267,6 +267,12 @@ class Runner(RunnerHandle):
             self.adapter.finish_commit(self._client(), source, task.source_image_id, dest,
                                        obs.source.header)
             return True
+        if act == Act.RESTORE_SOURCE:
+            assert action.state is not None and task.source_image_id is not None
+            if task.state != action.state:
+                self._move(action.state, error=action.detail)
+            self.adapter.restore_source(self._client(), source, task.source_image_id)
+            return True
         if act == Act.DISCARD_DEST:
             assert action.state is not None and obs.dest.image_id is not None
             if task.state != action.state:

@@ -69,7 +69,7 @@ class Phase(enum.Enum):
 
 _FATAL = frozenset({Phase.DEST_TAKEN, Phase.SOURCE_REPLACED, Phase.DEST_REPLACED,
                     Phase.SOURCE_MISSING, Phase.SOURCE_IN_TRASH, Phase.OTHER_MIGRATION,
-                    Phase.STRANDED, Phase.INCONSISTENT})
+                    Phase.INCONSISTENT})
 
 # phases in which librbd holds no migration state for the recorded ids:
 # a cancel has nothing to undo
@@ -190,9 +190,13 @@ def _judge_no_headers(s: End, d: End, source: ImageSpec, dest: ImageSpec) -> Ver
             # migration header or its header object, not yet its trash entry;
             # a prepare writes the source's header before the destination exists
             return Verdict(Phase.HALF_COMMITTED)
-        return Verdict(Phase.STRANDED, "source '{}' (id {}) is in the trash without a "
-                       'migration header (a prepare cut short before it wrote one); no public '
-                       'librbd call can restore it: see the documentation'.format(source, sid))
+        if s.exists and s.name_id is None and (in_place or d.name_id is None):
+            # a prepare moved the source to the trash and was cut before it
+            # wrote the source's migration header
+            return Verdict(Phase.STRANDED)
+        return Verdict(Phase.INCONSISTENT, "source '{}' (id {}) is in the trash as a migration "
+                       "source without a migration header, and its name or the destination's "
+                       'is taken: see rbd trash ls --all {}'.format(source, sid, source.pool))
     # the source id is gone
     if did is not None and d.exists and d.name_id == did:
         return Verdict(Phase.COMMITTED)
@@ -216,6 +220,7 @@ class Act(enum.Enum):
     ABORT = 'abort'
     FINISH_COMMIT = 'finish commit'
     DISCARD_DEST = 'discard destination'   # a prepare cut before the header
+    RESTORE_SOURCE = 'restore source'      # a prepare cut before any header
     FLATTEN = 'flatten'
     MARK = 'mark'            # only the record changes, to ``state``
     WAIT = 'wait'            # nothing to do now (a hold, or an operator's move)
@@ -253,6 +258,11 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
                hold: Optional[Hold] = None) -> Action:
     phase = verdict.phase
     cancel = task.cancel_requested
+    if phase == Phase.STRANDED:
+        # nothing of the migration exists but the source's trash entry
+        return Action(Act.RESTORE_SOURCE, State.ABORTING if cancel else State.QUEUED,
+                      'a prepare was cut short before it wrote a migration header: restoring '
+                      'the source from the trash')
     if phase == Phase.HALF_PREPARED and _half_created(obs):
         # librbd's abort cannot undo this (EINVAL, or EEXIST in place): the
         # destination it created has no header yet; it holds nothing but what
@@ -341,4 +351,5 @@ def state_of(phase: Phase) -> Optional[State]:
     return {Phase.PREPARED: State.PREPARED, Phase.EXECUTING: State.PREPARED,
             Phase.EXECUTED: State.EXECUTED, Phase.HALF_COMMITTED: State.COMMITTING,
             Phase.ABORTING: State.ABORTING, Phase.HALF_PREPARED: State.ABORTING,
+            Phase.STRANDED: State.ABORTING,
             Phase.ERROR: State.PREPARED}.get(phase)

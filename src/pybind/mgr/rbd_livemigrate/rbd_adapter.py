@@ -538,6 +538,44 @@ class Adapter(RbdPort):
         if header is not None and header.mirroring:
             self._enable_mirroring(client, dest, header.mirror_image_mode)
 
+    def restore_source(self, client: ClientBase, source: ImageSpec, source_id: str) -> None:
+        """Put back a source a prepare moved to the trash before it wrote the
+        source's migration header.
+
+        Nothing of the migration exists yet, but librbd cannot restore the
+        image: ``migration_abort`` finds no migration (EINVAL) and
+        ``trash_restore`` refuses entries whose source is MIGRATION.  Do
+        what ``trash_restore`` does, with the same ``rbd`` object class
+        calls: the id object, the directory entry, then drop the trash
+        entry.  Checked right before: still in the trash as a migration
+        source, no migration header, and the name still free.
+        """
+        io = client.ioctx(source.pool, source.namespace)
+        try:
+            if (trash_source(io, source_id) != TrashSource.MIGRATION
+                    or not header_exists(io, source_id)
+                    or read_header(io, source_id) is not None
+                    or dir_lookup(io, source.image) is not None):
+                raise Transient("'{}' (id {}) changed while being restored; looking "
+                                'again'.format(source, source_id))
+            log.warning("restoring '%s' (id %s) from the trash: a prepare was cut before it "
+                        'wrote the migration header', source, source_id)
+            with rados.WriteOpCtx() as op:          # as librbd: create, then set_id
+                op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+                op.execute('rbd', 'set_id', _encode_str(source_id))
+                try:
+                    io.operate_write_op(op, 'rbd_id.' + source.image)
+                except rados.ObjectExists:
+                    pass
+            io.execute('rbd_directory', 'rbd', 'dir_add_image',
+                       _encode_str(source.image) + _encode_str(source_id))
+            io.execute('rbd_trash', 'rbd', 'trash_remove', _encode_str(source_id))
+        except rados.Error as e:
+            raise translate(e, "cannot restore '{}' (id {}) from the trash".format(
+                source, source_id))
+        finally:
+            io.close()
+
     def discard_dest(self, client: ClientBase, dest: ImageSpec, dest_id: str) -> None:
         """Remove the destination of a prepare cut before it wrote the
         destination's migration header.
@@ -643,6 +681,11 @@ def _used_bytes(image: 'rbd.Image', size: int) -> int:
     except rbd.Error:
         return size
     return total[0]
+
+
+def _encode_str(text: str) -> bytes:
+    data = text.encode('utf-8')
+    return struct.pack('<I', len(data)) + data
 
 
 def _read_string(buf: bytes, off: int) -> Tuple[str, int]:
@@ -810,11 +853,15 @@ def _migration_ref(c: Client, io: 'rados.Ioctx', pool: str, ns: str,
                    image_id: str, name: str) -> Optional[MigrationRef]:
     """The migration a source in the trash belongs to (from its header)."""
     source = str(ImageSpec(pool, ns, name))
-    header = read_header(io, image_id) if header_exists(io, image_id) else None
+    exists = header_exists(io, image_id)
+    header = read_header(io, image_id) if exists else None
     if header is None or header.kind != HeaderType.SRC:
-        # a commit cut after the header went: only the trash entry is left
+        # header object without a migration header: a prepare cut before it
+        # wrote one (adopt the source to put it back); no header object: a
+        # commit cut after removing it (only the trash entry is left)
         return MigrationRef(source=source, destination='', source_image_id=image_id,
-                            kind=OrphanKind.HALF_COMMITTED)
+                            kind=OrphanKind.HALF_PREPARED if exists
+                            else OrphanKind.HALF_COMMITTED)
     try:
         dest_pool = c.handle.pool_reverse_lookup(header.pool_id)
     except rados.Error:

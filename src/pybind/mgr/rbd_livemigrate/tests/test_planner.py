@@ -108,6 +108,9 @@ def cross_pool() -> Dict[str, Tuple[Observation, Phase]]:
             obs(trashed(src_header(MigState.ABORTING)), d_live(None)), Phase.INCONSISTENT),
         'destination lost its header mid-copy': (
             obs(trashed(src_header(MigState.EXECUTING)), d_live(None)), Phase.INCONSISTENT),
+        'in the trash without header, name taken': (
+            obs(End(S, X, True, None, TrashSource.MIGRATION, A), End(None, None, pool_id=B)),
+            Phase.INCONSISTENT),
         'destination header without source header': (
             obs(End(S, None, True, None, TrashSource.MIGRATION, A),
                 d_live(dst_header(MigState.PREPARED))), Phase.INCONSISTENT),
@@ -168,10 +171,11 @@ TABLE: Dict[Tuple[Phase, bool], Act] = {}
 for p in Phase:
     if p.fatal:
         TABLE[(p, False)] = Act.FAIL
-        TABLE[(p, True)] = Act.FAIL if p in (Phase.STRANDED, Phase.INCONSISTENT,
+        TABLE[(p, True)] = Act.FAIL if p in (Phase.INCONSISTENT,
                                              Phase.DEST_REPLACED) else Act.MARK
 TABLE.update({
     (Phase.HALF_PREPARED, False): Act.ABORT, (Phase.HALF_PREPARED, True): Act.ABORT,
+    (Phase.STRANDED, False): Act.RESTORE_SOURCE, (Phase.STRANDED, True): Act.RESTORE_SOURCE,
     (Phase.PREPARED, False): Act.EXECUTE, (Phase.PREPARED, True): Act.ABORT,
     (Phase.EXECUTING, False): Act.EXECUTE, (Phase.EXECUTING, True): Act.ABORT,
     (Phase.EXECUTED, True): Act.ABORT,
@@ -315,6 +319,7 @@ def test_adopted_state() -> None:
     assert state_of(Phase.HALF_COMMITTED) == State.COMMITTING
     assert state_of(Phase.ABORTING) == State.ABORTING
     assert state_of(Phase.EXECUTED) == State.EXECUTED
+    assert state_of(Phase.STRANDED) == State.ABORTING
     for p in (Phase.NOT_PREPARED, Phase.COMMITTED) + tuple(p for p in Phase if p.fatal):
         assert state_of(p) is None
 
