@@ -5,20 +5,23 @@
 #   DEMO_DIR   where the cluster lives      (default /tmp/rbd_livemigrate-demo)
 #   DEMO_MB    MiB of data written          (default 512)
 #   DEMO_RATE  copy rate limit, e.g. 200M   (default 256M, so the bar can be seen)
+#   DEMO_RELEASE  pacific or reef            (default: the host's own packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${DEMO_DIR:-/tmp/rbd_livemigrate-demo}
 MB=${DEMO_MB:-512}
 RATE=${DEMO_RATE:-256M}
 PY=/usr/bin/python3
+REL=()
+[ -n "${DEMO_RELEASE:-}" ] && REL=(--release "$DEMO_RELEASE")
 
-$PY qa/standalone/cluster.py install
+$PY qa/standalone/cluster.py install "${REL[@]}"
 if [ -f "$DIR/pids" ]; then
     $PY qa/standalone/cluster.py stop --dir "$DIR" --purge >/dev/null 2>&1 || true
 fi
 rm -rf "$DIR"
 $PY qa/standalone/cluster.py start --dir "$DIR" --pools pool-a,pool-b --osds 2 \
-    --osd-bytes $(( (MB * 3 / 2 + 512) ))M
+    --osd-bytes $(( (MB * 3 / 2 + 512) ))M "${REL[@]}"
 export CEPH_CONF=$DIR/ceph.conf
 
 echo "== writing $MB MiB of recognisable data into pool-a/vm-disk (plus a snapshot)"
