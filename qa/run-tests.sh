@@ -21,7 +21,11 @@ if ! command -v tox >/dev/null 2>&1; then
     python3 -m pip install --quiet 'tox>=4'
 fi
 tox -e "${TOXENV:-py3,flake8,mypy,docs}"
-tox -e integration -- "$@"
+if [ $# -gt 0 ]; then
+    tox -e integration -- "$@"
+else
+    tox -e integration                  # `--` with nothing after would drop the default paths
+fi
 if [ -n "$other" ] && [ "${LM_OTHER_TESTS:-}" != none ]; then
     t=qa/standalone/rbd_livemigrate
     tests=${LM_OTHER_TESTS:-"$t/test_lifecycle.py $t/test_faults.py $t/test_caps.py
