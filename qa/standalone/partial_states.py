@@ -1300,8 +1300,9 @@ def matrix(results: Sequence[Result]) -> str:
         cells: Dict[Tuple[str, str], str] = {}
         for r in rs:
             cell = r.cell()
-            cells[(r.case.layout, r.case.moment.label)] = cell if len(cell) <= 60 else \
-                cell[:57] + '...'
+            # failure reasons are listed in full below the matrix
+            cells[(r.case.layout, r.case.moment.label)] = cell if r.ok or len(cell) <= 60 \
+                else cell[:57] + '...'
         width = {lab: max([len(lab)] + [len(cells.get((row, lab), '')) for row in rows])
                  for lab in labels}
         head = '{:<22}'.format('{} / {}'.format(step, killer)) + '  '.join(

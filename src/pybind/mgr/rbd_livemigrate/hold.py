@@ -17,6 +17,7 @@ class HoldKind(enum.Enum):
     WINDOW_INVALID = 'window invalid'      # the window option cannot be parsed
     CLUSTER_HEALTH = 'cluster health'      # a health check in health_pause_checks
     WATCHERS = 'watchers'                  # clients have the source open
+    NO_SPACE = 'no space'                  # the destination pool lacks room (or stats)
     MANUAL_COMMIT = 'manual commit'        # waiting for ceph rbd livemigrate commit
 
     @property

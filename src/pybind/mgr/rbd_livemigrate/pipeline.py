@@ -12,6 +12,7 @@ stop ``migration_execute`` on Pacific, after which the abort runs on a new
 one.
 """
 
+import errno
 import logging
 import threading
 import time
@@ -331,11 +332,15 @@ class Runner(RunnerHandle):
             blockers.append(Blocked("'{}' is now another image (id {} instead of {})".format(
                 source, info.id, task.source_image_id), 2))
         if blockers:
-            if all(b.wait for b in blockers):
-                self._set_hold(Hold(HoldKind.WATCHERS, str(blockers[0])),
-                               self._now() + self.worker.options.blocked_recheck_seconds)
-                return False
-            raise blockers[0]
+            # space can come back (and a mgr that just started reports no
+            # free space until the OSDs' stats arrive): wait, as for watchers
+            hard = [b for b in blockers if not b.wait and b.errno != errno.ENOSPC]
+            if hard:
+                raise hard[0]
+            kind = HoldKind.NO_SPACE if blockers[0].errno == errno.ENOSPC else HoldKind.WATCHERS
+            self._set_hold(Hold(kind, str(blockers[0])),
+                           self._now() + self.worker.options.blocked_recheck_seconds)
+            return False
         assert info is not None
         # a new prepare makes a new destination: forget one an undone
         # prepare may have recorded (the next pass learns the new id)
