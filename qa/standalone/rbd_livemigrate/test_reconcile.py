@@ -224,6 +224,31 @@ def test_prepare_cut_before_any_header(rcluster: Cluster, rlm: Livemigrate, name
     assert not any(r.get('orphan') and r['source'] == src for r in rlm.ls())
 
 
+def test_task_whose_prepare_was_cut_before_any_header(rcluster: Cluster, rlm: Livemigrate,
+                                                      name: str) -> None:
+    """The module's own task, its prepare cut before any header: the source is
+    put back and the migration runs to commit."""
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(rcluster.conf, src, 16 * MiB, seed=src, snaps=2)
+    before = rbdtools.checksums(rcluster.conf, src)
+    rlm.ok('pause')
+    try:
+        task = rlm.add(src, dst)
+        rcluster.rbd('migration', 'prepare', src, dst)
+        did = image_id(rcluster, dst)
+        cls_exec(rcluster, dst, did, 'migration_remove')
+        rcluster.rbd('snap', 'purge', dst)
+        rcluster.rbd('rm', dst)
+        cls_exec(rcluster, src, task['source_image_id'], 'migration_remove')
+    finally:
+        rlm.ok('resume')
+    t = poll_truthful(rcluster, rlm, task['id'], src, dst, 'committed')
+    assert t['dest_image_id'] != did                 # a new prepare, a new destination
+    assert rbdtools.checksums(rcluster.conf, dst) == before
+    assert not rbdtools.image_exists(rcluster.conf, src)
+    assert trash_empty(rcluster, src, 'a', 'b')
+
+
 def test_cancel_of_task_with_abort_cut(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
     """A module task whose abort was cut (mgr killed) finishes it on cancel."""
     src, dst = 'a/' + name, 'b/' + name
