@@ -292,6 +292,8 @@ class Observation:
                 return 'committing'
             return 'committed'
         if self.src_in_trash:
+            if self.src_named and not self.src_state:
+                return 'trashing(still named)'      # trash entry added, name not yet removed
             return '{}(no dest)'.format(self.src_state or 'trashed')
         if self.src_named:
             return '{}(source relinked)'.format(self.src_state) if self.src_state else 'untouched'
@@ -770,6 +772,7 @@ class Corpus:
             self._finish(ctx)
         except CaseFailure as e:
             ctx.failures.append(str(e))
+            self._where_is_the_data(ctx)
         except Exception as e:
             ctx.failures.append('harness error: {}: {}'.format(type(e).__name__, e))
             ctx.note(traceback.format_exc())
@@ -1106,6 +1109,22 @@ class Corpus:
                 out.append('trash of {} holds {}'.format(
                     where, ', '.join('{}({})'.format(e.get('name'), e.get('id')) for e in mine)))
         return out
+
+    def _where_is_the_data(self, ctx: CaseContext) -> None:
+        """After a failure: note which name still reads the original data, if any."""
+        if not ctx.before:
+            return
+        found = []
+        for spec in dict.fromkeys((ctx.dst, ctx.src)):
+            try:
+                if rbdtools.checksums(self.conf, spec) == ctx.before:
+                    found.append(spec)
+            except Exception as e:
+                ctx.note('after the failure {} does not read: {}'.format(spec, e))
+        ctx.note('after the failure the original data (head and snapshots) reads at: {}'.format(
+            ', '.join(found) or 'NEITHER NAME'))
+        if not found:
+            ctx.failures.append('the original data reads under neither name')
 
     def _trash_places(self) -> List[str]:
         places = list(POOLS)

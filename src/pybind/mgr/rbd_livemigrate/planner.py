@@ -338,12 +338,13 @@ def _abort_by_source(phase: Phase, obs: Observation) -> bool:
 
 
 def _half_created(obs: Observation) -> bool:
-    """The destination exists without a header, created by a prepare cut short:
-    its id is the one the source's header (state preparing) names, and its
-    name resolves to it."""
+    """A destination a prepare cut short created without its migration header:
+    its id is the one the source's header (state preparing) names and its name
+    resolves to it; its header object may not even exist yet (librbd adds the
+    id object and the directory entry first)."""
     sh, d = obs.source.header, obs.dest
-    return (sh is not None and sh.state == MigState.PREPARING and d.exists
-            and d.header is None and d.image_id == sh.image_id and d.name_id == d.image_id)
+    return (sh is not None and sh.state == MigState.PREPARING and d.header is None
+            and d.image_id == sh.image_id and d.name_id == d.image_id)
 
 
 def state_of(phase: Phase) -> Optional[State]:

@@ -591,16 +591,19 @@ class Adapter(RbdPort):
         try:
             if dir_lookup(io, dest.image) != dest_id or read_header(io, dest_id) is not None:
                 raise Transient("'{}' changed while being cleaned up; looking again".format(dest))
-            with rbd.Image(io, dest.image) as image:
-                if image.id() != dest_id:
-                    raise Transient("'{}' is no longer id {}; looking again".format(
-                        dest, dest_id))
-                for snap in image.list_snaps():
-                    if snap.get('namespace', 0) != 0:     # trash/group snapshots
-                        continue
-                    if image.is_protected_snap(snap['name']):
-                        image.unprotect_snap(snap['name'])
-                    image.remove_snap(snap['name'])
+            if header_exists(io, dest_id):
+                with rbd.Image(io, dest.image) as image:
+                    if image.id() != dest_id:
+                        raise Transient("'{}' is no longer id {}; looking again".format(
+                            dest, dest_id))
+                    for snap in image.list_snaps():
+                        if snap.get('namespace', 0) != 0:     # trash/group snapshots
+                            continue
+                        if image.is_protected_snap(snap['name']):
+                            image.unprotect_snap(snap['name'])
+                        image.remove_snap(snap['name'])
+            # without a header object, librbd's remove drops the id object and
+            # the directory entry create had written
             log.warning("removing '%s' (id %s): created by a prepare cut short", dest, dest_id)
             rbd.RBD().remove(io, dest.image)
         except rbd.ImageNotFound:

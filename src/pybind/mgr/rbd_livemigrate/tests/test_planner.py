@@ -130,6 +130,9 @@ def in_place() -> Dict[str, Tuple[Observation, Phase]]:
         'executing': (obs(trashed(sh(MigState.EXECUTING)), d_live(dst_header(
             MigState.EXECUTING))), Phase.EXECUTING),
         'commit cut': (obs(trashed(sh(MigState.EXECUTED)), d_live(None)), Phase.HALF_COMMITTED),
+        'prepare cut, destination named without header object': (
+            obs(trashed(sh(MigState.PREPARING)), End(D, D, False, None, None, A)),
+            Phase.HALF_PREPARED),
         'prepare cut, destination took the name': (
             obs(trashed(sh(MigState.PREPARING)), d_live(None)), Phase.HALF_PREPARED),
         'committed': (obs(End(S, D, False, None, None, A), d_live(None)), Phase.COMMITTED),
@@ -190,7 +193,8 @@ TABLE.update({
 # situations whose action is not the phase's: a destination created without its
 # header must go before librbd's abort can run
 BY_CASE = {'prepare cut, destination without header': Act.DISCARD_DEST,
-           'in place: prepare cut, destination took the name': Act.DISCARD_DEST}
+           'in place: prepare cut, destination took the name': Act.DISCARD_DEST,
+           'in place: prepare cut, destination named without header object': Act.DISCARD_DEST}
 
 
 def expected(phase: Phase, state: State, cancel: bool, manual: bool, case: str = '') -> Act:
