@@ -193,11 +193,18 @@ def test_prepare_cut_before_destination_header(rcluster: Cluster, rlm: Livemigra
         assert not rbdtools.image_exists(rcluster.conf, dst)
 
 
-def test_prepare_cut_before_any_header(rcluster: Cluster, rlm: Livemigrate, name: str) -> None:
-    """A prepare cut after it moved the source to the trash, before it wrote
-    the source's migration header: librbd can neither abort (no migration)
-    nor restore it (trash entries of migrations are refused).  ls names it,
-    and its next_command puts the source back."""
+def _encode(text: str) -> bytes:
+    return struct.pack('<I', len(text)) + text.encode()
+
+
+@pytest.mark.parametrize('named', [False, True], ids=['unlinked', 'still-named'])
+def test_prepare_cut_before_any_header(rcluster: Cluster, rlm: Livemigrate, name: str,
+                                       named: bool) -> None:
+    """A prepare cut after it moved the source to the trash (or only added the
+    trash entry, the name still linked), before it wrote the source's
+    migration header: librbd can neither abort (no migration) nor restore it
+    (trash entries of migrations are refused).  ls names it, and its
+    next_command puts the source back."""
     src, dst = 'a/' + name, 'b/' + name
     before = prepared_by_hand(rcluster, src, dst)
     sid, did = source_trash_id(rcluster, src), image_id(rcluster, dst)
@@ -206,6 +213,18 @@ def test_prepare_cut_before_any_header(rcluster: Cluster, rlm: Livemigrate, name
     rcluster.rbd('snap', 'purge', dst)
     rcluster.rbd('rm', dst)
     cls_exec(rcluster, src, sid, 'migration_remove')
+    if named:                      # the trash entry exists, the name not yet unlinked
+        with rbdtools.connect(rcluster.conf) as cluster:
+            io = cluster.open_ioctx('a')
+            try:
+                with rados.WriteOpCtx() as op:
+                    op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+                    op.execute('rbd', 'set_id', _encode(sid))
+                    io.operate_write_op(op, 'rbd_id.' + name)
+                io.execute('rbd_directory', 'rbd', 'dir_add_image',
+                           _encode(name) + _encode(sid))
+            finally:
+                io.close()
     row = None
 
     def listed() -> bool:

@@ -190,9 +190,10 @@ def _judge_no_headers(s: End, d: End, source: ImageSpec, dest: ImageSpec) -> Ver
             # migration header or its header object, not yet its trash entry;
             # a prepare writes the source's header before the destination exists
             return Verdict(Phase.HALF_COMMITTED)
-        if s.exists and s.name_id is None and (in_place or d.name_id is None):
+        if s.exists and s.name_id in (None, sid) and (in_place or d.name_id is None):
             # a prepare moved the source to the trash and was cut before it
-            # wrote the source's migration header
+            # wrote the source's migration header (or even before the trash
+            # move unlinked the name: librbd adds the trash entry first)
             return Verdict(Phase.STRANDED)
         return Verdict(Phase.INCONSISTENT, "source '{}' (id {}) is in the trash as a migration "
                        "source without a migration header, and its name or the destination's "

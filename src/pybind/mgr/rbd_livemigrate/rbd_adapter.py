@@ -552,10 +552,11 @@ class Adapter(RbdPort):
         """
         io = client.ioctx(source.pool, source.namespace)
         try:
+            named = dir_lookup(io, source.image)
             if (trash_source(io, source_id) != TrashSource.MIGRATION
                     or not header_exists(io, source_id)
                     or read_header(io, source_id) is not None
-                    or dir_lookup(io, source.image) is not None):
+                    or named not in (None, source_id)):
                 raise Transient("'{}' (id {}) changed while being restored; looking "
                                 'again'.format(source, source_id))
             log.warning("restoring '%s' (id %s) from the trash: a prepare was cut before it "
@@ -567,8 +568,9 @@ class Adapter(RbdPort):
                     io.operate_write_op(op, 'rbd_id.' + source.image)
                 except rados.ObjectExists:
                     pass
-            io.execute('rbd_directory', 'rbd', 'dir_add_image',
-                       _encode_str(source.image) + _encode_str(source_id))
+            if named is None:       # the trash move may have stopped before unlinking
+                io.execute('rbd_directory', 'rbd', 'dir_add_image',
+                           _encode_str(source.image) + _encode_str(source_id))
             io.execute('rbd_trash', 'rbd', 'trash_remove', _encode_str(source_id))
         except rados.Error as e:
             raise translate(e, "cannot restore '{}' (id {}) from the trash".format(

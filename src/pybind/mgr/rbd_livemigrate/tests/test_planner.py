@@ -108,6 +108,9 @@ def cross_pool() -> Dict[str, Tuple[Observation, Phase]]:
             obs(trashed(src_header(MigState.ABORTING)), d_live(None)), Phase.INCONSISTENT),
         'destination lost its header mid-copy': (
             obs(trashed(src_header(MigState.EXECUTING)), d_live(None)), Phase.INCONSISTENT),
+        'trash move cut before it unlinked the name': (
+            obs(End(S, S, True, None, TrashSource.MIGRATION, A), End(None, None, pool_id=B)),
+            Phase.STRANDED),
         'in the trash without header, name taken': (
             obs(End(S, X, True, None, TrashSource.MIGRATION, A), End(None, None, pool_id=B)),
             Phase.INCONSISTENT),
