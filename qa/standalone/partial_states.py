@@ -263,6 +263,7 @@ def decode_migration_state(buf: bytes) -> Tuple[int, str]:
 @dataclass(frozen=True)
 class Observation:
     src_named: bool              # the source name resolves to the source image id
+    src_in_dir: bool             # rbd_directory still maps the source name to its id
     dest_id: Optional[str]       # the image id the destination name resolves to (if not src)
     src_in_trash: bool           # rbd_trash holds the source image id
     src_header: bool             # the source's header object exists
@@ -292,8 +293,11 @@ class Observation:
                 return 'committing'
             return 'committed'
         if self.src_in_trash:
-            if self.src_named and not self.src_state:
-                return 'trashing(still named)'      # trash entry added, name not yet removed
+            if (self.src_named or self.src_in_dir) and not self.src_state:
+                # librbd's trash move: trash entry, then the id object, then the directory
+                return 'trashing(name left: {})'.format(
+                    'id+dir' if self.src_named and self.src_in_dir
+                    else 'id' if self.src_named else 'dir')
             return '{}(no dest)'.format(self.src_state or 'trashed')
         if self.src_named:
             return '{}(source relinked)'.format(self.src_state) if self.src_state else 'untouched'
@@ -328,6 +332,21 @@ class Probe:
             return None
         (n,) = struct.unpack_from('<I', data, 0)
         return bytes(data[4:4 + n]).decode()
+
+    @staticmethod
+    def dir_id(io: rados.Ioctx, name: str) -> Optional[str]:
+        """The id rbd_directory maps ``name`` to."""
+        with rados.ReadOpCtx() as op:
+            it, _ = io.get_omap_vals_by_keys(op, ('name_' + name,))
+            try:
+                io.operate_read_op(op, 'rbd_directory')
+            except rados.ObjectNotFound:
+                return None
+            values = [bytes(v) for _, v in it]
+        if not values:
+            return None
+        (n,) = struct.unpack_from('<I', values[0], 0)
+        return values[0][4:4 + n].decode()
 
     @staticmethod
     def migration_state(io: rados.Ioctx, image_id: str) -> Optional[str]:
@@ -398,7 +417,9 @@ class Probe:
             src_header = self.header_exists(self.src_io, self.src_id)
             src_state = self.migration_state(self.src_io, self.src_id) if src_header else None
             dst_state = self.migration_state(self.dst_io, dest_id) if dest_id else None
-            obs = Observation(src_named=src_named_id == self.src_id, dest_id=dest_id,
+            obs = Observation(src_named=src_named_id == self.src_id,
+                              src_in_dir=self.dir_id(self.src_io, self.image) == self.src_id,
+                              dest_id=dest_id,
                               src_in_trash=self.in_trash(self.src_io, self.src_id),
                               src_header=src_header, src_state=src_state,
                               dst_state=dst_state)
