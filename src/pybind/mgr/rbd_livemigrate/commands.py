@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
 from .formatting import check_format, dump, status_text, task_rows
-from .preflight import PoolInfo, find_blockers, validate_layout
+from .preflight import MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, validate_layout
 from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
 from .planner import Phase, judge, state_of
 from .scheduler import Worker
@@ -51,11 +51,17 @@ class Commands:
     def __init__(self, worker: Worker, adapter: RbdPort,
                  pools: Callable[[], Dict[str, PoolInfo]],
                  authorized: Callable[[str, str], bool],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float],
+                 unscoped: Callable[[], bool] = lambda: True) -> None:
+        """``authorized(pool, namespace)`` and ``unscoped()`` answer for the
+        caller of the command being run (``MgrModule.is_authorized``, which
+        checks the permission the command needs: r for reads, rw for
+        changes); ``unscoped`` is true when no pool constraint limits it."""
         self.worker = worker
         self.adapter = adapter
         self.pools = pools
         self.authorized = authorized
+        self.unscoped = unscoped
         self.clock = clock
         self.add_lock = threading.Lock()
         self.orphans: List[MigrationRef] = []
@@ -72,10 +78,15 @@ class Commands:
             raise NotAuthorized("not authorized on pool '{}': the caller's mgr caps do not "
                                 'allow it'.format(where))
 
+    def _may(self, task: Task) -> bool:
+        """The caller may see and act on ``task``: every pool it touches
+        (source, destination, data pool) is within the caller's caps."""
+        return all(self.authorized(pool, ns) for pool, ns in task_pools(task))
+
     def _authorize_task(self, task: Task) -> None:
-        for spec in (task.source, task.destination):
-            s = ImageSpec.parse(spec)
-            self._authorize(s.pool, s.namespace)
+        if not self._may(task):
+            raise NotAuthorized('not authorized on task {}: it touches a pool or namespace '
+                                "that the caller's mgr caps do not allow".format(task.id))
 
     def view(self, task: Task, running: Optional[Set[str]] = None,
              waiting: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
@@ -99,6 +110,7 @@ class Commands:
         if '/' in text:
             spec = str(ImageSpec.parse(text))
             matches = [t for t in self.worker.all() if spec in (t.source, t.destination)]
+            matches = [t for t in matches if self._may(t)] or matches
             if matches:
                 live = [t for t in matches if not t.done]
                 return (live or matches)[-1]
@@ -128,7 +140,12 @@ class Commands:
         if not -MAX_PRIORITY <= req.priority <= MAX_PRIORITY:
             raise InvalidArgument('priority {} is out of range: use -{} to {}'.format(
                 req.priority, MAX_PRIORITY, MAX_PRIORITY))
-        return parse_bytes('bandwidth limit', req.bandwidth_limit)
+        limit = parse_bytes('bandwidth limit', req.bandwidth_limit)
+        if limit and limit < MIN_BANDWIDTH_BYTES:
+            raise InvalidArgument('bandwidth limit {} B/s is below the floor of 1M/s, at which a '
+                                  '100 GiB image already takes over a day: give at least 1M, '
+                                  'or 0 for no limit'.format(limit))
+        return limit
 
     def add(self, source_spec: str, dest_spec: Optional[str], req: AddRequest) -> CommandResult:
         self._ready()
@@ -138,9 +155,12 @@ class Commands:
         bandwidth_limit = self.check_request(req)
         self._authorize(source.pool, source.namespace)
         self._authorize(dest.pool, dest.namespace)
+        if layout.data_pool is not None:
+            self._authorize(layout.data_pool, dest.namespace)
         with self.add_lock:
             existing = self._existing(source, dest)
             if existing is not None:
+                self._authorize_task(existing)
                 return 0, dump(self.view(existing), 'json'), ''
             blockers, info = find_blockers(self.adapter, self.pools(), source, dest, layout,
                                            req.allow_descendants)
@@ -197,6 +217,9 @@ class Commands:
             if t.destination == str(source):
                 raise Busy("image '{}' is the destination of running task {}: wait for it "
                            'to finish'.format(source, t.id))
+            if t.source == str(dest):
+                raise Busy("image '{}' is the source of task {}: its cancel needs the name "
+                           'back; choose another destination'.format(dest, t.id))
         return None
 
     def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
@@ -208,6 +231,8 @@ class Commands:
         self.check_request(req)
         self._authorize(src.pool, src.namespace)
         self._authorize(dst.pool, dst.namespace)
+        if req.data_pool is not None:
+            self._authorize(req.data_pool, dst.namespace)
         if not self.adapter.pool_exists(src.pool):
             raise NotFound("source pool '{}' does not exist".format(src.pool))
         images = self.adapter.list_images(src)
@@ -239,7 +264,7 @@ class Commands:
         fmt = check_format(fmt)
         self._ready()
         tasks, running, waiting = self.worker.snapshot()
-        views = [self.view(t, running, waiting) for t in tasks]
+        views = [self.view(t, running, waiting) for t in tasks if self._may(t)]
         views += self.orphan_views()
         if fmt == 'plain':
             return 0, task_rows(views), ''
@@ -249,7 +274,9 @@ class Commands:
         known = {t.source_image_id for t in self.worker.all() if not t.terminal}
         out = []
         for ref in self.orphans:
-            if ref.source_image_id in known:
+            if ref.source_image_id in known or not all(
+                    self.authorized(s.pool, s.namespace)
+                    for s in {ImageSpec.parse(x) for x in (ref.source, ref.destination) if x}):
                 continue
             out.append({'id': None, 'orphan': True, 'orphan_kind': ref.kind.value,
                         'source': ref.source, 'destination': ref.destination or None,
@@ -264,7 +291,9 @@ class Commands:
     def status(self, target: str, fmt: Optional[str]) -> CommandResult:
         fmt = check_format(fmt)
         self._ready()
-        v = self.view(self._find_task(target))
+        task = self._find_task(target)
+        self._authorize_task(task)
+        v = self.view(task)
         if fmt == 'plain':
             return 0, status_text(v), ''
         return 0, dump(v, fmt), ''
@@ -333,6 +362,11 @@ class Commands:
         if task.state != State.FAILED:
             raise WrongState('task {} is {}: only failed tasks can be retried'.format(
                 task.id, task.state))
+        for t in self.worker.all():
+            if (t.id != task.id and not t.done and task.source_image_id is not None
+                    and t.source_image_id == task.source_image_id):
+                raise Busy('task {} now runs the migration of {}: see its status'.format(
+                    t.id, task.source))
         now = self.clock()
         task = self.worker.update(task.id, lambda t: t.moved_to(
             State.QUEUED, now, attempts=0, error=None, next_retry=None, cancel_requested=False,
@@ -343,6 +377,11 @@ class Commands:
     def pause(self, task_id: Optional[str], paused: bool) -> CommandResult:
         self._ready()
         if task_id is None:
+            if not self.unscoped():
+                raise NotAuthorized(
+                    'pausing or resuming the whole queue needs mgr caps on every pool '
+                    "(not limited with pool=...): give a task id to {} one of yours".format(
+                        'pause' if paused else 'resume'))
             self.worker.set_queue_paused(paused)
             return 0, dump({'queue_paused': paused}, 'json'), ''
         task = self._find_task(task_id)
@@ -368,12 +407,15 @@ class Commands:
         self._authorize(dest.pool, dest.namespace)
         for t in self.worker.all():
             if not t.terminal and t.destination == str(dest):
+                self._authorize_task(t)
                 return 0, dump(self.view(t), 'json'), ''
         ref = self._find_migration(dest)
         source = ImageSpec.parse(ref.source)
         self._authorize(source.pool, source.namespace)
         for t in self.worker.all():
+            # a failed task still owns its migration: retry it, never a second task
             if not t.terminal and t.source_image_id == ref.source_image_id:
+                self._authorize_task(t)
                 return 0, dump(self.view(t), 'json'), ''
         obs = self.adapter.observe(source, dest, ref.source_image_id, ref.dest_image_id or None)
         verdict = judge(obs, source, dest)
@@ -444,6 +486,16 @@ class Commands:
             log.warning('found %d migration(s) without a task: %s', len(orphans),
                         ', '.join('{} -> {} ({})'.format(r.source, r.destination or '?', r.kind)
                                   for r in orphans))
+
+
+def task_pools(task: Task) -> List[Tuple[str, str]]:
+    """Every (pool, namespace) a task reads or writes: its ends and the
+    destination's data pool (data objects keep the image's namespace)."""
+    src, dst = ImageSpec.parse(task.source), ImageSpec.parse(task.destination)
+    out = [(src.pool, src.namespace), (dst.pool, dst.namespace)]
+    if task.layout.data_pool:
+        out.append((task.layout.data_pool, dst.namespace))
+    return out
 
 
 _ORPHAN_KINDS = {Phase.ABORTING: OrphanKind.HALF_ABORTED,

@@ -19,6 +19,7 @@ class HoldKind(enum.Enum):
     WATCHERS = 'watchers'                  # clients have the source open
     NO_SPACE = 'no space'                  # the destination pool lacks room (or stats)
     MANUAL_COMMIT = 'manual commit'        # waiting for ceph rbd livemigrate commit
+    DESCENDANTS = 'descendants'            # clones appeared that add did not allow
 
     @property
     def deliberate(self) -> bool:

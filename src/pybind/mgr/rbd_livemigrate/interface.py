@@ -105,7 +105,20 @@ class Observation(NamedTuple):
     dest: End
 
 
+class MirrorMode(enum.Enum):
+    """rbd_mirror_image_mode_t."""
+    JOURNAL = 0
+    SNAPSHOT = 1
+
+
+class Mirror(NamedTuple):
+    """An image's mirroring, when enabled (``rbd mirror image status``)."""
+    mode: MirrorMode
+    primary: bool
+
+
 class ImageInfo(NamedTuple):
+    """What preflight needs to know of a source image (``RbdPort.image_info``)."""
     id: str
     size: int
     object_size: int
@@ -119,6 +132,9 @@ class ImageInfo(NamedTuple):
     used_bytes: int
     migrating: bool
     has_parent: bool
+    mirror: Optional[Mirror] = None          # None: mirroring disabled
+    v1_clones: List[str] = []                # descendants made with clone format 1
+    descendants_error: Optional[str] = None  # listing the descendants failed: why
 
 
 class OrphanKind(str, enum.Enum):
@@ -205,6 +221,15 @@ class RbdPort:
         raise NotImplementedError
 
     def find_migrations(self, pools: List[str]) -> List[MigrationRef]:
+        raise NotImplementedError
+
+    def trashed_source(self, spec: ImageSpec) -> Optional[str]:
+        """The id of a migration source parked in the trash under ``spec``'s
+        name (free in ``rbd ls``, but its abort needs the name back)."""
+        raise NotImplementedError
+
+    def descendants(self, spec: ImageSpec) -> List[str]:
+        """The clones of ``spec`` (any depth); raises if they cannot be listed."""
         raise NotImplementedError
 
     # -- steps --------------------------------------------------------

@@ -95,7 +95,7 @@ class Module(MgrModule):
             blocklisted=self.blocklisted,
             on_blocklist=self.factory.discard_idle)
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
-                                 time.time)
+                                 time.time, self.unscoped)
         self.config_notify()
 
     # -- lifecycle -----------------------------------------------------
@@ -147,6 +147,11 @@ class Module(MgrModule):
 
     def authorized(self, pool: str, namespace: str) -> bool:
         return bool(self.is_authorized({'pool': pool, 'namespace': namespace}))
+
+    def unscoped(self) -> bool:
+        """No pool constraint limits the caller: a grant with ``pool=...``
+        requires that argument, so only unconstrained grants match ``{}``."""
+        return bool(self.is_authorized({}))
 
     # -- commands ------------------------------------------------------
 

@@ -257,6 +257,8 @@ class Runner(RunnerHandle):
             self._execute(task, dest)
             return True
         if act == Act.COMMIT:
+            if not self._clones_allowed(task, dest):
+                return False
             self._commit(dest)
             return True
         if act == Act.FINISH_COMMIT:
@@ -438,6 +440,24 @@ class Runner(RunnerHandle):
                           bytes_copied=size)
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
 
+    def _clones_allowed(self, task: Task, dest: ImageSpec) -> bool:
+        """Check the clones again just before commit: a clone made since add
+        (of the destination, which clients use meanwhile) may be open
+        read-only, and would not see its parent move.  A task added without
+        --allow-descendants waits until none is left; an error listing them
+        is retried like any other."""
+        if task.allow_descendants:
+            return True
+        clones = self.adapter.descendants(dest)
+        if not clones:
+            return True
+        self._set_hold(Hold(HoldKind.DESCENDANTS, (
+            "'{}' has {} clone(s) made during the migration ({}): commit waits until they "
+            'are flattened or removed; or cancel and add again with --allow-descendants'
+        ).format(dest, len(clones), ', '.join(clones[:3]))),
+            self._now() + self.worker.options.blocked_recheck_seconds)
+        return False
+
     def _commit(self, dest: ImageSpec) -> None:
         """Commit, unless a cancel was accepted first (checked under the table lock:
         a cancel accepted after this point answers EBUSY instead)."""
@@ -446,7 +466,8 @@ class Runner(RunnerHandle):
         def to_committing(t: Task) -> Task:
             if t.cancel_requested:
                 raise _CancelWins()
-            return t.moved_to(State.COMMITTING, now)
+            return t.moved_to(State.COMMITTING, now, blocked_reason=None, blocked_kind=None,
+                              blocked_since=None)
         self._check()
         try:
             task = self.worker.update(self.task_id, to_committing)

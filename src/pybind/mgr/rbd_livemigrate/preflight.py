@@ -11,7 +11,7 @@ import errno
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import Blocked, InvalidArgument, NotFound
-from .interface import FEATURES, ImageInfo, RbdPort
+from .interface import FEATURES, ImageInfo, MirrorMode, RbdPort
 from .spec import ImageSpec, is_power_of_two, validate_name
 from .task import Layout
 
@@ -19,6 +19,46 @@ MIN_OBJECT_SIZE = 4096
 MAX_OBJECT_SIZE = 32 << 20
 MAX_STRIPE_COUNT = 1 << 16
 POOL_TYPE_ERASURE = 3
+# the slowest copy rate a task may be given (--bandwidth-limit): below it a
+# 100 GiB image takes more than a day; bytes per second
+MIN_BANDWIDTH_BYTES = 1 << 20
+
+
+class PrepareArgs(NamedTuple):
+    """What ``migration_prepare`` is given for a layout (None: the source's)."""
+    order: Optional[int]
+    stripe_unit: Optional[int]
+    stripe_count: Optional[int]
+    features: Optional[int]
+    data_pool: Optional[str]
+    flatten: bool
+
+
+def prepare_args(layout: Layout, info: ImageInfo) -> PrepareArgs:
+    """The layout as librbd's prepare options, given the source.
+
+    librbd keeps the source's stripe unit when only the object size
+    changes, and it must divide the new size: a plainly striped source
+    moves to plain striping of the new size unless asked otherwise.
+    """
+    object_size = layout.object_size
+    stripe_unit, stripe_count = layout.stripe_unit, layout.stripe_count
+    if object_size is not None and stripe_unit is None and stripe_count is None:
+        if info.stripe_count == 1 or info.stripe_unit > object_size:
+            stripe_unit, stripe_count = object_size, 1
+    if stripe_unit is not None:
+        stripe_count = stripe_count or 1
+    elif stripe_count is not None:
+        stripe_unit = info.stripe_unit
+    features = None
+    if layout.features is not None:
+        features = 0
+        for f in layout.features:
+            features |= FEATURES[f]
+    return PrepareArgs(order=object_size.bit_length() - 1 if object_size else None,
+                       stripe_unit=stripe_unit, stripe_count=stripe_count,
+                       features=features, data_pool=layout.data_pool,
+                       flatten=layout.flatten)
 
 
 class PoolInfo(NamedTuple):
@@ -136,6 +176,14 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
         elif dest != source and adapter.image_exists(dest):
             blockers.append(Blocked("destination image '{}' already exists: choose another "
                                     'name or remove it'.format(dest), errno.EEXIST))
+        elif dest != source:
+            trashed = adapter.trashed_source(dest)
+            if trashed is not None:
+                blockers.append(Blocked(
+                    "'{}' is the name of the source of another live migration (parked in "
+                    'the trash as id {}; its cancel needs the name back): choose another '
+                    'name or finish that migration first'.format(dest, trashed),
+                    errno.EEXIST))
     if info is None:
         return blockers, None
     if info.migrating:
@@ -147,16 +195,7 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
             "source image '{}' is open by {} client(s) ({}): stop them; the task waits "
             'until they close'.format(source, len(info.watchers), ', '.join(info.watchers[:3])),
             errno.EBUSY, wait=True))
-    if info.descendants and not allow_descendants:
-        blockers.append(Blocked(
-            "source image '{}' is the parent of {} clone(s) ({}): make sure none is open "
-            'read-only and add with --allow-descendants'.format(
-                source, len(info.descendants), ', '.join(info.descendants[:3])), errno.EBUSY))
-    if (layout.object_size is not None and layout.stripe_unit is None
-            and info.stripe_count > 1 and layout.object_size % info.stripe_unit):
-        blockers.append(Blocked(
-            'the image stripe unit {} is not a factor of object size {}: give '
-            '--stripe-unit'.format(info.stripe_unit, layout.object_size), errno.EINVAL))
+    blockers += image_blockers(source, dest, layout, info, allow_descendants)
     space_pool = data_pool or dst_pool
     if (space_pool is not None and space_pool.max_avail is not None
             and info.used_bytes > space_pool.max_avail):
@@ -165,3 +204,58 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
             'OSDs'.format(space_pool.name, space_pool.max_avail, info.used_bytes),
             errno.ENOSPC))
     return blockers, info
+
+
+def image_blockers(source: ImageSpec, dest: ImageSpec, layout: Layout, info: ImageInfo,
+                   allow_descendants: bool) -> List[Blocked]:
+    """What about the source image itself makes prepare fail or do harm."""
+    out: List[Blocked] = []
+    args = prepare_args(layout, info)
+    object_size = layout.object_size or info.object_size
+    stripe_unit = args.stripe_unit or info.stripe_unit
+    if stripe_unit > object_size or object_size % stripe_unit:
+        out.append(Blocked(
+            'stripe unit {} is not a factor of the object size {}{}: give a smaller '
+            '--stripe-unit or a larger --object-size'.format(
+                stripe_unit, object_size,
+                '' if layout.object_size else " (the source's)"), errno.EINVAL))
+    if info.has_parent and layout.features is not None and 'layering' not in layout.features:
+        out.append(Blocked(
+            "'{}' is a clone, which cannot exist without the layering feature: add layering "
+            'to --features (or flatten the image first)'.format(source), errno.EINVAL))
+    mirror = info.mirror
+    if mirror is not None:
+        disable = 'rbd mirror image disable {}'.format(source)
+        if not mirror.primary:
+            out.append(Blocked(
+                "'{}' is a non-primary mirror image (a read-only copy of a peer's): migrate "
+                'the primary image instead, or promote this one first'.format(source),
+                errno.EROFS))
+        elif mirror.mode == MirrorMode.SNAPSHOT:
+            out.append(Blocked(
+                "'{}' is mirrored in snapshot mode, and librbd cannot migrate an image with "
+                'mirror snapshots: run {}, add again, and enable mirroring on the destination '
+                'after commit (the peer then resyncs fully)'.format(source, disable),
+                errno.EBUSY))
+        else:
+            out.append(Blocked(
+                "'{}' is mirrored in journal mode, which prepare would silently switch off "
+                '(the peer would resync fully): run {}, add again, and enable mirroring on '
+                'the destination after commit'.format(source, disable), errno.EBUSY))
+    if info.descendants_error is not None and not allow_descendants:
+        out.append(Blocked(
+            "cannot tell whether '{}' has clones ({}): fix that, or add with "
+            '--allow-descendants if you know none is open read-only'.format(
+                source, info.descendants_error), errno.EIO))
+    if info.descendants and not allow_descendants:
+        out.append(Blocked(
+            "source image '{}' is the parent of {} clone(s) ({}): make sure none is open "
+            'read-only and add with --allow-descendants'.format(
+                source, len(info.descendants), ', '.join(info.descendants[:3])), errno.EBUSY))
+    if info.v1_clones and source.namespace:
+        out.append(Blocked(
+            "'{}' is the parent of clone(s) made with clone format 1 ({}), which librbd cannot "
+            'move out of a namespace (Pacific aborts the process): flatten them first '
+            '(rbd flatten {})'.format(source, ', '.join(info.v1_clones[:3]),
+                                      info.v1_clones[0]), errno.EINVAL))
+    return out

@@ -27,9 +27,11 @@ from .compat import prepare_takes_flatten
 from .errors import (AlreadyExists, InvalidArgument, LiveMigrateError, NotFound,
                      Transient, TryAgain)
 from .interface import (FEATURES, ClientPool, End, HeaderType, ImageInfo, MigrationHeader,
+                        Mirror, MirrorMode,
                         MigrationRef, MigState, Observation, OrphanKind, ProgressCallback,
                         RbdPort, TrashSource)
 from .interface import Client as ClientBase
+from .preflight import prepare_args
 from .spec import ImageSpec, PoolSpec
 from .task import Layout
 
@@ -42,9 +44,14 @@ MAX_IDLE_CLIENTS = 4
 OPERATION_FEATURE_MIGRATION = getattr(rbd, 'RBD_OPERATION_FEATURE_MIGRATION', 1 << 4)
 TRASH_SOURCE_MIGRATION = getattr(rbd, 'RBD_TRASH_IMAGE_SOURCE_MIGRATION', 2)
 
+# errors a retry can outlive: a lock or watch still held, an abort under way
+# (EROFS), a connection lost or fenced.  EIO, anything else and errors
+# without an errno fail the task: retrying them only hides the cause.
 TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ESHUTDOWN,
-                              errno.EIO, errno.EROFS,
-                              errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
+                              errno.EROFS, errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
+OPERATION_FEATURE_CLONE_CHILD = getattr(rbd, 'RBD_OPERATION_FEATURE_CLONE_CHILD', 1 << 1)
+MIRROR_IMAGE_ENABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_ENABLED', 1)
+MIRROR_IMAGE_DISABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_DISABLED', 0)
 
 
 def feature_mask(names: List[str]) -> int:
@@ -306,11 +313,13 @@ class Adapter(RbdPort):
                     info = image.stat()
                     features = image.features()
                     watchers = [w.get('addr', '?') for w in image.watchers_list()]
+                    descendants: List[str] = []
+                    v1_clones: List[str] = []
+                    descendants_error = None
                     try:
-                        descendants = ['{}/{}'.format(d['pool'], d['image'])
-                                       for d in image.list_descendants()]
-                    except rbd.Error:
-                        descendants = []
+                        descendants, v1_clones = _descendants(c, image)
+                    except (rbd.Error, rados.Error) as e:
+                        descendants_error = str(translate(e, 'cannot list its clones'))
                     snaps = [s['name'] for s in image.list_snaps()]
                     used = size
                     if with_used and features & rbd.RBD_FEATURE_FAST_DIFF:
@@ -326,7 +335,9 @@ class Adapter(RbdPort):
                         stripe_unit=image.stripe_unit(), stripe_count=image.stripe_count(),
                         features=features, data_pool_id=image.data_pool_id(),
                         watchers=watchers, descendants=descendants, snapshots=snaps,
-                        used_bytes=used, migrating=migrating, has_parent=has_parent)
+                        used_bytes=used, migrating=migrating, has_parent=has_parent,
+                        mirror=_mirror(image), v1_clones=v1_clones,
+                        descendants_error=descendants_error)
             except rbd.Error as e:
                 raise translate(e, "cannot inspect image '{}'".format(spec))
             finally:
@@ -387,28 +398,19 @@ class Adapter(RbdPort):
 
     def prepare(self, client: ClientBase, source: ImageSpec, dest: ImageSpec, layout: Layout,
                 info: ImageInfo) -> None:
+        args = prepare_args(layout, info)
         kwargs: Dict[str, Any] = {}
-        if layout.features is not None:
-            kwargs['features'] = feature_mask(layout.features)
-        object_size = layout.object_size
-        if object_size is not None:
-            kwargs['order'] = object_size.bit_length() - 1
-        stripe_unit, stripe_count = layout.stripe_unit, layout.stripe_count
-        if object_size is not None and stripe_unit is None and stripe_count is None:
-            # librbd keeps the source's stripe unit, which must divide the
-            # new object size: move to plain striping unless asked otherwise
-            if info.stripe_count == 1 or info.stripe_unit > object_size:
-                stripe_unit, stripe_count = object_size, 1
-        if stripe_unit is not None:
-            kwargs['stripe_unit'] = stripe_unit
-            kwargs['stripe_count'] = stripe_count or 1
-        elif stripe_count is not None:
-            kwargs['stripe_unit'] = info.stripe_unit
-            kwargs['stripe_count'] = stripe_count
-        if layout.data_pool is not None:
+        if args.features is not None:
+            kwargs['features'] = args.features
+        if args.order is not None:
+            kwargs['order'] = args.order
+        if args.stripe_unit is not None:
+            kwargs['stripe_unit'] = args.stripe_unit
+            kwargs['stripe_count'] = args.stripe_count
+        if args.data_pool is not None:
             # Pacific's binding passes data_pool straight to C: it wants bytes
-            kwargs['data_pool'] = layout.data_pool.encode()
-        if layout.flatten and prepare_takes_flatten(rbd.RBD.migration_prepare):
+            kwargs['data_pool'] = args.data_pool.encode()
+        if args.flatten and prepare_takes_flatten(rbd.RBD.migration_prepare):
             kwargs['flatten'] = True          # Squid and later; else flatten() after commit
         src_io = client.ioctx(source.pool, source.namespace)
         dst_io = client.ioctx(dest.pool, dest.namespace)
@@ -671,6 +673,69 @@ class Adapter(RbdPort):
                     io.close()
             return refs
         return self._with_control(op)  # type: ignore[no-any-return]
+
+    def trashed_source(self, spec: ImageSpec) -> Optional[str]:
+        def op(c: Client) -> Optional[str]:
+            io = _ioctx_or_none(c, spec)
+            if io is None:
+                return None
+            try:
+                for image_id, source, name in trash_entries(io):
+                    if source == TrashSource.MIGRATION.value and name == spec.image:
+                        return image_id
+                return None
+            except rados.Error as e:
+                raise translate(e, "cannot read the trash of '{}'".format(spec.pool))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def descendants(self, spec: ImageSpec) -> List[str]:
+        def op(c: Client) -> List[str]:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                with rbd.Image(io, spec.image, read_only=True) as image:
+                    return ['{}'.format(ImageSpec(d['pool'], d.get('pool_namespace', ''),
+                                                  d['image']))
+                            for d in image.list_descendants()]
+            except rbd.Error as e:
+                raise translate(e, "cannot list the clones of '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+
+def _descendants(c: Client, image: 'rbd.Image') -> Tuple[List[str], List[str]]:
+    """The clones of ``image`` (specs), and those made with clone format 1
+    (no clone-child op feature: librbd tracks them in the old way)."""
+    specs: List[str] = []
+    v1: List[str] = []
+    for d in image.list_descendants():
+        spec = str(ImageSpec(d['pool'], d.get('pool_namespace', ''), d['image']))
+        specs.append(spec)
+        if d.get('trash'):
+            continue
+        io = c.ioctx(d['pool'], d.get('pool_namespace', ''))
+        try:
+            with rbd.Image(io, image_id=d['id'], read_only=True) as child:
+                if not child.op_features() & OPERATION_FEATURE_CLONE_CHILD:
+                    v1.append(spec)
+        finally:
+            io.close()
+    return specs, v1
+
+
+def _mirror(image: 'rbd.Image') -> Optional[Mirror]:
+    """The image's mirroring; an unreadable state raises (preflight refuses
+    rather than guess)."""
+    info = image.mirror_image_get_info()
+    if info.get('state', MIRROR_IMAGE_DISABLED) == MIRROR_IMAGE_DISABLED:
+        return None
+    mode = image.mirror_image_get_mode()
+    try:
+        return Mirror(MirrorMode(mode), bool(info.get('primary')))
+    except ValueError:
+        raise InvalidArgument('unknown mirroring mode {}'.format(mode))
 
 
 def _used_bytes(image: 'rbd.Image', size: int) -> int:

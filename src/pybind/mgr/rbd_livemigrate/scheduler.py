@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tu
 from .errors import NotFound
 from .health import HealthChecks, build_checks
 from .hold import Hold, HoldKind
+from .preflight import MIN_BANDWIDTH_BYTES
 from .progress import ProgressReporter
 from .store import TaskStore
 from .task import State, Task
@@ -393,6 +394,11 @@ class Worker:
         limit = (task.bandwidth_limit_bytes if task.bandwidth_limit_bytes is not None
                  else self.options.bandwidth_limit_bytes)
         total = self.options.total_bandwidth_limit_bytes
+        # options below the floor ``add`` enforces count as the floor
+        if 0 < limit < MIN_BANDWIDTH_BYTES:
+            limit = MIN_BANDWIDTH_BYTES
+        if 0 < total < MIN_BANDWIDTH_BYTES:
+            total = MIN_BANDWIDTH_BYTES
         if total > 0:
             with self.lock:
                 copying = sum(1 for t in self.tasks.values()

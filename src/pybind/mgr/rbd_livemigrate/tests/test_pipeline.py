@@ -5,8 +5,10 @@ in, and an accepted cancel is never followed by a commit, even when the
 cancel lands between the plan and the commit.
 """
 
+import errno
 from typing import Any, Dict, List, Optional
 
+from rbd_livemigrate.errors import LiveMigrateError
 from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo,
                                        MigrationHeader, MigState, Observation, RbdPort,
                                        TrashSource)
@@ -46,6 +48,7 @@ class FakeLibrbd(RbdPort):
         self.calls: List[str] = []
         self.on_observe: Optional[Any] = None
         self.did = D                # the destination id librbd gave the migration
+        self.clones: List[str] = []  # clones of the destination (list_descendants)
 
     def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
                 dest_id: Optional[str]) -> Observation:
@@ -86,6 +89,13 @@ class FakeLibrbd(RbdPort):
 
     def image_exists(self, spec: ImageSpec) -> bool:
         return False
+
+    def trashed_source(self, spec: ImageSpec) -> Optional[str]:
+        return None
+
+    def descendants(self, spec: ImageSpec) -> List[str]:
+        self.calls.append('list clones')
+        return list(self.clones)
 
     def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Any,
                 info: ImageInfo) -> None:
@@ -141,7 +151,7 @@ def run(fake: FakeLibrbd, **task: Any) -> Task:
 def test_full_run_records_ids() -> None:
     fake = FakeLibrbd('not-prepared')
     t = run(fake)
-    assert fake.calls == ['prepare', 'execute', 'commit']
+    assert fake.calls == ['prepare', 'execute', 'list clones', 'commit']
     assert t.state == State.COMMITTED and t.dest_image_id == D and t.error is None
 
 
@@ -180,7 +190,7 @@ def test_redone_prepare_records_the_new_destination() -> None:
     fake.phase = 'half-prepared'
     t = run(fake, state=State.PREPARING, dest_image_id='did')
     assert t.state == State.COMMITTED and t.dest_image_id == new_id, t
-    assert fake.calls == ['abort via a/img', 'prepare', 'execute', 'commit']
+    assert fake.calls == ['abort via a/img', 'prepare', 'execute', 'list clones', 'commit']
 
 
 def test_cancel_between_plan_and_commit_wins() -> None:
@@ -197,5 +207,43 @@ def test_cancel_between_plan_and_commit_wins() -> None:
     fake.on_observe = cancel_once
     Runner(w, 't1', fake, lambda: POOLS)._main()
     assert 'commit' not in fake.calls
-    assert fake.calls == ['abort via b/img']
+    assert fake.calls == ['list clones', 'abort via b/img']
     assert w.get('t1').state == State.ABORTED
+
+
+def test_commit_waits_for_clones_made_during_the_migration() -> None:
+    """A clone of the destination made since add (not allowed by
+    --allow-descendants) holds the commit; once it is gone the commit runs."""
+    fake = FakeLibrbd('executed')
+    fake.clones = ['c/kid']
+    t = run(fake, state=State.EXECUTED, dest_image_id=D)
+    assert fake.calls == ['list clones']
+    assert t.state == State.EXECUTED and t.blocked_kind == 'descendants', t
+    assert 'c/kid' in (t.blocked_reason or '') and t.next_retry is not None
+    fake.clones = []
+    fake.calls = []
+    w = worker()
+    w.put(t.evolve(next_retry=None))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    t = w.get('t1')
+    assert fake.calls == ['list clones', 'commit']
+    assert t.state == State.COMMITTED and t.blocked_reason is None and t.blocked_kind is None
+
+
+def test_commit_with_allow_descendants_does_not_list_clones() -> None:
+    fake = FakeLibrbd('executed')
+    fake.clones = ['c/kid']
+    t = run(fake, state=State.EXECUTED, dest_image_id=D, allow_descendants=True)
+    assert fake.calls == ['commit'] and t.state == State.COMMITTED
+
+
+def test_eio_while_listing_clones_fails_not_retries() -> None:
+    """EIO is not transient: the task fails with the error, no retry."""
+    fake = FakeLibrbd('executed')
+
+    def broken(spec: ImageSpec) -> List[str]:
+        raise LiveMigrateError("cannot list the clones of 'b/img': [errno 5] EIO", errno.EIO)
+    fake.descendants = broken  # type: ignore[assignment]
+    t = run(fake, state=State.EXECUTED, dest_image_id=D)
+    assert 'commit' not in fake.calls
+    assert t.state == State.FAILED and 'EIO' in (t.error or '') and t.attempts == 0

@@ -1,0 +1,88 @@
+"""
+Who sees and changes what: a caller whose mgr caps name some pools sees and
+acts only on tasks all of whose pools (source, destination, data pool) are
+among them; queue-wide pause/resume needs caps on every pool.
+"""
+
+import errno
+import json
+from typing import Any, Set, Tuple
+
+import pytest
+
+from rbd_livemigrate.commands import AddRequest, Commands
+from rbd_livemigrate.errors import LiveMigrateError
+from rbd_livemigrate.interface import RbdPort
+from rbd_livemigrate.task import Layout, Task
+
+from test_pipeline import worker
+
+
+def commands(pools: Set[Tuple[str, str]], unscoped: bool = False) -> Commands:
+    w = worker()
+    w.load()
+    for tid, src, dst, data in (('t-aa', 'a/x', 'a/y', None), ('t-ab', 'a/p', 'b/p', None),
+                                ('t-cc', 'c/q', 'c/r', None), ('t-ad', 'a/d', 'a/e', 'c')):
+        w.put(Task(id=tid, source=src, destination=dst, created=1.0, source_image_id=tid,
+                   layout=Layout(data_pool=data)))
+    return Commands(w, RbdPort(), lambda: {}, lambda p, ns: (p, ns) in pools, lambda: 1.0,
+                    lambda: unscoped)
+
+
+def call(fn: Any, *args: Any) -> Tuple[int, Any]:
+    try:
+        r, out, err = fn(*args)
+    except LiveMigrateError as e:
+        return -e.errno, str(e)
+    return r, json.loads(out) if out.startswith(('[', '{')) else out
+
+
+def test_scoped_ls_shows_only_tasks_wholly_in_its_pools() -> None:
+    c = commands({('a', '')})
+    r, views = call(c.ls, 'json')
+    assert r == 0 and [v['id'] for v in views] == ['t-aa']
+    r, views = call(commands({('a', ''), ('b', ''), ('c', '')}).ls, 'json')
+    assert sorted(v['id'] for v in views) == ['t-aa', 't-ab', 't-ad', 't-cc']
+
+
+@pytest.mark.parametrize('target', ['t-ab', 'b/p', 'a/p', 't-cc', 'c/q', 't-ad'])
+def test_scoped_status_and_changes_refused_outside(target: str) -> None:
+    c = commands({('a', '')})
+    for fn, args in ((c.status, (target, 'json')), (c.cancel, (target,)),
+                     (c.commit, (target,)), (c.retry, (target,)),
+                     (c.pause, (target, True)), (c.pause, (target, False))):
+        r, msg = call(fn, *args)
+        assert r == -errno.EACCES, (fn, r, msg)
+        # no other pool's name leaks through a refusal by task id
+        if not target.startswith(('b/', 'c/')):
+            assert "'b'" not in msg and "'c'" not in msg
+
+
+def test_queue_wide_pause_needs_unscoped_caps() -> None:
+    c = commands({('a', '')})
+    assert call(c.pause, None, True)[0] == -errno.EACCES
+    assert call(c.pause, None, False)[0] == -errno.EACCES
+    assert not c.worker.queue_paused
+    c = commands({('a', '')}, unscoped=True)
+    assert call(c.pause, None, True)[0] == 0 and c.worker.queue_paused
+
+
+def test_data_pool_is_authorized_at_add() -> None:
+    c = commands({('a', ''), ('b', '')})
+    for fn, args in ((c.add, ('a/img', 'b/img', AddRequest(data_pool='c'))),
+                     (c.add_pool, ('a', 'b', None, AddRequest(data_pool='c')))):
+        r, msg = call(fn, *args)
+        assert r == -errno.EACCES and "'c'" in msg, (r, msg)
+
+
+def test_namespace_scoped_caller() -> None:
+    c = commands({('a', 'ns1')})
+    assert call(c.ls, 'json') == (0, [])
+    assert call(c.add, 'a/img', 'a/ns1/img', AddRequest())[0] == -errno.EACCES
+
+
+@pytest.mark.parametrize('limit', ['1', '1000', '1023K'])
+def test_bandwidth_floor(limit: str) -> None:
+    c = commands({('a', ''), ('b', '')})
+    r, msg = call(c.add, 'a/img', 'b/img', AddRequest(bandwidth_limit=limit))
+    assert r == -errno.EINVAL and '1M' in msg
