@@ -90,13 +90,23 @@ def _digest(image: rbd.Image) -> str:
 
 
 def checksums(conf: str, spec: str) -> Dict[str, str]:
-    """{'HEAD': ..., '<snap>': ...} for the image and each of its snapshots."""
+    """{'HEAD': ..., '<snap>': ...} for the image and each of its snapshots
+    (user snapshots by name; mirror snapshots, which cannot be opened by
+    name, as ``mirror:<id>`` by id)."""
     out: Dict[str, str] = {}
     with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
         with rbd.Image(io, name, read_only=True) as image:
             out['HEAD'] = _digest(image)
-            snaps: List[str] = [s['name'] for s in image.list_snaps()]
-        for snap in snaps:
+            snaps = [(s['name'], s['id'], s.get('namespace', 0)) for s in image.list_snaps()]
+            for snap, snap_id, ns in snaps:
+                if ns == 0:
+                    continue
+                image.set_snap_by_id(snap_id)
+                out['mirror:{}'.format(snap_id)] = _digest(image)
+                image.set_snap_by_id(None)
+        for snap, snap_id, ns in snaps:
+            if ns != 0:
+                continue
             with rbd.Image(io, name, snapshot=snap, read_only=True) as image:
                 out[snap] = _digest(image)
     return out
