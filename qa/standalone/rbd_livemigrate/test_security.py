@@ -307,7 +307,7 @@ def test_format_1_clone_in_a_namespace(cluster: Cluster, lm: Livemigrate, name: 
 
 
 def test_dry_run_lists_every_blocker(cluster: Cluster, lm: Livemigrate,
-                                    mirrored: Dict[str, str]) -> None:
+                                     mirrored: Dict[str, str]) -> None:
     rc, out, err = lm.run('add', mirrored['snapshot'], 'b/mir-snap', '--stripe-unit', '8M',
                           '--dry-run')
     report = json.loads(out)

@@ -115,7 +115,7 @@ class Commands:
                 live = [t for t in matches if not t.done]
                 return (live or matches)[-1]
             raise NotFound("no task for image '{}': see ceph rbd livemigrate ls".format(spec))
-        raise NotFound("no task '{}': see ceph rbd livemigrate ls".format(text))
+        raise NotFound('no task {!r}: see ceph rbd livemigrate ls'.format(text))
 
     # -- add -----------------------------------------------------------
 

@@ -5,6 +5,7 @@ Commands, options and lifecycle only; each command is one call into
 ``commands.Commands``.
 """
 
+import errno
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
@@ -154,6 +155,16 @@ class Module(MgrModule):
         return bool(self.is_authorized({}))
 
     # -- commands ------------------------------------------------------
+
+    def _handle_command(self, inbuf: str, cmd: Dict[str, Any]) -> Any:
+        """mgr_module casts the arguments before a handler runs: a value that
+        does not cast (a raw command sending ``"priority": "high"``) is one
+        EINVAL line, not the framework's traceback."""
+        try:
+            return super()._handle_command(inbuf, cmd)
+        except (ValueError, TypeError) as e:
+            return (-errno.EINVAL, '', 'invalid argument for {}: {}'.format(
+                cmd.get('prefix', '?'), e))
 
     @CLIWriteCommand('rbd livemigrate add')
     @handle_errors
