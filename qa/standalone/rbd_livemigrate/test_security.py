@@ -314,3 +314,27 @@ def test_dry_run_lists_every_blocker(cluster: Cluster, lm: Livemigrate,
     assert rc == 22 or rc == 16, err
     assert sorted(b['errno'] for b in report['blockers']) == [-22, -16]
     assert report['ok'] is False
+
+
+def test_clone_made_during_the_migration_holds_the_commit(cluster: Cluster, lm: Livemigrate,
+                                                          name: str) -> None:
+    """add checked that the source had no clones; a clone of the destination
+    made while it executed (it may be open read-only, and would not see its
+    parent move) holds the commit until it is flattened."""
+    src, dst, kid = 'a/' + name, 'b/' + name, 'b/{}-kid'.format(name)
+    rbdtools.create_image(cluster.conf, src, 8 * MiB, written=8 * MiB, seed=name)
+    sums = rbdtools.checksums(cluster.conf, src)
+    task = lm.add(src, dst, '--manual-commit')
+    lm.wait(task['id'], ('executed',))
+    cluster.rbd('snap', 'create', dst + '@s')
+    cluster.rbd('snap', 'protect', dst + '@s')
+    cluster.rbd('clone', dst + '@s', kid)
+    lm.ok('commit', task['id'])
+    held = lm.wait(task['id'], pred=lambda t: 'clone' in (t.get('blocked_reason') or ''))
+    assert held['state'] == 'executed' and kid in held['blocked_reason'], held
+    cluster.rbd('flatten', kid)
+    lm.wait(task['id'])
+    assert rbdtools.checksums(cluster.conf, dst)['HEAD'] == sums['HEAD']
+    assert rbdtools.parent_of(cluster.conf, kid) is None
+    assert name not in rbdtools.trash_names(cluster.conf, 'a')
+    cluster.rbd('snap', 'unprotect', dst + '@s')
