@@ -12,8 +12,9 @@ import pytest
 
 from rbd_livemigrate.commands import AddRequest, Commands
 from rbd_livemigrate.errors import LiveMigrateError
-from rbd_livemigrate.interface import RbdPort
-from rbd_livemigrate.task import Layout, Task
+from rbd_livemigrate.interface import End, HeaderType, MigrationHeader, MigState, RbdPort
+from rbd_livemigrate.spec import ImageSpec
+from rbd_livemigrate.task import Layout, State, Task
 
 from test_pipeline import worker
 
@@ -86,3 +87,39 @@ def test_bandwidth_floor(limit: str) -> None:
     c = commands({('a', ''), ('b', '')})
     r, msg = call(c.add, 'a/img', 'b/img', AddRequest(bandwidth_limit=limit))
     assert r == -errno.EINVAL and '1M' in msg
+
+
+class MigratingInto(RbdPort):
+    """One migration c/src (id 'sid', pool id 3) -> b/dst, as its headers say."""
+
+    def read_image(self, spec: ImageSpec) -> End:
+        assert str(spec) == 'b/dst', spec
+        return End('did', 'did', True, MigrationHeader(HeaderType.DST, 3, '', 'src', 'sid',
+                                                       MigState.PREPARED), None, 2)
+
+    def pool_name(self, pool_id: int) -> str:
+        return {1: 'a', 2: 'b', 3: 'c'}[pool_id]
+
+
+def test_adopt_authorizes_the_end_the_header_names() -> None:
+    c = commands({('a', ''), ('b', '')})
+    c.adapter = MigratingInto()
+    before = [t.id for t in c.worker.all()]
+    r, msg = call(c.adopt, 'b/dst')
+    assert r == -errno.EACCES and "'c'" in msg, msg
+    assert [t.id for t in c.worker.all()] == before
+
+
+def test_adopt_returns_the_failed_task_that_owns_the_migration() -> None:
+    c = commands({('a', ''), ('b', ''), ('c', '')})
+    c.adapter = MigratingInto()
+    c.worker.put(Task(id='t-failed', source='c/src', destination='b/dst', created=1.0,
+                      source_image_id='sid', state=State.FAILED, error='boom'))
+    r, view = call(c.adopt, 'b/dst')
+    assert r == 0 and view['id'] == 't-failed', view
+    assert len([t for t in c.worker.all() if t.source_image_id == 'sid']) == 1
+    # and a retry of a failed task whose migration another task runs is refused
+    c.worker.put(Task(id='t-live', source='c/src', destination='b/dst2', created=2.0,
+                      source_image_id='sid', state=State.QUEUED))
+    r, msg = call(c.retry, 't-failed')
+    assert r == -errno.EBUSY and 't-live' in msg
