@@ -139,6 +139,38 @@ def test_tenant_sees_and_acts_only_within(cluster: Cluster, lm: Livemigrate, ten
     lm.ok('cancel', inside['id'])
 
 
+def test_tenant_cannot_touch_pools_librbd_would_write(cluster: Cluster, lm: Livemigrate,
+                                                     tenant: str, name: str) -> None:
+    """Besides the two ends, librbd writes the clones' headers (it re-links
+    their parent) and the data pool a pool-level ``rbd_default_data_pool``
+    gives the destination: outside the tenant's pools, both are refused."""
+    parent = 'a/' + name
+    rbdtools.create_image(cluster.conf, parent, 4 * MiB, written=1 * MiB, seed=name)
+    cluster.rbd('snap', 'create', parent + '@s')
+    cluster.rbd('snap', 'protect', parent + '@s')
+    cluster.rbd('clone', '--rbd-default-clone-format', '2', parent + '@s',
+                'c/{}-kid'.format(name))
+    guard = Unchanged(cluster, lm, parent, 'c/{}-kid'.format(name))
+    for extra in ([], ['--dry-run']):
+        rc, out, err = as_tenant(cluster, tenant, 'add', parent, 'b/' + name,
+                                 '--allow-descendants', *extra)
+        refused(rc, err, 13)
+        assert 'kid' not in err + out, err          # another pool's clone is not named
+    guard.check()
+    # a pool option of the tenant's own pool b pointing new images' data at c
+    other = 'a/{}-2'.format(name)
+    rbdtools.create_image(cluster.conf, other, 4 * MiB, written=1 * MiB, seed=name)
+    cluster.rbd('config', 'pool', 'set', 'b', 'rbd_default_data_pool', 'c')
+    try:
+        guard = Unchanged(cluster, lm, other)
+        rc, out, err = as_tenant(cluster, tenant, 'add', other, 'b/{}-2'.format(name))
+        refused(rc, err, 13)
+        assert "'c'" in err, err
+        guard.check()
+    finally:
+        cluster.rbd('config', 'pool', 'rm', 'b', 'rbd_default_data_pool')
+
+
 def test_tenant_cannot_adopt_a_migration_reaching_outside(cluster: Cluster,
                                                           lm: Livemigrate, tenant: str,
                                                           name: str, paused: None) -> None:

@@ -164,6 +164,8 @@ class Commands:
                 return 0, dump(self.view(existing), 'json'), ''
             blockers, info = find_blockers(self.adapter, self.pools(), source, dest, layout,
                                            req.allow_descendants)
+            if info is not None:
+                self._authorize_touched(source, dest, layout, info.descendants)
             if req.dry_run:
                 report = {'dry_run': True, 'source': str(source), 'destination': str(dest),
                           'layout': layout.to_json(), 'blockers': _blockers_json(blockers),
@@ -196,6 +198,29 @@ class Commands:
         log.info('added task %s: %s -> %s', task.id, task.source, task.destination)
         return 0, dump(self.view(task), 'json'), ''
 
+    def _authorize_touched(self, source: ImageSpec, dest: ImageSpec, layout: Layout,
+                           clones: List[str]) -> None:
+        """The pools librbd writes besides the two ends and ``--data-pool``:
+        the clones' (prepare, commit and abort re-link their parent), and the
+        data and journal pools the destination pool's own rbd options give a
+        new image when ``--data-pool`` is not given (measured: librbd applies
+        ``rbd_default_data_pool`` set on the pool; it does not keep the
+        source's data pool)."""
+        for spec in clones:
+            c = ImageSpec.parse(spec)
+            if not self.authorized(c.pool, c.namespace):
+                raise NotAuthorized(
+                    "'{}' has clones in a pool or namespace that the caller's mgr caps do not "
+                    'allow (librbd re-links them): ask an operator with caps on every pool to '
+                    'migrate it'.format(source))
+        conf = self.adapter.pool_config(dest.pool_spec)
+        implied = [conf.get('rbd_journal_pool', '')]
+        if layout.data_pool is None:
+            implied.append(conf.get('rbd_default_data_pool', ''))
+        for pool in implied:
+            if pool:
+                self._authorize(pool, dest.namespace)
+
     def _new_id(self) -> str:
         while True:
             task_id = Task.new_id()
@@ -206,6 +231,11 @@ class Commands:
         for t in self.worker.all():
             if t.done:
                 continue
+            if (str(source) in (t.source, t.destination) or str(dest) in (
+                    t.source, t.destination)) and not self._may(t):
+                # another tenant's task: say no more than that it exists
+                raise Busy("'{}' or '{}' belongs to a task outside the caller's mgr caps: "
+                           'ask an operator'.format(source, dest))
             if t.source == str(source):
                 if t.destination != str(dest):
                     raise Busy("image '{}' is already being migrated to '{}' by task {}: "
@@ -366,7 +396,7 @@ class Commands:
             if (t.id != task.id and not t.done and task.source_image_id is not None
                     and t.source_image_id == task.source_image_id):
                 raise Busy('task {} now runs the migration of {}: see its status'.format(
-                    t.id, task.source))
+                    t.id if self._may(t) else 'outside the caller\'s caps', task.source))
         now = self.clock()
         task = self.worker.update(task.id, lambda t: t.moved_to(
             State.QUEUED, now, attempts=0, error=None, next_retry=None, cancel_requested=False,
@@ -427,6 +457,8 @@ class Commands:
         now = self.clock()
         task = Task(id=self._new_id(), source=str(source), destination=str(dest),
                     state=state, cancel_requested=state == State.ABORTING,
+                    # librbd re-linked any clones when it was prepared by hand
+                    allow_descendants=True,
                     source_image_id=ref.source_image_id, dest_image_id=obs.dest.image_id,
                     created=now, started=now, adopted=True,
                     size_bytes=self.adapter.size_of(dest) or self.adapter.size_of(source))

@@ -223,6 +223,11 @@ class RbdPort:
     def find_migrations(self, pools: List[str]) -> List[MigrationRef]:
         raise NotImplementedError
 
+    def pool_config(self, spec: PoolSpec) -> Dict[str, str]:
+        """rbd options set at pool level (``rbd config pool set``), which the
+        destination's create applies (``rbd_default_data_pool`` ...)."""
+        raise NotImplementedError
+
     def trashed_source(self, spec: ImageSpec) -> Optional[str]:
         """The id of a migration source parked in the trash under ``spec``'s
         name (free in ``rbd ls``, but its abort needs the name back)."""

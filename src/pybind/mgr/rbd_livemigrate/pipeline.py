@@ -451,10 +451,16 @@ class Runner(RunnerHandle):
         clones = self.adapter.descendants(dest)
         if not clones:
             return True
+        # name only the clones in the destination's own pool and namespace:
+        # status shows this to callers scoped to the task's pools
+        mine = [c for c in clones if ImageSpec.parse(c).pool_spec == dest.pool_spec]
+        others = len(clones) - len(mine)
+        named = ', '.join(mine[:3]) + (' and ' if mine and others else '') + (
+            '{} in other pools'.format(others) if others else '')
         self._set_hold(Hold(HoldKind.DESCENDANTS, (
             "'{}' has {} clone(s) made during the migration ({}): commit waits until they "
-            'are flattened or removed; or cancel and add again with --allow-descendants'
-        ).format(dest, len(clones), ', '.join(clones[:3]))),
+            'are flattened or removed, or cancel the task'
+        ).format(dest, len(clones), named)),
             self._now() + self.worker.options.blocked_recheck_seconds)
         return False
 

@@ -210,6 +210,9 @@ def image_blockers(source: ImageSpec, dest: ImageSpec, layout: Layout, info: Ima
                    allow_descendants: bool) -> List[Blocked]:
     """What about the source image itself makes prepare fail or do harm."""
     out: List[Blocked] = []
+    if source == dest and layout == Layout(flatten=True) and not info.has_parent:
+        out.append(Blocked("'{}' is not a clone: --flatten alone has nothing to do".format(
+            source), errno.EINVAL))
     args = prepare_args(layout, info)
     object_size = layout.object_size or info.object_size
     stripe_unit = args.stripe_unit or info.stripe_unit

@@ -52,6 +52,7 @@ TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.
 OPERATION_FEATURE_CLONE_CHILD = getattr(rbd, 'RBD_OPERATION_FEATURE_CLONE_CHILD', 1 << 1)
 MIRROR_IMAGE_ENABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_ENABLED', 1)
 MIRROR_IMAGE_DISABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_DISABLED', 0)
+CONFIG_SOURCE_POOL = getattr(rbd, 'RBD_CONFIG_SOURCE_POOL', 1)
 
 
 def feature_mask(names: List[str]) -> int:
@@ -319,7 +320,12 @@ class Adapter(RbdPort):
                     try:
                         descendants, v1_clones = _descendants(c, image)
                     except (rbd.Error, rados.Error) as e:
-                        descendants_error = str(translate(e, 'cannot list its clones'))
+                        err = translate(e, 'cannot list its clones')
+                        if isinstance(err, Transient):
+                            raise err
+                        descendants_error = str(err)
+                    except LiveMigrateError as e:     # a clone's pool is gone
+                        descendants_error = str(e)
                     snaps = [s['name'] for s in image.list_snaps()]
                     used = size
                     if with_used and features & rbd.RBD_FEATURE_FAST_DIFF:
@@ -672,6 +678,21 @@ class Adapter(RbdPort):
                 finally:
                     io.close()
             return refs
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def pool_config(self, spec: PoolSpec) -> Dict[str, str]:
+        """The rbd options set on the pool itself (``rbd config pool set``)."""
+        def op(c: Client) -> Dict[str, str]:
+            io = _ioctx_or_none(c, ImageSpec(spec.pool, spec.namespace, 'x'))
+            if io is None:
+                return {}
+            try:
+                return {e['name']: str(e['value']) for e in rbd.RBD().config_list(io)
+                        if e.get('source') == CONFIG_SOURCE_POOL and e.get('value')}
+            except rbd.Error as e:
+                raise translate(e, "cannot read the rbd options of pool '{}'".format(spec))
+            finally:
+                io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
 
     def trashed_source(self, spec: ImageSpec) -> Optional[str]:

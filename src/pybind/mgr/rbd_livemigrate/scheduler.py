@@ -76,7 +76,9 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
     start: List[str] = []
     waiting: Dict[str, str] = {}
     next_tick = IDLE_TICK_SECONDS
-    busy = [t for t in tasks if t.id in running]
+    # a paused copy is held inside librbd doing no I/O: it frees its slot (a
+    # caller scoped to one pool must not hold the queue by pausing its own)
+    busy = [t for t in tasks if t.id in running and not t.paused]
     per_pool: Dict[str, int] = {}
     for t in busy:
         for p in _pools(t):

@@ -6,14 +6,16 @@ among them; queue-wide pause/resume needs caps on every pool.
 
 import errno
 import json
-from typing import Any, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
 from rbd_livemigrate.commands import AddRequest, Commands
 from rbd_livemigrate.errors import LiveMigrateError
-from rbd_livemigrate.interface import End, HeaderType, MigrationHeader, MigState, RbdPort
-from rbd_livemigrate.spec import ImageSpec
+from rbd_livemigrate.interface import (End, HeaderType, ImageInfo, MigrationHeader, MigState,
+                                       RbdPort)
+from rbd_livemigrate.preflight import PoolInfo
+from rbd_livemigrate.spec import ImageSpec, PoolSpec
 from rbd_livemigrate.task import Layout, State, Task
 
 from test_pipeline import worker
@@ -123,3 +125,58 @@ def test_adopt_returns_the_failed_task_that_owns_the_migration() -> None:
                       source_image_id='sid', state=State.QUEUED))
     r, msg = call(c.retry, 't-failed')
     assert r == -errno.EBUSY and 't-live' in msg
+
+
+class OneImage(RbdPort):
+    """a/img exists (with the given clones); b has the given pool options."""
+
+    def __init__(self, clones: List[str], conf: Dict[str, str]) -> None:
+        self.clones, self.conf = clones, conf
+
+    def namespace_exists(self, pool: str, namespace: str) -> bool:
+        return True
+
+    def image_exists(self, spec: ImageSpec) -> bool:
+        return str(spec) == 'a/img'
+
+    def trashed_source(self, spec: ImageSpec) -> Optional[str]:
+        return None
+
+    def pool_config(self, spec: PoolSpec) -> Dict[str, str]:
+        return self.conf if spec.pool == 'b' else {}
+
+    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        return ImageInfo('sid', 1 << 20, 4 << 20, 4 << 20, 1, 1, -1, [], self.clones, [],
+                         1 << 20, False, False)
+
+
+POOLS = {n: PoolInfo(n, i, True, False, False, None)
+         for i, n in ((1, 'a'), (2, 'b'), (3, 'c'))}
+
+
+@pytest.mark.parametrize('clones,conf,ok', [
+    (['a/kid'], {}, True),
+    (['c/kid'], {}, False),                              # librbd re-links a clone in c
+    ([], {'rbd_default_data_pool': 'c'}, False),         # data objects would land in c
+    ([], {'rbd_journal_pool': 'c'}, False),
+    ([], {'rbd_default_data_pool': 'b'}, True),
+])
+def test_pools_librbd_writes_besides_the_ends(clones: List[str], conf: Dict[str, str],
+                                              ok: bool) -> None:
+    c = commands({('a', ''), ('b', '')})
+    c.adapter = OneImage(clones, conf)
+    c.pools = lambda: POOLS
+    r, out = call(c.add, 'a/img', 'b/img', AddRequest(allow_descendants=True, dry_run=True))
+    if ok:
+        assert r == 0 and out['ok'], out
+    else:
+        assert r == -errno.EACCES, out
+        assert 'kid' not in out, out                     # the clone is not named
+
+
+def test_another_tenants_task_is_not_described() -> None:
+    c = commands({('a', '')})
+    c.adapter = OneImage([], {})
+    c.pools = lambda: POOLS
+    r, msg = call(c.add, 'a/p', 'a/q', AddRequest())     # a/p is t-ab's source (a -> b)
+    assert r == -errno.EBUSY and 'b/p' not in msg and 't-ab' not in msg, msg

@@ -215,11 +215,13 @@ def test_commit_waits_for_clones_made_during_the_migration() -> None:
     """A clone of the destination made since add (not allowed by
     --allow-descendants) holds the commit; once it is gone the commit runs."""
     fake = FakeLibrbd('executed')
-    fake.clones = ['c/kid']
+    fake.clones = ['b/kid', 'c/other']
     t = run(fake, state=State.EXECUTED, dest_image_id=D)
     assert fake.calls == ['list clones']
     assert t.state == State.EXECUTED and t.blocked_kind == 'descendants', t
-    assert 'c/kid' in (t.blocked_reason or '') and t.next_retry is not None
+    # the clone in the destination's pool is named; another pool's only counted
+    assert 'b/kid and 1 in other pools' in (t.blocked_reason or ''), t.blocked_reason
+    assert 'c/other' not in (t.blocked_reason or '') and t.next_retry is not None
     fake.clones = []
     fake.calls = []
     w = worker()

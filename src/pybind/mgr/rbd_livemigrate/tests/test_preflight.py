@@ -107,3 +107,9 @@ def test_format_1_clones_of_a_parent_in_a_namespace() -> None:
 def test_invalid_layouts(layout: Layout) -> None:
     with pytest.raises(InvalidArgument):
         validate_layout(layout)
+
+
+def test_flatten_alone_in_place_needs_a_clone() -> None:
+    assert errnos(Layout(flatten=True), dest=SRC) == [errno.EINVAL]
+    assert errnos(Layout(flatten=True), dest=SRC, has_parent=True) == []
+    assert errnos(Layout(flatten=True)) == []              # to another pool: a real move

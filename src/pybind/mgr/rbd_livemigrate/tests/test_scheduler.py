@@ -25,6 +25,16 @@ def test_global_limit_and_order() -> None:
     assert d.start == ['t1']
 
 
+def test_a_paused_copy_frees_its_slot() -> None:
+    """A tenant pausing its own running copies cannot hold the queue."""
+    tasks = [mk(0, state=State.EXECUTING, paused=True), mk(1, state=State.EXECUTING,
+                                                           paused=True), mk(2), mk(3)]
+    d = decide(tasks, {'t0', 't1'}, Options(max_concurrent=2), NOW)
+    assert d.start == ['t2', 't3']
+    d = decide(tasks, {'t0', 't1'}, Options(max_concurrent=2, max_concurrent_per_pool=1), NOW)
+    assert d.start == ['t2']
+
+
 def test_priority_then_age() -> None:
     tasks = [mk(0), mk(1), mk(2, priority=5)]
     assert decide(tasks, set(), Options(max_concurrent=1), NOW).start == ['t2']
