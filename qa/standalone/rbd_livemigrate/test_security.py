@@ -140,7 +140,7 @@ def test_tenant_sees_and_acts_only_within(cluster: Cluster, lm: Livemigrate, ten
 
 
 def test_tenant_cannot_touch_pools_librbd_would_write(cluster: Cluster, lm: Livemigrate,
-                                                     tenant: str, name: str) -> None:
+                                                      tenant: str, name: str) -> None:
     """Besides the two ends, librbd writes the clones' headers (it re-links
     their parent) and the data pool a pool-level ``rbd_default_data_pool``
     gives the destination: outside the tenant's pools, both are refused."""
