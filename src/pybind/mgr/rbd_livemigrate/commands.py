@@ -10,11 +10,13 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
+from .batch import Batch, BatchState
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
 from .formatting import check_format, dump, status_text, task_rows
 from .preflight import MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, validate_layout
 from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
+from .hold import HoldKind
 from .planner import Phase, judge, state_of
 from .scheduler import Worker
 from .spec import ImageSpec, PoolSpec, parse_bytes
@@ -23,7 +25,12 @@ from .task import Layout, State, Task
 log = logging.getLogger(__name__)
 
 CommandResult = Tuple[int, str, str]
-CANCEL_WAIT_SECONDS = 60.0
+Allowed = Callable[[str, str], bool]
+# a command waits this long for a change to show, then returns (see status)
+CANCEL_WAIT_SECONDS = 1.0
+COMMIT_WAIT_SECONDS = 1.0
+POOLS_REFRESH_SECONDS = 5.0
+KICK_EVERY_IMAGES = 20
 MAX_PRIORITY = 1000
 
 
@@ -72,16 +79,17 @@ class Commands:
         if not self.worker.loaded:
             raise TryAgain('rbd_livemigrate is still loading its tasks; try again in a moment')
 
-    def _authorize(self, pool: str, namespace: str) -> None:
-        if not self.authorized(pool, namespace):
+    def _authorize(self, pool: str, namespace: str,
+                   allowed: Optional[Allowed] = None) -> None:
+        if not (allowed or self.authorized)(pool, namespace):
             where = '{}/{}'.format(pool, namespace) if namespace else pool
             raise NotAuthorized("not authorized on pool '{}': the caller's mgr caps do not "
                                 'allow it'.format(where))
 
-    def _may(self, task: Task) -> bool:
+    def _may(self, task: Task, allowed: Optional[Allowed] = None) -> bool:
         """The caller may see and act on ``task``: every pool it touches
         (source, destination, data pool) is within the caller's caps."""
-        return all(self.authorized(pool, ns) for pool, ns in task_pools(task))
+        return all((allowed or self.authorized)(pool, ns) for pool, ns in task_pools(task))
 
     def _authorize_task(self, task: Task) -> None:
         if not self._may(task):
@@ -109,7 +117,7 @@ class Commands:
             return task
         if '/' in text:
             spec = str(ImageSpec.parse(text))
-            matches = [t for t in self.worker.all() if spec in (t.source, t.destination)]
+            matches = self.worker.naming(spec)
             matches = [t for t in matches if self._may(t)] or matches
             if matches:
                 live = [t for t in matches if not t.done]
@@ -158,48 +166,63 @@ class Commands:
         if layout.data_pool is not None:
             self._authorize(layout.data_pool, dest.namespace)
         with self.add_lock:
-            existing = self._existing(source, dest)
-            if existing is not None:
-                self._authorize_task(existing)
-                return 0, dump(self.view(existing), 'json'), ''
-            blockers, info = find_blockers(self.adapter, self.pools(), source, dest, layout,
-                                           req.allow_descendants)
-            if info is not None:
-                self._authorize_touched(source, dest, layout, info.descendants)
-            if req.dry_run:
-                report = {'dry_run': True, 'source': str(source), 'destination': str(dest),
-                          'layout': layout.to_json(), 'blockers': _blockers_json(blockers),
-                          'ok': not blockers}
-                if info is not None:
-                    report['size_bytes'] = info.size
-                    report['used_bytes'] = info.used_bytes
-                if blockers:
-                    return (-blockers[0].errno, dump(report, 'json'),
-                            '{} blocker(s): {}'.format(len(blockers),
-                                                       '; '.join(str(b) for b in blockers)))
-                return 0, dump(report, 'json'), ''
-            hard = [b for b in blockers if not b.wait]
-            if hard:
-                more = (' (and {} more: see --dry-run)'.format(len(hard) - 1)
-                        if len(hard) > 1 else '')
-                raise Blocked(str(hard[0]) + more, hard[0].errno)
-            assert info is not None
-            now = self.clock()
-            waiting = [b for b in blockers if b.wait]
-            task = Task(id=self._new_id(), source=str(source), destination=str(dest),
-                        layout=layout, manual_commit=req.manual_commit,
-                        allow_descendants=req.allow_descendants, priority=req.priority,
-                        bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
-                        size_bytes=info.size, created=now,
-                        blocked_reason=str(waiting[0]) if waiting else None,
-                        blocked_since=now if waiting else None)
-            self.worker.put(task)
+            r, out, err = self._add_one(source, dest, req, layout, bandwidth_limit,
+                                        self.authorized, self.pools())
         self.worker.kick()
+        return r, out, err
+
+    def _add_one(self, source: ImageSpec, dest: ImageSpec, req: AddRequest, layout: Layout,
+                 bandwidth_limit: Optional[int], allowed: Allowed,
+                 pools: Dict[str, PoolInfo], batch_id: Optional[str] = None,
+                 paused: bool = False, pool_conf: Optional[Dict[str, str]] = None
+                 ) -> CommandResult:
+        """One image of add or add-pool (under ``add_lock``): the existing
+        task, a dry-run report, or a new task; refusals raise."""
+        existing = self._existing(source, dest, allowed)
+        if existing is not None:
+            if batch_id is not None and existing.batch_id != batch_id:
+                raise AlreadyExists('{} already has task {}'.format(source, existing.id))
+            return 0, dump(self.view(existing), 'json'), ''
+        blockers, info = find_blockers(self.adapter, pools, source, dest, layout,
+                                       req.allow_descendants)
+        if info is not None:
+            self._authorize_touched(source, dest, layout, info.descendants, allowed,
+                                    pool_conf)
+        if req.dry_run:
+            report = {'dry_run': True, 'source': str(source), 'destination': str(dest),
+                      'layout': layout.to_json(), 'blockers': _blockers_json(blockers),
+                      'ok': not blockers}
+            if info is not None:
+                report['size_bytes'] = info.size
+                report['used_bytes'] = info.used_bytes
+            if blockers:
+                return (-blockers[0].errno, dump(report, 'json'),
+                        '{} blocker(s): {}'.format(len(blockers),
+                                                   '; '.join(str(b) for b in blockers)))
+            return 0, dump(report, 'json'), ''
+        hard = [b for b in blockers if not b.wait]
+        if hard:
+            more = (' (and {} more: see --dry-run)'.format(len(hard) - 1)
+                    if len(hard) > 1 else '')
+            raise Blocked(str(hard[0]) + more, hard[0].errno)
+        assert info is not None
+        now = self.clock()
+        waiting = [b for b in blockers if b.wait]
+        task = Task(id=self._new_id(), source=str(source), destination=str(dest),
+                    layout=layout, manual_commit=req.manual_commit,
+                    allow_descendants=req.allow_descendants, priority=req.priority,
+                    bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
+                    size_bytes=info.size, created=now, batch_id=batch_id, paused=paused,
+                    blocked_reason=str(waiting[0]) if waiting else None,
+                    blocked_kind=HoldKind.WATCHERS.value if waiting else None,
+                    blocked_since=now if waiting else None)
+        self.worker.put(task)
         log.info('added task %s: %s -> %s', task.id, task.source, task.destination)
         return 0, dump(self.view(task), 'json'), ''
 
     def _authorize_touched(self, source: ImageSpec, dest: ImageSpec, layout: Layout,
-                           clones: List[str]) -> None:
+                           clones: List[str], allowed: Optional[Allowed] = None,
+                           conf: Optional[Dict[str, str]] = None) -> None:
         """The pools librbd writes besides the two ends and ``--data-pool``:
         the clones' (prepare, commit and abort re-link their parent), and the
         data and journal pools the destination pool's own rbd options give a
@@ -208,18 +231,19 @@ class Commands:
         source's data pool)."""
         for spec in clones:
             c = ImageSpec.parse(spec)
-            if not self.authorized(c.pool, c.namespace):
+            if not (allowed or self.authorized)(c.pool, c.namespace):
                 raise NotAuthorized(
                     "'{}' has clones in a pool or namespace that the caller's mgr caps do not "
                     'allow (librbd re-links them): ask an operator with caps on every pool to '
                     'migrate it'.format(source))
-        conf = self.adapter.pool_config(dest.pool_spec)
+        if conf is None:
+            conf = self.adapter.pool_config(dest.pool_spec)
         implied = [conf.get('rbd_journal_pool', '')]
         if layout.data_pool is None:
             implied.append(conf.get('rbd_default_data_pool', ''))
         for pool in implied:
             if pool:
-                self._authorize(pool, dest.namespace)
+                self._authorize(pool, dest.namespace, allowed)
 
     def _new_id(self) -> str:
         while True:
@@ -227,12 +251,12 @@ class Commands:
             if self.worker.find(task_id) is None:
                 return task_id
 
-    def _existing(self, source: ImageSpec, dest: ImageSpec) -> Optional[Task]:
-        for t in self.worker.all():
+    def _existing(self, source: ImageSpec, dest: ImageSpec,
+                  allowed: Optional[Allowed] = None) -> Optional[Task]:
+        for t in self.worker.naming(str(source), str(dest)):
             if t.done:
                 continue
-            if (str(source) in (t.source, t.destination) or str(dest) in (
-                    t.source, t.destination)) and not self._may(t):
+            if not self._may(t, allowed):
                 # another tenant's task: say no more than that it exists
                 raise Busy("'{}' or '{}' belongs to a task outside the caller's mgr caps: "
                            'ask an operator'.format(source, dest))
@@ -254,6 +278,8 @@ class Commands:
 
     def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
                  req: AddRequest) -> CommandResult:
+        """A batch, at once; its images are listed and added in the background
+        (``--dry-run`` checks every image now and adds nothing)."""
         self._ready()
         src = PoolSpec.parse(source_pool)
         dst = PoolSpec.parse(dest_pool)
@@ -265,28 +291,171 @@ class Commands:
             self._authorize(req.data_pool, dst.namespace)
         if not self.adapter.pool_exists(src.pool):
             raise NotFound("source pool '{}' does not exist".format(src.pool))
-        images = self.adapter.list_images(src)
-        if pattern is not None:
-            images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
+        if req.dry_run:
+            return self._dry_run_pool(src, dst, pattern, req)
+        batch = Batch(id=self._new_batch_id(), source=str(src), destination=str(dst),
+                      pattern=pattern, request=req._asdict(),
+                      allowed=self._rights(src, dst), created=self.clock())
+        self.worker.put_batch(batch)
+        self.start_expansion(batch.id)
+        log.info('batch %s: %s -> %s%s', batch.id, src, dst,
+                 ' ({})'.format(pattern) if pattern else '')
+        return 0, dump(batch.summary([]), 'json'), ''
+
+    def _dry_run_pool(self, src: PoolSpec, dst: PoolSpec, pattern: Optional[str],
+                      req: AddRequest) -> CommandResult:
+        layout = self.build_layout(req)
+        limit = self.check_request(req)
+        pools = self.pools()
+        conf = self.adapter.pool_config(dst)
         results: List[Dict[str, Any]] = []
         worst = 0
-        for image in images:
-            s = str(ImageSpec(src.pool, src.namespace, image))
-            d = str(ImageSpec(dst.pool, dst.namespace, image))
+        for image in self._images(src, pattern):
+            s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
+                dst.pool, dst.namespace, image)
             try:
-                r, out, err = self.add(s, d, req)
+                r, out, err = self._add_one(s, d, req, layout, limit, self.authorized, pools,
+                                            pool_conf=conf)
             except LiveMigrateError as e:
                 r, out, err = e.to_result()
-            if out:
-                results.append(json.loads(out))
-            else:
-                results.append({'source': s, 'destination': d, 'errno': r, 'error': err})
+            results.append(json.loads(out) if out else {
+                'source': str(s), 'destination': str(d), 'errno': r, 'error': err})
             worst = worst or r
         failed = [r for r in results if r.get('errno') or r.get('ok') is False]
         if worst and failed:
-            return worst, dump(results, 'json'), '{} of {} image(s) {}; see the JSON'.format(
-                len(failed), len(results), 'blocked' if req.dry_run else 'not added')
+            return worst, dump(results, 'json'), '{} of {} image(s) blocked; see the JSON'.format(
+                len(failed), len(results))
         return 0, dump(results, 'json'), ''
+
+    def _images(self, src: PoolSpec, pattern: Optional[str]) -> List[str]:
+        images = self.adapter.list_images(src)
+        if pattern is not None:
+            images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
+        return images
+
+    def _new_batch_id(self) -> str:
+        while True:
+            batch_id = Batch.new_id()
+            if batch_id not in self.worker.batches:
+                return batch_id
+
+    def _rights(self, src: PoolSpec, dst: PoolSpec) -> List[str]:
+        """The caller's rights, kept with a batch: its images are added later,
+        by a thread that has no caller to ask.  Every pool, in the default
+        namespace and the batch's own."""
+        if self.unscoped():
+            return ['*']
+        out = []
+        for pool in sorted(self.pools()):
+            for ns in sorted({'', src.namespace, dst.namespace}):
+                if self.authorized(pool, ns):
+                    out.append('{}/{}'.format(pool, ns) if ns else pool)
+        return out
+
+    def start_expansion(self, batch_id: str) -> None:
+        threading.Thread(target=self._expand, args=(batch_id,), daemon=True,
+                         name='rbd_livemigrate.{}'.format(batch_id)).start()
+
+    def resume_batches(self) -> None:
+        """After a restart: go on listing the batches that were being listed."""
+        for b in self.worker.all_batches():
+            if b.state == BatchState.EXPANDING:
+                self.start_expansion(b.id)
+
+    def _expand(self, batch_id: str) -> None:
+        try:
+            self._expand_batch(batch_id)
+        except Exception as e:
+            log.exception('batch %s: listing its images failed', batch_id)
+            why = 'listing stopped: {}: {}'.format(type(e).__name__, e)
+            self.worker.update_batch(batch_id, lambda b: b.with_refusal(
+                b.source, errno.EIO, why).evolve(state=BatchState.EXPANDED,
+                                                 expanded=self.clock()))
+
+    def _expand_batch(self, batch_id: str) -> None:
+        batch = self.worker.get_batch(batch_id)
+        src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
+        req = AddRequest(**batch.request)._replace(dry_run=False)
+        layout = self.build_layout(req)
+        limit = self.check_request(req)
+        allowed = _allowed(batch.allowed)
+        images = self._images(src, batch.pattern)
+        self.worker.update_batch(batch_id, lambda b: b.evolve(images=len(images)))
+        seen = {t.source for t in self.worker.batch_tasks(batch_id)}
+        seen |= {str(r.get('source')) for r in batch.refused}
+        pools, pools_at = self.pools(), self.clock()
+        conf = self.adapter.pool_config(dst)
+        for n, image in enumerate(images):
+            batch = self.worker.get_batch(batch_id)
+            if batch.state != BatchState.EXPANDING or self.worker.stopping:
+                return
+            s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
+                dst.pool, dst.namespace, image)
+            if str(s) in seen:
+                continue
+            if self.clock() - pools_at > POOLS_REFRESH_SECONDS:
+                pools, pools_at = self.pools(), self.clock()
+            try:
+                with self.add_lock:
+                    self._add_one(s, d, req, layout, limit, allowed, pools,
+                                  batch_id=batch_id, paused=batch.paused, pool_conf=conf)
+            except LiveMigrateError as e:
+                err = e
+                self.worker.update_batch(batch_id, lambda b: b.with_refusal(
+                    str(s), err.errno, str(err)))
+            if n % KICK_EVERY_IMAGES == 0:
+                self.worker.kick()
+        self.worker.update_batch(batch_id, lambda b: b.evolve(
+            state=BatchState.EXPANDED, expanded=self.clock())
+            if b.state == BatchState.EXPANDING else b)
+        self.worker.kick()
+        log.info('batch %s: %d image(s) listed', batch_id, len(images))
+
+    def _batch(self, batch_id: str) -> Batch:
+        batch = self.worker.get_batch(batch_id)
+        src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
+        data_pool = batch.request.get('data_pool')
+        pools = [(src.pool, src.namespace), (dst.pool, dst.namespace)]
+        if data_pool:
+            pools.append((data_pool, dst.namespace))
+        if not all(self.authorized(p, ns) for p, ns in pools):
+            raise NotAuthorized('not authorized on batch {}: it touches a pool or namespace '
+                                "that the caller's mgr caps do not allow".format(batch.id))
+        return batch
+
+    def batch_view(self, batch: Batch) -> Dict[str, Any]:
+        return batch.summary(self.worker.batch_tasks(batch.id))
+
+    def _batch_pause(self, batch_id: str, paused: bool) -> CommandResult:
+        batch = self.worker.update_batch(self._batch(batch_id).id,
+                                         lambda b: b.evolve(paused=paused))
+        for t in self.worker.batch_tasks(batch.id):
+            if not t.done and t.paused != paused:
+                self.worker.update(t.id, lambda x: x if x.done else x.evolve(
+                    paused=paused, next_retry=None if not paused else x.next_retry))
+        self.worker.kick()
+        return 0, dump(self.batch_view(batch), 'json'), ''
+
+    def _batch_cancel(self, batch_id: str) -> CommandResult:
+        """Stop listing, and cancel every live task of the batch (a commit
+        under way finishes); returns at once: see status."""
+        batch = self.worker.update_batch(self._batch(batch_id).id, lambda b: b.evolve(
+            state=BatchState.CANCELLED, paused=False))
+        for t in self.worker.batch_tasks(batch.id):
+            if t.done or t.state == State.COMMITTING:
+                continue
+            try:
+                self.worker.update(t.id, lambda x: x if (x.done or x.state == State.COMMITTING)
+                                   else x.evolve(cancel_requested=True, paused=False,
+                                                 next_retry=None))
+            except LiveMigrateError:
+                continue
+            self.worker.interrupt(t.id)
+        self.worker.kick()
+        v = self.batch_view(batch)
+        v['action'] = 'cancel in progress for {} task(s); see status {}'.format(
+            v['live'], batch.id)
+        return 0, dump(v, 'json'), ''
 
     # -- reads ---------------------------------------------------------
 
@@ -297,7 +466,19 @@ class Commands:
         views = [self.view(t, running, waiting) for t in tasks if self._may(t)]
         views += self.orphan_views()
         if fmt == 'plain':
-            return 0, task_rows(views), ''
+            text = task_rows(views)
+            for b in self.worker.all_batches():
+                try:
+                    v = self.batch_view(self._batch(b.id))
+                except LiveMigrateError:
+                    continue
+                if not v['finished']:
+                    text += 'batch {}: {} -> {}: {} task(s), {} committed, {} refused{} ' \
+                        '(status {})\n'.format(b.id, b.source, b.destination, v['tasks'],
+                                               v['committed'], v['refused_count'],
+                                               ', listing' if b.state == BatchState.EXPANDING
+                                               else '', b.id)
+            return 0, text, ''
         return 0, dump(views, fmt), ''
 
     def orphan_views(self) -> List[Dict[str, Any]]:
@@ -321,6 +502,11 @@ class Commands:
     def status(self, target: str, fmt: Optional[str]) -> CommandResult:
         fmt = check_format(fmt)
         self._ready()
+        if Batch.is_id(target):
+            v = self.batch_view(self._batch(target))
+            if fmt == 'plain':
+                return 0, batch_text(v), ''
+            return 0, dump(v, fmt), ''
         task = self._find_task(target)
         self._authorize_task(task)
         v = self.view(task)
@@ -332,6 +518,8 @@ class Commands:
 
     def cancel(self, task_id: str) -> CommandResult:
         self._ready()
+        if Batch.is_id(task_id):
+            return self._batch_cancel(task_id)
         task = self._find_task(task_id)
         self._authorize_task(task)
         before = task.state
@@ -382,7 +570,8 @@ class Commands:
             return t.evolve(commit_requested=True)
         self.worker.update(task.id, request_commit)
         self.worker.kick()
-        self.worker.wait_for(lambda: self.worker.get(task.id).state != State.EXECUTED, 10.0)
+        self.worker.wait_for(lambda: self.worker.get(task.id).state != State.EXECUTED,
+                             COMMIT_WAIT_SECONDS)
         return 0, dump(self.view(self.worker.get(task.id)), 'json'), ''
 
     def retry(self, task_id: str) -> CommandResult:
@@ -414,6 +603,8 @@ class Commands:
                         'pause' if paused else 'resume'))
             self.worker.set_queue_paused(paused)
             return 0, dump({'queue_paused': paused}, 'json'), ''
+        if Batch.is_id(task_id):
+            return self._batch_pause(task_id, paused)
         task = self._find_task(task_id)
         self._authorize_task(task)
         if task.done:
@@ -518,6 +709,31 @@ class Commands:
             log.warning('found %d migration(s) without a task: %s', len(orphans),
                         ', '.join('{} -> {} ({})'.format(r.source, r.destination or '?', r.kind)
                                   for r in orphans))
+
+
+def _allowed(rights: List[str]) -> Allowed:
+    """A caller's rights kept with a batch, as ``authorized(pool, namespace)``."""
+    granted = set(rights)
+    if '*' in granted:
+        return lambda pool, ns: True
+    return lambda pool, ns: ('{}/{}'.format(pool, ns) if ns else pool) in granted
+
+
+def batch_text(v: Dict[str, Any]) -> str:
+    """``status <batch>`` as text."""
+    pattern = ' ({})'.format(v['pattern']) if v['pattern'] else ''
+    lines = ['batch {}: {} -> {}{}'.format(v['id'], v['source'], v['destination'], pattern),
+             'state: {}{}{}'.format(v['state'], ', paused' if v['paused'] else '',
+                                    ', finished' if v['finished'] else ''),
+             'images: {} listed, {} task(s), {} refused'.format(
+                 v['images'], v['tasks'], v['refused_count']),
+             'progress: {:.0%} ({})'.format(v['progress'], ', '.join(
+                 '{} {}'.format(n, s) for s, n in sorted(v['by_state'].items())) or 'none')]
+    for r in v['refused'][:20]:
+        lines.append('  refused {}: {}'.format(r['source'], r['message']))
+    if v['refused_count'] > 20:
+        lines.append('  ... {} more: see --format json'.format(v['refused_count'] - 20))
+    return '\n'.join(lines) + '\n'
 
 
 def task_pools(task: Task) -> List[Tuple[str, str]]:

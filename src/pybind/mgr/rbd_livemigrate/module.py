@@ -110,6 +110,7 @@ class Module(MgrModule):
 
     def serve(self) -> None:
         self.worker.load()
+        self.commands.resume_batches()
         try:
             self.commands.scan_orphans()
         except Exception:
@@ -190,7 +191,7 @@ class Module(MgrModule):
                  manual_commit: bool = False, allow_descendants: bool = False,
                  priority: int = 0, bandwidth_limit: Optional[str] = None,
                  dry_run: bool = False) -> Any:
-        """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another"""  # noqa: E501
+        """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another, as one batch (returns at once)"""  # noqa: E501
         return self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, AddRequest(
             object_size, stripe_unit, stripe_count, features, data_pool, flatten,
             manual_commit, allow_descendants, priority, bandwidth_limit, dry_run))
@@ -204,13 +205,13 @@ class Module(MgrModule):
     @CLIReadCommand('rbd livemigrate status')
     @handle_errors
     def status(self, task_or_image: str, format: Optional[str] = 'plain') -> Any:
-        """Show one task, by task id or image spec"""
+        """Show one task (by task id or image spec) or a batch (by batch id)"""
         return self.commands.status(task_or_image, format)
 
     @CLIWriteCommand('rbd livemigrate cancel')
     @handle_errors
     def cancel(self, task_id: str) -> Any:
-        """Cancel a task: dequeue it, or abort its migration and restore the source"""
+        """Cancel a task (dequeue it, or abort its migration and restore the source) or every task of a batch"""  # noqa: E501
         return self.commands.cancel(task_id)
 
     @CLIWriteCommand('rbd livemigrate commit')
@@ -228,13 +229,13 @@ class Module(MgrModule):
     @CLIWriteCommand('rbd livemigrate pause')
     @handle_errors
     def pause(self, task_id: Optional[str] = None) -> Any:
-        """Pause one task, or the whole queue without a task id"""
+        """Pause one task or batch, or the whole queue without an id"""
         return self.commands.pause(task_id, True)
 
     @CLIWriteCommand('rbd livemigrate resume')
     @handle_errors
     def resume(self, task_id: Optional[str] = None) -> Any:
-        """Resume one task, or the whole queue without a task id"""
+        """Resume one task or batch, or the whole queue without an id"""
         return self.commands.pause(task_id, False)
 
     @CLIWriteCommand('rbd livemigrate adopt')

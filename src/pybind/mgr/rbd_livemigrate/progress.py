@@ -5,8 +5,9 @@ the dashboard's task bars).  One event per task covers execute and commit.
 
 import logging
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
+from .batch import Batch, BatchState
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ProgressReporter:
         self._remote = remote
         self._clock = clock
         self._last: Dict[str, float] = {}
+        self._finished: Set[str] = set()      # batch events already ended
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         try:
@@ -63,3 +65,34 @@ class ProgressReporter:
 
     def forget(self, task: Task) -> None:
         self._last.pop(task.id, None)
+
+    def batch(self, batch: Batch, tasks: List[Task]) -> None:
+        """The batch's bar: "Migrating pool a to b: 341/10000 images"; it
+        completes when every task is done, fails if the batch is cancelled."""
+        key = batch.id
+        if key in self._finished:
+            return
+        s = batch.summary(tasks)
+        ev = 'rbd_livemigrate-{}'.format(batch.id)
+        if batch.state == BatchState.CANCELLED and s['finished']:
+            self._finished.add(key)
+            self._call('fail', ev, 'cancelled')
+            return
+        now = self._clock()
+        last = self._last.get(key)
+        if not s['finished'] and last is not None and now - last < UPDATE_INTERVAL_SECONDS:
+            return
+        self._last[key] = now
+        total = s['tasks'] if batch.state != BatchState.EXPANDING else max(
+            s['tasks'], batch.images)
+        done = sum(s['by_state'].get(k, 0) for k in ('committed', 'aborted', 'failed'))
+        msg = 'Migrating pool {} to {}: {}/{} images{}'.format(
+            batch.source, batch.destination, done, total,
+            ' (listing)' if batch.state == BatchState.EXPANDING else '')
+        self._call('update', ev, msg, float(s['progress']),
+                   refs={'origin': 'rbd_livemigrate', 'batch_id': batch.id},
+                   add_to_ceph_s=True)
+        if s['finished']:
+            self._finished.add(key)
+            self._last.pop(key, None)
+            self._call('complete', ev)

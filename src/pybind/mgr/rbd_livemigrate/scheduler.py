@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from .batch import Batch, BatchState
 from .errors import NotFound
 from .health import HealthChecks, build_checks
 from .hold import Hold, HoldKind
@@ -186,6 +187,11 @@ class Worker:
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.tasks: Dict[str, Task] = {}
+        # image spec -> ids of the tasks naming it (source or destination),
+        # batch id -> ids of its tasks: lookups without scanning every task
+        self.by_spec: Dict[str, Set[str]] = {}
+        self.by_batch: Dict[str, Set[str]] = {}
+        self.batches: Dict[str, Batch] = {}
         self.runners: Dict[str, RunnerHandle] = {}
         self.waiting: Dict[str, str] = {}
         self.skipped: Dict[str, str] = {}
@@ -203,9 +209,14 @@ class Worker:
 
     def load(self) -> None:
         tasks, skipped = self.store.load()
+        batches, skipped_batches = self.store.load_batches()
         with self.lock:
             self.tasks = {t.id: t for t in tasks}
-            self.skipped = skipped
+            self.by_spec, self.by_batch = {}, {}
+            for t in tasks:
+                self._index(t)
+            self.batches = {b.id: b for b in batches}
+            self.skipped = dict(skipped, **skipped_batches)
             self.queue_paused = self.store.load_flag('queue_paused')
             self.loaded = True
             self.cond.notify_all()
@@ -227,12 +238,71 @@ class Worker:
             tasks = list(self.tasks.values())
         return sorted(tasks, key=lambda t: (t.created, t.id))
 
+    def _index(self, task: Task) -> None:
+        for spec in (task.source, task.destination):
+            self.by_spec.setdefault(spec, set()).add(task.id)
+        if task.batch_id:
+            self.by_batch.setdefault(task.batch_id, set()).add(task.id)
+
+    def _unindex(self, task: Task) -> None:
+        for spec in (task.source, task.destination):
+            ids = self.by_spec.get(spec)
+            if ids is not None:
+                ids.discard(task.id)
+                if not ids:
+                    del self.by_spec[spec]
+        if task.batch_id and task.batch_id in self.by_batch:
+            self.by_batch[task.batch_id].discard(task.id)
+
+    def naming(self, *specs: str) -> List[Task]:
+        """The tasks whose source or destination is one of ``specs``."""
+        with self.lock:
+            ids = set().union(*(self.by_spec.get(s, set()) for s in specs))
+            tasks = [self.tasks[i] for i in ids if i in self.tasks]
+        return sorted(tasks, key=lambda t: (t.created, t.id))
+
     def put(self, task: Task) -> Task:
         with self.lock:
             self.store.save(task)
             self.tasks[task.id] = task
+            self._index(task)
             self.cond.notify_all()
         return task
+
+    # -- batches -------------------------------------------------------
+
+    def put_batch(self, batch: Batch) -> Batch:
+        with self.lock:
+            self.store.save_batch(batch)
+            self.batches[batch.id] = batch
+        return batch
+
+    def update_batch(self, batch_id: str, fn: Callable[[Batch], Batch],
+                     persist: bool = True) -> Batch:
+        with self.lock:
+            old = self.get_batch(batch_id)
+            new = fn(old)
+            if new is not old:
+                if persist:
+                    self.store.save_batch(new)
+                self.batches[batch_id] = new
+            return new
+
+    def get_batch(self, batch_id: str) -> Batch:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+        if batch is None:
+            raise NotFound('no batch {!r}: see ceph rbd livemigrate ls'.format(batch_id))
+        return batch
+
+    def batch_tasks(self, batch_id: str) -> List[Task]:
+        with self.lock:
+            return [self.tasks[i] for i in sorted(self.by_batch.get(batch_id, ()))
+                    if i in self.tasks]
+
+    def all_batches(self) -> List[Batch]:
+        with self.lock:
+            return sorted(self.batches.values(), key=lambda b: (b.created, b.id))
 
     def update(self, task_id: str, fn: Callable[[Task], Task], persist: bool = True) -> Task:
         """Apply ``fn`` to the current record (never a stale copy) and save it."""
@@ -249,7 +319,9 @@ class Worker:
     def remove(self, task_id: str) -> None:
         with self.lock:
             self.store.delete(task_id)
-            self.tasks.pop(task_id, None)
+            task = self.tasks.pop(task_id, None)
+            if task is not None:
+                self._unindex(task)
 
     def set_queue_paused(self, paused: bool) -> None:
         with self.lock:
@@ -346,6 +418,15 @@ class Worker:
                 runner.start()
             for task_id in history_to_drop(tasks, self.options.max_history):
                 self.remove(task_id)
+            batches = [(b, self.batch_tasks(b.id)) for b in self.batches.values()]
+            for b, members in batches:
+                if b.state != BatchState.EXPANDING and not members:
+                    # its tasks left the history: so does the batch
+                    self.store.delete_batch(b.id)
+                    del self.batches[b.id]
+                    self.by_batch.pop(b.id, None)
+        for b, members in batches:
+            self.progress.batch(b, members)
         if block is None or block.kind.deliberate:
             self.health_block_since = None
         elif self.health_block_since is None:

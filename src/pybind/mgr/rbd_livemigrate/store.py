@@ -9,11 +9,13 @@ newer module, is logged and skipped: it never stops the module.
 import logging
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .batch import Batch
 from .task import CorruptRecord, Task
 
 log = logging.getLogger(__name__)
 
 TASK_PREFIX = 'task/'
+BATCH_PREFIX = 'batch/'
 FLAG_PREFIX = 'flag/'
 MAX_VALUE_BYTES = 64 * 1024
 MAX_REASON_CHARS = 200
@@ -62,6 +64,29 @@ class TaskStore:
 
     def delete(self, task_id: str) -> None:
         self._set_key(TASK_PREFIX + task_id, None)
+
+    def load_batches(self) -> Tuple[List[Batch], Dict[str, str]]:
+        batches: List[Batch] = []
+        skipped: Dict[str, str] = {}
+        for key, value in sorted(self._get_prefix(BATCH_PREFIX).items()):
+            try:
+                if not isinstance(value, str):
+                    raise CorruptRecord('batch record is not text')
+                batch = Batch.loads(value)
+                if key != BATCH_PREFIX + batch.id:
+                    raise CorruptRecord('key does not match batch id {!r}'.format(batch.id))
+            except Exception as e:  # one record never stops the module
+                log.error('skipping stored batch %s: %s', key, e)
+                skipped[key] = _one_line(str(e))
+                continue
+            batches.append(batch)
+        return batches, skipped
+
+    def save_batch(self, batch: Batch) -> None:
+        self._set_key(BATCH_PREFIX + batch.id, batch.dumps())
+
+    def delete_batch(self, batch_id: str) -> None:
+        self._set_key(BATCH_PREFIX + batch_id, None)
 
     def load_flag(self, name: str) -> bool:
         return self._get_prefix(FLAG_PREFIX + name).get(FLAG_PREFIX + name) == 'true'

@@ -121,6 +121,11 @@ def _check_task_id(value: str) -> None:
         raise _Mismatch()
 
 
+def _check_batch_id(value: Optional[str]) -> None:
+    if value is not None and not re.fullmatch(r'batch-[0-9a-f]{8}', value):
+        raise _Mismatch()
+
+
 def _check_pool_name(value: Optional[str]) -> None:
     if value is not None:
         validate_name('data pool', value)
@@ -133,6 +138,7 @@ _FIELD_CHECKS: Dict[str, typing.Tuple[str, typing.Callable[[Any], object]]] = {
     'source': ('image spec pool[/namespace]/image', ImageSpec.parse),
     'destination': ('image spec pool[/namespace]/image', ImageSpec.parse),
     'layout.data_pool': ('null or pool name', _check_pool_name),
+    'batch_id': ('null or batch-<8 hex digits>', _check_batch_id),
 }
 
 
@@ -374,6 +380,7 @@ class Task:
     started: Optional[float] = None
     finished: Optional[float] = None
     adopted: bool = False
+    batch_id: Optional[str] = None           # the add-pool batch that made it
     version: int = TASK_VERSION
 
     # -- construction --------------------------------------------------

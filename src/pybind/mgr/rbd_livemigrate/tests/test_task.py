@@ -240,7 +240,8 @@ def test_explicit_null_for_optional_fields() -> None:
 def _sample(hint: Any, name: str) -> Any:
     """A value of ``hint`` that is not the field's default (for any field added later too)."""
     special = {'id': 'T_9-x', 'source': 'rbd/ns/src', 'destination': 'ssd/dst',
-               'data_pool': 'ec-data', 'features': ['exclusive-lock', 'layering']}
+               'data_pool': 'ec-data', 'batch_id': 'batch-0123abcd',
+               'features': ['exclusive-lock', 'layering']}
     if name in special:
         return special[name]
     origin = typing.get_origin(hint)

@@ -1,0 +1,154 @@
+"""
+A batch: the tasks one ``add-pool`` makes, followed as one thing.
+
+``add-pool`` returns at once with a batch; the images are listed and
+preflighted in the background (``expanding``), each becoming a task that
+carries the batch's id, or a refusal kept in the batch with its errno and
+reason.  The batch's progress is its tasks' (``summary``); ``status``,
+``pause``, ``resume`` and ``cancel`` take a batch id.  A batch is a plain
+record like a task, stored under its own key; only the first refusals are
+kept (``MAX_REFUSED``), with a count of them all, so the record stays small
+whatever the pool's size.
+"""
+
+import enum
+import json
+import re
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, List, Optional
+
+from .task import CorruptRecord, State, Task, isoformat
+
+BATCH_VERSION = 1
+MAX_REFUSED = 100
+_ID_RE = re.compile(r'^batch-[0-9a-f]{8}$')
+
+
+class BatchState(str, enum.Enum):
+    EXPANDING = 'expanding'     # listing and preflighting the images
+    EXPANDED = 'expanded'       # every image is a task or a refusal
+    CANCELLED = 'cancelled'     # cancelled: no more tasks; its tasks cancelled
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    source: str                  # pool spec
+    destination: str             # pool spec
+    pattern: Optional[str] = None
+    request: Dict[str, Any] = field(default_factory=dict)   # the add options, as given
+    # the caller's rights when it ran add-pool: 'pool' or 'pool/namespace'
+    # entries, or '*' for every pool (images are added later, without it)
+    allowed: List[str] = field(default_factory=list)
+    state: BatchState = BatchState.EXPANDING
+    paused: bool = False
+    images: int = 0              # images matched so far (all once expanded)
+    refused: List[Dict[str, Any]] = field(default_factory=list)  # the first MAX_REFUSED
+    refused_count: int = 0
+    created: float = 0.0
+    expanded: Optional[float] = None
+    version: int = BATCH_VERSION
+
+    @staticmethod
+    def new_id() -> str:
+        return 'batch-' + uuid.uuid4().hex[:8]
+
+    @staticmethod
+    def is_id(text: str) -> bool:
+        return bool(_ID_RE.match(text))
+
+    def evolve(self, **changes: Any) -> 'Batch':
+        return replace(self, **changes)
+
+    def with_refusal(self, spec: str, err: int, message: str) -> 'Batch':
+        refused = self.refused
+        if len(refused) < MAX_REFUSED:
+            refused = refused + [{'source': spec, 'errno': -abs(err), 'message': message}]
+        return replace(self, refused=refused, refused_count=self.refused_count + 1)
+
+    # -- persistence ---------------------------------------------------
+
+    def to_json(self) -> Dict[str, Any]:
+        d = {k: getattr(self, k) for k in _FIELDS}
+        d['state'] = self.state.value
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(',', ':'))
+
+    @classmethod
+    def loads(cls, text: str) -> 'Batch':
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise CorruptRecord('batch record is not JSON: {}'.format(e))
+        if not isinstance(d, dict):
+            raise CorruptRecord('batch record is not a JSON object')
+        version = d.get('version')
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CorruptRecord('batch record has no version')
+        if version > BATCH_VERSION:
+            raise CorruptRecord('batch record version {} is newer than this module '
+                                'understands ({})'.format(version, BATCH_VERSION))
+        unknown = set(d) - set(_FIELDS)
+        if unknown:
+            raise CorruptRecord('batch record has unknown field(s) {}'.format(sorted(unknown)))
+        try:
+            b = cls(**{k: v for k, v in d.items() if k != 'state'},
+                    state=BatchState(d.get('state', 'expanding')))
+        except (TypeError, ValueError) as e:
+            raise CorruptRecord('batch record is malformed: {}'.format(e))
+        checks = [
+            (b.is_id(b.id), 'id'), (isinstance(b.source, str), 'source'),
+            (isinstance(b.destination, str), 'destination'),
+            (b.pattern is None or isinstance(b.pattern, str), 'pattern'),
+            (isinstance(b.request, dict), 'request'), (isinstance(b.paused, bool), 'paused'),
+            (isinstance(b.allowed, list) and all(isinstance(a, str) for a in b.allowed),
+             'allowed'),
+            (_count(b.images), 'images'), (_count(b.refused_count), 'refused_count'),
+            (isinstance(b.refused, list) and all(isinstance(r, dict) for r in b.refused),
+             'refused'),
+            (isinstance(b.created, (int, float)) and not isinstance(b.created, bool),
+             'created'),
+            (b.expanded is None or isinstance(b.expanded, (int, float)), 'expanded'),
+        ]
+        for ok, name in checks:
+            if not ok:
+                raise CorruptRecord('batch record field {} is invalid'.format(name))
+        return b
+
+    # -- presentation --------------------------------------------------
+
+    def summary(self, tasks: Iterable[Task]) -> Dict[str, Any]:
+        """The batch with its tasks counted by state, as ``status`` shows it."""
+        counts: Dict[str, int] = {}
+        live = 0
+        for t in tasks:
+            counts[t.state.value] = counts.get(t.state.value, 0) + 1
+            live += 0 if t.done else 1
+        queued = sum(counts.values())
+        committed = counts.get(State.COMMITTED.value, 0)
+        total = queued if self.state != BatchState.EXPANDING else max(queued, self.images)
+        done = sum(counts.get(s.value, 0)
+                   for s in (State.COMMITTED, State.ABORTED, State.FAILED))
+        d = self.to_json()
+        del d['version']
+        del d['allowed']
+        d['created'] = isoformat(self.created)
+        d['expanded'] = isoformat(self.expanded)
+        d.update(tasks=queued, live=live, committed=committed, by_state=counts,
+                 progress=round(done / total, 4) if total else (
+                     0.0 if self.state == BatchState.EXPANDING else 1.0),
+                 finished=self.state != BatchState.EXPANDING and live == 0)
+        return d
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_FIELDS = tuple(f for f in Batch.__dataclass_fields__)
