@@ -1164,6 +1164,14 @@ class Corpus:
             if rc == 0 and json.loads(out).get('state') not in TERMINAL:
                 ctx.note('cleanup: cancelling task {}'.format(ctx.task_id))
                 self.livemigrate('cancel', ctx.task_id, timeout=90)
+                # cancel returns at once: let the abort end before touching the images
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    rc, out, _ = self.livemigrate('status', ctx.task_id, '--format', 'json',
+                                                  timeout=30)
+                    if rc != 0 or json.loads(out).get('state') in TERMINAL:
+                        break
+                    time.sleep(0.5)
         if ctx.probe is None:
             return
         phase = ctx.probe.phase()

@@ -245,10 +245,18 @@ def cancel_live(sh, task_ids):
     except (CommandFailedError, ValueError) as e:
         log.warning('cannot list tasks for cleanup: %s', e)
         return
+    cancelled = []
     for t in tasks:
         if t.get('id') in task_ids and t['state'] in LIVE:
             log.info('cancelling %s (%s)', t['id'], t['state'])
             lm(sh, 'cancel', t['id'], check=False)
+            cancelled.append(t['id'])
+    # cancel returns at once: let the aborts end before the images go
+    for task_id in cancelled:
+        try:
+            wait_for_state(sh, task_id, TERMINAL, timeout=120)
+        except (RuntimeError, CommandFailedError, ValueError) as e:
+            log.warning('task %s: %s', task_id, e)
 
 
 # ---- one client ----------------------------------------------------------------

@@ -69,6 +69,7 @@ def test_second_add_returns_same_task(cluster: Cluster, lm: Livemigrate, name: s
     rc, out, err = lm.run('add', src, 'c/' + name)          # another destination: refused
     assert rc == 16 and err.count('\n') <= 1
     lm.ok('cancel', first['id'])
+    lm.wait(first['id'], ('aborted',))
     assert rbdtools.image_exists(cluster.conf, src)
 
 

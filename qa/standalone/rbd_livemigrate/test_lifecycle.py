@@ -124,7 +124,10 @@ def test_cancel_queued(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     try:
         task = lm.add(src, dst)
         out = lm.ok('cancel', task['id'])
-        assert out['action'] == 'removed from the queue'
+        # cancel returns within about a second: done, or under way (see status)
+        assert out['action'] == 'removed from the queue' or 'in progress' in out['action']
+        t = lm.wait(task['id'], ('aborted',))
+        assert t['error'] == 'cancelled before prepare', t
     finally:
         lm.ok('resume')
     _assert_restored(cluster, lm, task['id'], src, dst, before)
@@ -137,8 +140,8 @@ def test_cancel_executing(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     task = lm.add(src, dst, '--bandwidth-limit', '4M')
     lm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
     out = lm.ok('cancel', task['id'])
-    assert out['state'] == 'aborted', out
-    assert 'restored' in out['action']
+    assert 'restored' in out['action'] or 'in progress' in out['action'], out
+    lm.wait(task['id'], ('aborted',))
     _assert_restored(cluster, lm, task['id'], src, dst, before)
 
 

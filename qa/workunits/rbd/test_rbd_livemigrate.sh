@@ -67,6 +67,11 @@ for t in json.load(sys.stdin):
     if t["id"] in mine and t["state"] not in ("committed", "aborted", "failed"):
         print(t["id"])' "${TASKS[@]}"); do
     ceph rbd livemigrate cancel "${task}"
+    # cancel returns at once; the abort ends before the images go
+    for _ in $(seq 120); do
+      task_in_state "${task}" aborted committed failed && break
+      sleep 1
+    done
   done
   [[ -n "${QUEUE_PAUSED}" ]] && ceph rbd livemigrate resume >/dev/null
   local pool image
