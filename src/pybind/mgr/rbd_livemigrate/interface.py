@@ -233,6 +233,10 @@ class RbdPort:
         name (free in ``rbd ls``, but its abort needs the name back)."""
         raise NotImplementedError
 
+    def watchers(self, spec: ImageSpec) -> List[str]:
+        """The addresses of the clients that have the image open."""
+        raise NotImplementedError
+
     def descendants(self, spec: ImageSpec) -> List[str]:
         """The clones of ``spec`` (any depth); raises if they cannot be listed."""
         raise NotImplementedError

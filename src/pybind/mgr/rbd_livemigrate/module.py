@@ -21,6 +21,7 @@ from .preflight import PoolInfo, pools_from_maps
 from .progress import ProgressReporter
 from .rbd_adapter import Adapter, ClientFactory
 from .scheduler import Options, Worker
+from .spec import ImageSpec
 from .store import TaskStore
 from .window import in_window, parse_window
 
@@ -94,7 +95,8 @@ class Module(MgrModule):
             set_health=self.set_health,
             cluster_block=self.cluster_block,
             blocklisted=self.blocklisted,
-            on_blocklist=self.factory.discard_idle)
+            on_blocklist=self.factory.discard_idle,
+            watchers=lambda spec: self.adapter.watchers(ImageSpec.parse(spec)))
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
                                  time.time, self.unscoped)
         self.config_notify()

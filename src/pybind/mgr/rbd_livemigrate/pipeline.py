@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_PASSES = 20
 ABORT_BUSY_RETRY_SECONDS = 90.0
 PERSIST_PROGRESS_SECONDS = 5.0
+RECORD_EVERY_SECONDS = 0.25
 
 
 class Abandoned(Exception):
@@ -374,7 +375,7 @@ class Runner(RunnerHandle):
                 last_progress_at=self._now()))
         return held
 
-    def _throttle(self, task: Task, base: List[float], copied: int) -> None:
+    def _throttle(self, limit: int, base: List[float], copied: int) -> None:
         """Token bucket: sleeping in librbd's progress callback stalls the copy.
 
         ``base`` is (time, bytes, limit) where the bucket was last reset: at
@@ -383,7 +384,6 @@ class Runner(RunnerHandle):
         bursts to catch up nor pays back, at a new rate, the time it ran
         unthrottled or faster.
         """
-        limit = self.worker.bandwidth_limit(task)
         if limit != base[2]:
             base[:] = [self._now(), float(copied), float(limit)]
         if limit <= 0:
@@ -406,24 +406,33 @@ class Runner(RunnerHandle):
         last_persist: List[float] = [started]
         base: List[float] = [started, 0.0, float(self.worker.bandwidth_limit(task))]
 
+        # librbd calls back once per object: the record, the progress bar,
+        # holds and the limit are looked at every RECORD_EVERY_SECONDS; only
+        # the token bucket's arithmetic runs on every call
+        last_record: List[float] = [0.0]
+        limit: List[int] = [int(base[2])]
+
         def on_progress(offset: int, total: int) -> None:
             if self.abandoned:
                 return
             now = self._now()
             frac = min(1.0, offset / total) if total else 1.0
             copied = int(size * frac)
-            elapsed = now - started
-            rate = copied / elapsed if elapsed > 0.5 else None
-            persist = now - last_persist[0] >= PERSIST_PROGRESS_SECONDS
-            if persist:
-                last_persist[0] = now
-            t = self.worker.update(self.task_id, lambda t: t.evolve(
-                progress=frac * EXECUTE_SHARE, bytes_copied=copied, rate_bytes_per_sec=rate,
-                last_progress_at=now), persist=persist)
-            self.worker.progress.update(t)
-            if self._hold():
-                base[:2] = [self._now(), float(copied)]
-            self._throttle(t, base, copied)
+            if now - last_record[0] >= RECORD_EVERY_SECONDS or frac >= 1.0:
+                last_record[0] = now
+                elapsed = now - started
+                rate = copied / elapsed if elapsed > 0.5 else None
+                persist = now - last_persist[0] >= PERSIST_PROGRESS_SECONDS
+                if persist:
+                    last_persist[0] = now
+                t = self.worker.update(self.task_id, lambda t: t.evolve(
+                    progress=frac * EXECUTE_SHARE, bytes_copied=copied,
+                    rate_bytes_per_sec=rate, last_progress_at=now), persist=persist)
+                self.worker.progress.update(t)
+                if self._hold():
+                    base[:2] = [self._now(), float(copied)]
+                limit[0] = self.worker.bandwidth_limit(t)
+            self._throttle(limit[0], base, copied)
 
         client = self._client()
         with self._lock:

@@ -191,10 +191,8 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
                                 'migration status or ceph rbd livemigrate ls'.format(source),
                                 errno.EBUSY))
     if info.watchers:
-        blockers.append(Blocked(
-            "source image '{}' is open by {} client(s) ({}): stop them; the task waits "
-            'until they close'.format(source, len(info.watchers), ', '.join(info.watchers[:3])),
-            errno.EBUSY, wait=True))
+        blockers.append(Blocked(watchers_reason(str(source), info.watchers), errno.EBUSY,
+                                wait=True))
     blockers += image_blockers(source, dest, layout, info, allow_descendants)
     space_pool = data_pool or dst_pool
     if (space_pool is not None and space_pool.max_avail is not None
@@ -204,6 +202,12 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
             'OSDs'.format(space_pool.name, space_pool.max_avail, info.used_bytes),
             errno.ENOSPC))
     return blockers, info
+
+
+def watchers_reason(source: str, addrs: List[str]) -> str:
+    """What a task waiting for its source's clients says (add, prepare, recheck)."""
+    return ("source image '{}' is open by {} client(s) ({}): stop them; the task waits "
+            'until they close'.format(source, len(addrs), ', '.join(addrs[:3])))
 
 
 def image_blockers(source: ImageSpec, dest: ImageSpec, layout: Layout, info: ImageInfo,

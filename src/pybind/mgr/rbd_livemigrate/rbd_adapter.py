@@ -711,6 +711,19 @@ class Adapter(RbdPort):
                 io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
 
+    def watchers(self, spec: ImageSpec) -> List[str]:
+        """The addresses of the clients that have ``spec`` open (one open)."""
+        def op(c: Client) -> List[str]:
+            io = c.ioctx(spec.pool, spec.namespace)
+            try:
+                with rbd.Image(io, spec.image, read_only=True) as image:
+                    return [w.get('addr', '?') for w in image.watchers_list()]
+            except rbd.Error as e:
+                raise translate(e, "cannot list the clients of '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
     def descendants(self, spec: ImageSpec) -> List[str]:
         def op(c: Client) -> List[str]:
             io = c.ioctx(spec.pool, spec.namespace)

@@ -13,18 +13,20 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from .batch import Batch, BatchState
-from .errors import NotFound
+from .batch import BatchState
 from .health import HealthChecks, build_checks
 from .hold import Hold, HoldKind
-from .preflight import MIN_BANDWIDTH_BYTES
+from .preflight import MIN_BANDWIDTH_BYTES, watchers_reason
 from .progress import ProgressReporter
 from .store import TaskStore
+from .table import TaskTable
 from .task import State, Task
 
 log = logging.getLogger(__name__)
 
 IDLE_TICK_SECONDS = 5.0
+# sources with clients looked at per scheduler pass (the rest wait their turn)
+RECHECK_PER_PASS = 32
 MIN_TICK_SECONDS = 0.05
 
 
@@ -57,6 +59,9 @@ class Decision(NamedTuple):
     start: List[str]                 # task ids to start now, in order
     waiting: Dict[str, str]          # task id -> why it may not start now
     next_tick: float                 # seconds until the decision may change
+    # queued tasks waiting for clients to close their source, due for a
+    # cheap look at the watchers (no slot, no runner), longest unchecked first
+    recheck: List[str] = []
 
 
 def _pools(t: Task) -> Set[str]:
@@ -86,6 +91,7 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
             per_pool[p] = per_pool.get(p, 0) + 1
     slots = max(0, opts.max_concurrent - len(busy))
     candidates: List[Task] = []
+    recheck: List[Task] = []
     for t in tasks:
         if t.id in running or not t.needs_worker:
             continue
@@ -98,6 +104,10 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
         if t.next_retry is not None and t.next_retry > now:
             waiting[t.id] = t.blocked_reason or 'waiting to retry'
             next_tick = min(next_tick, t.next_retry - now)
+            continue
+        if t.state == State.QUEUED and t.blocked_kind == HoldKind.WATCHERS.value:
+            waiting[t.id] = t.blocked_reason or 'waiting for clients to close the source'
+            recheck.append(t)
             continue
         candidates.append(t)
     candidates.sort(key=lambda t: (-t.priority, t.created, t.id))
@@ -119,7 +129,8 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
         slots -= 1
         for p in pools:
             per_pool[p] = per_pool.get(p, 0) + 1
-    return Decision(start, waiting, max(0.05, next_tick))
+    recheck.sort(key=lambda t: (t.next_retry or 0.0, -t.priority, t.created, t.id))
+    return Decision(start, waiting, max(0.05, next_tick), [t.id for t in recheck])
 
 
 def retry_delay(attempts: int, opts: Options) -> float:
@@ -142,6 +153,7 @@ RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
 # a copy whose client is blocklisted gets this long to return by itself
 # before it is abandoned (Pacific's migration_execute can hang forever then)
 ABANDON_AFTER_BLOCKLIST_SECONDS = 10.0
+IDLE_BLOCKLIST_SECONDS = 10.0
 
 
 class RunnerHandle:
@@ -166,168 +178,37 @@ class RunnerHandle:
         raise NotImplementedError
 
 
-class Worker:
+class Worker(TaskTable):
+    """The scheduling loop over the task table: each pass decides what may
+    start (``decide``), starts runners, prunes history and rebuilds health."""
+
     def __init__(self, store: TaskStore, progress: ProgressReporter,
                  runner_factory: RunnerFactory,
                  set_health: Callable[[HealthChecks], None],
                  cluster_block: Callable[[], Optional[Hold]],
                  clock: Callable[[], float] = time.time,
                  blocklisted: Callable[[], Set[str]] = set,
-                 on_blocklist: Callable[[Set[str]], None] = lambda addrs: None) -> None:
-        self.store = store
+                 on_blocklist: Callable[[Set[str]], None] = lambda addrs: None,
+                 watchers: Callable[[str], List[str]] = lambda spec: []) -> None:
+        super().__init__(store, clock)
         self.progress = progress
         self.runner_factory = runner_factory
         self.set_health = set_health
         self.cluster_block = cluster_block
-        self.clock = clock
         self.blocklisted = blocklisted
+        self.watchers = watchers
         self.on_blocklist = on_blocklist
         self.blocklisted_since: Dict[str, float] = {}
+        self.blocklist_read_at = 0.0
         self.options = Options()
-        self.lock = threading.RLock()
-        self.cond = threading.Condition(self.lock)
-        self.tasks: Dict[str, Task] = {}
-        # image spec -> ids of the tasks naming it (source or destination),
-        # batch id -> ids of its tasks: lookups without scanning every task
-        self.by_spec: Dict[str, Set[str]] = {}
-        self.by_batch: Dict[str, Set[str]] = {}
-        self.batches: Dict[str, Batch] = {}
         self.runners: Dict[str, RunnerHandle] = {}
         self.waiting: Dict[str, str] = {}
-        self.skipped: Dict[str, str] = {}
-        self.stopping = False
-        self.loaded = False
-        self.queue_paused = False
         self.wake = threading.Event()
         # why new work may not start now (window, health, queue paused); the
         # running copies hold while it is set
         self.current_block: Optional[Hold] = None
         self.health_block_since: Optional[float] = None
         self.chores: List[Chore] = []
-
-    # -- table ---------------------------------------------------------
-
-    def load(self) -> None:
-        tasks, skipped = self.store.load()
-        batches, skipped_batches = self.store.load_batches()
-        with self.lock:
-            self.tasks = {t.id: t for t in tasks}
-            self.by_spec, self.by_batch = {}, {}
-            for t in tasks:
-                self._index(t)
-            self.batches = {b.id: b for b in batches}
-            self.skipped = dict(skipped, **skipped_batches)
-            self.queue_paused = self.store.load_flag('queue_paused')
-            self.loaded = True
-            self.cond.notify_all()
-        log.info('loaded %d task(s), skipped %d unreadable record(s)', len(tasks), len(skipped))
-
-    def get(self, task_id: str) -> Task:
-        with self.lock:
-            task = self.tasks.get(task_id)
-        if task is None:
-            raise NotFound("no task '{}': see ceph rbd livemigrate ls".format(task_id))
-        return task
-
-    def find(self, task_id: str) -> Optional[Task]:
-        with self.lock:
-            return self.tasks.get(task_id)
-
-    def all(self) -> List[Task]:
-        with self.lock:
-            tasks = list(self.tasks.values())
-        return sorted(tasks, key=lambda t: (t.created, t.id))
-
-    def _index(self, task: Task) -> None:
-        for spec in (task.source, task.destination):
-            self.by_spec.setdefault(spec, set()).add(task.id)
-        if task.batch_id:
-            self.by_batch.setdefault(task.batch_id, set()).add(task.id)
-
-    def _unindex(self, task: Task) -> None:
-        for spec in (task.source, task.destination):
-            ids = self.by_spec.get(spec)
-            if ids is not None:
-                ids.discard(task.id)
-                if not ids:
-                    del self.by_spec[spec]
-        if task.batch_id and task.batch_id in self.by_batch:
-            self.by_batch[task.batch_id].discard(task.id)
-
-    def naming(self, *specs: str) -> List[Task]:
-        """The tasks whose source or destination is one of ``specs``."""
-        with self.lock:
-            ids = set().union(*(self.by_spec.get(s, set()) for s in specs))
-            tasks = [self.tasks[i] for i in ids if i in self.tasks]
-        return sorted(tasks, key=lambda t: (t.created, t.id))
-
-    def put(self, task: Task) -> Task:
-        with self.lock:
-            self.store.save(task)
-            self.tasks[task.id] = task
-            self._index(task)
-            self.cond.notify_all()
-        return task
-
-    # -- batches -------------------------------------------------------
-
-    def put_batch(self, batch: Batch) -> Batch:
-        with self.lock:
-            self.store.save_batch(batch)
-            self.batches[batch.id] = batch
-        return batch
-
-    def update_batch(self, batch_id: str, fn: Callable[[Batch], Batch],
-                     persist: bool = True) -> Batch:
-        with self.lock:
-            old = self.get_batch(batch_id)
-            new = fn(old)
-            if new is not old:
-                if persist:
-                    self.store.save_batch(new)
-                self.batches[batch_id] = new
-            return new
-
-    def get_batch(self, batch_id: str) -> Batch:
-        with self.lock:
-            batch = self.batches.get(batch_id)
-        if batch is None:
-            raise NotFound('no batch {!r}: see ceph rbd livemigrate ls'.format(batch_id))
-        return batch
-
-    def batch_tasks(self, batch_id: str) -> List[Task]:
-        with self.lock:
-            return [self.tasks[i] for i in sorted(self.by_batch.get(batch_id, ()))
-                    if i in self.tasks]
-
-    def all_batches(self) -> List[Batch]:
-        with self.lock:
-            return sorted(self.batches.values(), key=lambda b: (b.created, b.id))
-
-    def update(self, task_id: str, fn: Callable[[Task], Task], persist: bool = True) -> Task:
-        """Apply ``fn`` to the current record (never a stale copy) and save it."""
-        with self.lock:
-            old = self.get(task_id)
-            new = fn(old)
-            if new is not old:
-                if persist:
-                    self.store.save(new)
-                self.tasks[task_id] = new
-                self.cond.notify_all()
-            return new
-
-    def remove(self, task_id: str) -> None:
-        with self.lock:
-            self.store.delete(task_id)
-            task = self.tasks.pop(task_id, None)
-            if task is not None:
-                self._unindex(task)
-
-    def set_queue_paused(self, paused: bool) -> None:
-        with self.lock:
-            self.store.save_flag('queue_paused', paused)
-            self.queue_paused = paused
-            self.cond.notify_all()
 
     def kick(self) -> None:
         """Make the scheduler pass run now."""
@@ -347,22 +228,15 @@ class Worker:
                 del self.runners[runner.task_id]
         self.kick()
 
-    def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
-        deadline = self.clock() + timeout
-        with self.lock:
-            while not pred():
-                left = deadline - self.clock()
-                if left <= 0 or self.stopping:
-                    return pred()
-                self.cond.wait(min(left, 1.0))
-            return True
-
     # -- loop ----------------------------------------------------------
 
     def reap_blocklisted(self, now: float) -> None:
         """Interrupt, then abandon, runners whose client the OSD map blocklists."""
         with self.lock:
             runners = list(self.runners.values())
+        if not runners and now - self.blocklist_read_at < IDLE_BLOCKLIST_SECONDS:
+            return                  # idle: the OSD map dump only for idle clients, rarely
+        self.blocklist_read_at = now
         blocklist = self.blocklisted()
         self.on_blocklist(blocklist)
         if not runners:
@@ -416,17 +290,18 @@ class Worker:
                 runner = self.runner_factory(self, task_id)
                 self.runners[task_id] = runner
                 runner.start()
-            for task_id in history_to_drop(tasks, self.options.max_history):
-                self.remove(task_id)
+            drop = history_to_drop(tasks, self.options.max_history)
+        # store writes outside the table lock, in one go
+        if drop:
+            self.remove(drop)
+        with self.lock:
             batches = [(b, self.batch_tasks(b.id)) for b in self.batches.values()]
-            for b, members in batches:
-                if b.state != BatchState.EXPANDING and not members:
-                    # its tasks left the history: so does the batch
-                    self.store.delete_batch(b.id)
-                    del self.batches[b.id]
-                    self.by_batch.pop(b.id, None)
+        self.recheck_watchers(decision.recheck[:RECHECK_PER_PASS], now)
         for b, members in batches:
-            self.progress.batch(b, members)
+            if b.state != BatchState.EXPANDING and not members:
+                self.remove_batch(b.id)          # its tasks left the history: so does it
+            else:
+                self.progress.batch(b, members)
         if block is None or block.kind.deliberate:
             self.health_block_since = None
         elif self.health_block_since is None:
@@ -442,6 +317,33 @@ class Worker:
             tasks, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
             self.skipped, queue_note))
         return decision.next_tick
+
+    def recheck_watchers(self, task_ids: List[str], now: float) -> None:
+        """Look at the watchers of sources that had clients (one cheap call
+        each, outside the lock): gone, the task competes for a slot at once;
+        still there, it looks again after ``blocked_recheck_seconds``.  No
+        store write while the clients stay."""
+        for task_id in task_ids:
+            task = self.find(task_id)
+            if task is None or task.blocked_kind != HoldKind.WATCHERS.value:
+                continue
+            try:
+                addrs = self.watchers(task.source)
+            except Exception as e:      # gone, or unreadable: the runner finds out
+                log.info('task %s: cannot list the watchers of %s: %s', task_id,
+                         task.source, e)
+                addrs = []
+            if addrs:
+                reason = watchers_reason(task.source, addrs)
+                self.update(task_id, lambda t: t.evolve(
+                    next_retry=now + self.options.blocked_recheck_seconds,
+                    blocked_reason=reason), persist=False)
+            else:
+                self.update(task_id, lambda t: t.evolve(
+                    blocked_kind=None, blocked_reason=None, blocked_since=None,
+                    next_retry=None) if t.blocked_kind == HoldKind.WATCHERS.value else t)
+                log.info('task %s: the clients of %s are gone', task_id, task.source)
+                self.kick()
 
     def serve(self) -> None:
         while True:

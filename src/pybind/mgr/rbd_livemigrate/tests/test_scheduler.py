@@ -155,3 +155,44 @@ def test_invalid_window_warns_at_once_closed_window_never() -> None:
     w, health = _held_worker(Hold(HoldKind.CLUSTER_HEALTH, 'cluster health OSD_FULL'))
     w.tick()
     assert 'RBD_LIVEMIGRATE_BLOCKED' not in health[-1]   # only after blocked_warn_seconds
+
+
+def test_tasks_waiting_for_clients_take_no_slot_and_are_rechecked_in_turn() -> None:
+    w = lambda i, **kw: mk(i, blocked_kind='watchers', blocked_reason='clients', **kw)  # noqa
+    tasks = [w(0, next_retry=NOW - 1), w(1, next_retry=NOW - 5), w(2, next_retry=NOW + 9),
+             mk(3)]
+    d = decide(tasks, set(), Options(max_concurrent=1), NOW)
+    assert d.start == ['t3']                    # the free one is not starved
+    assert d.recheck == ['t1', 't0']            # longest unchecked first; t2 not due
+    assert d.waiting['t0'] == 'clients'
+
+
+def test_recheck_writes_nothing_while_clients_stay() -> None:
+    kv: Dict[str, str] = {}
+    writes: List[str] = []
+
+    def set_key(k: str, v: Optional[str]) -> None:
+        writes.append(k)
+        if v is None:
+            kv.pop(k, None)
+        else:
+            kv[k] = v
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    clients = {'a/img1': ['127.0.0.1:0/1']}
+    FakeRunner.started = []
+    w = Worker(store, ProgressReporter(lambda *a, **k: None), FakeRunner, lambda c: None,
+               lambda: None, clock=lambda: NOW, watchers=lambda spec: clients.get(spec, []))
+    w.load()
+    w.put(mk(1, blocked_kind='watchers', blocked_reason='x'))
+    writes.clear()
+    w.tick()
+    t = w.get('t1')
+    assert t.blocked_kind == 'watchers' and '127.0.0.1:0/1' in (t.blocked_reason or '')
+    assert t.next_retry == NOW + w.options.blocked_recheck_seconds
+    assert writes == [] and FakeRunner.started == []
+    clients.clear()
+    w.update('t1', lambda t: t.evolve(next_retry=None), persist=False)
+    w.tick()
+    assert w.get('t1').blocked_kind is None and writes == ['task/t1']
+    w.tick()
+    assert FakeRunner.started == ['t1']

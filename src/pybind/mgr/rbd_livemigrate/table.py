@@ -1,0 +1,207 @@
+"""
+The task table: every task and batch in memory, their store, and the
+notifications others wait on.
+
+One lock guards the records and their indexes (by image spec, by batch);
+it is never held across a store write, which is a monitor round trip.
+Writes go through a second lock, in the order the records changed: a
+write saves the record as it is *then*, so whichever write runs last
+saves the newest record, and a removed task is never written back.
+"""
+
+import logging
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Set
+
+from .batch import Batch
+from .errors import NotFound
+from .store import TaskStore
+from .task import Task
+
+log = logging.getLogger(__name__)
+
+
+class TaskTable:
+    def __init__(self, store: TaskStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.store_lock = threading.Lock()
+        self.tasks: Dict[str, Task] = {}
+        # image spec -> ids of the tasks naming it (source or destination),
+        # batch id -> ids of its tasks: lookups without scanning every task
+        self.by_spec: Dict[str, Set[str]] = {}
+        self.by_batch: Dict[str, Set[str]] = {}
+        self.batches: Dict[str, Batch] = {}
+        self.skipped: Dict[str, str] = {}
+        self.loaded = False
+        self.queue_paused = False
+        self.stopping = False
+        self.writes = 0                 # store writes made (the benchmark reads it)
+
+    def load(self) -> None:
+        tasks, skipped = self.store.load()
+        batches, skipped_batches = self.store.load_batches()
+        with self.lock:
+            self.tasks = {t.id: t for t in tasks}
+            self.by_spec, self.by_batch = {}, {}
+            for t in tasks:
+                self._index(t)
+            self.batches = {b.id: b for b in batches}
+            self.skipped = dict(skipped, **skipped_batches)
+            self.queue_paused = self.store.load_flag('queue_paused')
+            self.loaded = True
+            self.cond.notify_all()
+        log.info('loaded %d task(s), skipped %d unreadable record(s)', len(tasks), len(skipped))
+
+    def get(self, task_id: str) -> Task:
+        with self.lock:
+            task = self.tasks.get(task_id)
+        if task is None:
+            raise NotFound("no task '{}': see ceph rbd livemigrate ls".format(task_id))
+        return task
+
+    def find(self, task_id: str) -> Optional[Task]:
+        with self.lock:
+            return self.tasks.get(task_id)
+
+    def all(self) -> List[Task]:
+        with self.lock:
+            tasks = list(self.tasks.values())
+        return sorted(tasks, key=lambda t: (t.created, t.id))
+
+    def _index(self, task: Task) -> None:
+        for spec in (task.source, task.destination):
+            self.by_spec.setdefault(spec, set()).add(task.id)
+        if task.batch_id:
+            self.by_batch.setdefault(task.batch_id, set()).add(task.id)
+
+    def _unindex(self, task: Task) -> None:
+        for spec in (task.source, task.destination):
+            ids = self.by_spec.get(spec)
+            if ids is not None:
+                ids.discard(task.id)
+                if not ids:
+                    del self.by_spec[spec]
+        if task.batch_id and task.batch_id in self.by_batch:
+            self.by_batch[task.batch_id].discard(task.id)
+
+    def naming(self, *specs: str) -> List[Task]:
+        """The tasks whose source or destination is one of ``specs``."""
+        with self.lock:
+            ids = set().union(*(self.by_spec.get(s, set()) for s in specs))
+            tasks = [self.tasks[i] for i in ids if i in self.tasks]
+        return sorted(tasks, key=lambda t: (t.created, t.id))
+
+    def put(self, task: Task) -> Task:
+        with self.lock:
+            self.tasks[task.id] = task
+            self._index(task)
+            self.cond.notify_all()
+        self._save(task.id)
+        return task
+
+    def _save(self, task_id: str) -> None:
+        """Write the task's record as it is now (outside the table lock)."""
+        with self.store_lock:
+            with self.lock:
+                task = self.tasks.get(task_id)
+            if task is not None:
+                self.store.save(task)
+                self.writes += 1
+
+    # -- batches -------------------------------------------------------
+
+    def put_batch(self, batch: Batch) -> Batch:
+        with self.lock:
+            self.batches[batch.id] = batch
+        self._save_batch(batch.id)
+        return batch
+
+    def _save_batch(self, batch_id: str) -> None:
+        with self.store_lock:
+            with self.lock:
+                batch = self.batches.get(batch_id)
+            if batch is not None:
+                self.store.save_batch(batch)
+                self.writes += 1
+
+    def update_batch(self, batch_id: str, fn: Callable[[Batch], Batch],
+                     persist: bool = True) -> Batch:
+        with self.lock:
+            old = self.get_batch(batch_id)
+            new = fn(old)
+            if new is old:
+                return new
+            self.batches[batch_id] = new
+        if persist:
+            self._save_batch(batch_id)
+        return new
+
+    def get_batch(self, batch_id: str) -> Batch:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+        if batch is None:
+            raise NotFound('no batch {!r}: see ceph rbd livemigrate ls'.format(batch_id))
+        return batch
+
+    def batch_tasks(self, batch_id: str) -> List[Task]:
+        with self.lock:
+            return [self.tasks[i] for i in sorted(self.by_batch.get(batch_id, ()))
+                    if i in self.tasks]
+
+    def all_batches(self) -> List[Batch]:
+        with self.lock:
+            return sorted(self.batches.values(), key=lambda b: (b.created, b.id))
+
+    def update(self, task_id: str, fn: Callable[[Task], Task], persist: bool = True) -> Task:
+        """Apply ``fn`` to the current record (never a stale copy) and save it."""
+        with self.lock:
+            old = self.get(task_id)
+            new = fn(old)
+            if new is old:
+                return new
+            self.tasks[task_id] = new
+            self.cond.notify_all()
+        if persist:
+            self._save(task_id)
+        return new
+
+    def remove(self, task_ids: List[str]) -> None:
+        """Forget tasks (history beyond max_history), then delete their keys."""
+        with self.lock:
+            for task_id in task_ids:
+                task = self.tasks.pop(task_id, None)
+                if task is not None:
+                    self._unindex(task)
+        with self.store_lock:
+            for task_id in task_ids:
+                self.store.delete(task_id)
+                self.writes += 1
+
+    def remove_batch(self, batch_id: str) -> None:
+        with self.lock:
+            self.batches.pop(batch_id, None)
+            self.by_batch.pop(batch_id, None)
+        with self.store_lock:
+            self.store.delete_batch(batch_id)
+            self.writes += 1
+
+    def set_queue_paused(self, paused: bool) -> None:
+        with self.store_lock:
+            self.store.save_flag('queue_paused', paused)
+        with self.lock:
+            self.queue_paused = paused
+            self.cond.notify_all()
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        with self.lock:
+            while not pred():
+                left = deadline - self.clock()
+                if left <= 0 or self.stopping:
+                    return pred()
+                self.cond.wait(min(left, 1.0))
+            return True
