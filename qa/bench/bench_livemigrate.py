@@ -8,6 +8,12 @@ is stopped and deleted at the end (also on failure or Ctrl-C) unless ``--keep``.
 
 Sections (``--sections``, comma list, default all):
 
+fleet     ``--fleet-images`` empty and as many written 4 MiB images: one module ``add-pool``
+          (a batch) at max_concurrent ``--fleet-concurrency`` until all are committed, with
+          ``ls`` and ``status <batch>`` timed every second meanwhile, mgr RSS and store
+          writes per task (mon log); then the same images moved by a plain in-process
+          librbd loop on as many threads, each with its own rados client (the limit), and
+          a sample (``--fleet-cli-sample``) by the sequential ``rbd migration`` CLI loop.
 pool      ``--images`` images of ``--image-size`` written data: module ``add-pool`` until all
           are committed (``ls --format json`` polled), versus (a) a sequential
           ``rbd migration prepare/execute/commit`` CLI loop over identical images and (b)
@@ -68,7 +74,7 @@ sys.path.insert(0, os.path.join(REPO, 'qa', 'standalone'))
 from cluster import Cluster, parse_bytes  # noqa: E402
 
 MIB = 1 << 20
-SECTIONS = ('pool', 'big', 'throttle', 'scale')
+SECTIONS = ('pool', 'big', 'throttle', 'scale', 'fleet')
 SRC_POOL = 'bsrc'
 DST_POOL = 'bdst'
 # Completion polls: every poll of `ls` renders every task in the mgr, so poll gently and take
@@ -428,13 +434,10 @@ class Bench:
         cpu.start()
         t0 = time.monotonic()
         t0_epoch = time.time()
-        added = self.mgr_ok('rbd livemigrate add-pool', source_pool_spec=SRC_POOL,
+        batch = self.mgr_ok('rbd livemigrate add-pool', source_pool_spec=SRC_POOL,
                             dest_pool_spec=DST_POOL, pattern=f'{tag}-*')
         t_added = time.monotonic()
-        ids = [a['id'] for a in added if a.get('id')]
-        if len(ids) != len(names):
-            raise RuntimeError(f'add-pool returned {len(ids)} tasks for {len(names)} images: '
-                               f'{added[:3]}')
+        ids = self.batch_task_ids(batch['id'], len(names))
         t_end, _ = self.wait_tasks(ids, timeout=900)
         polled = t_end - t0
         res: Dict[str, Any] = {'polled_seconds': round(polled, 3),
@@ -450,6 +453,24 @@ class Bench:
         res['seconds'] = round(max(committed) - t0_epoch, 3) if len(committed) == len(ids) \
             else round(polled, 3)
         return res
+
+    def batch_task_ids(self, batch_id: str, n: int, timeout: float = 1800) -> List[str]:
+        """The ids of a batch's tasks once it has listed its images."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.mgr_ok('rbd livemigrate status', task_or_image=batch_id, format='json')
+            if st['state'] != 'expanding':
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'batch {batch_id} still listing: {st}')
+            time.sleep(POLL_SECONDS)
+        if st['refused_count']:
+            raise RuntimeError(f'batch {batch_id} refused images: {st["refused"][:3]}')
+        ids = [v['id'] for v in self.mgr_ok('rbd livemigrate ls', format='json')
+               if v.get('batch_id') == batch_id]
+        if len(ids) != n:
+            raise RuntimeError(f'batch {batch_id} has {len(ids)} tasks for {n} images')
+        return ids
 
     def run_cli_loop(self, names: List[str]) -> Dict[str, Any]:
         cpu = CpuMeter(self.cluster)
@@ -912,6 +933,154 @@ class Bench:
             'store': sizes,
         }
 
+    # -- section 5: a fleet of small images -------------------------------
+
+    def create_fleet(self, names: Sequence[str], written: bool) -> float:
+        """Small images (4 MiB, one 4 KiB write each if ``written``), 8 threads."""
+        t0 = time.monotonic()
+        io = self.ioctx(SRC_POOL)
+        buf = self.buf[:4096]
+        try:
+            def one(name: str) -> None:
+                rbd.RBD().create(io, name, 4 * MIB, old_format=False)
+                if written:
+                    with rbd.Image(io, name) as image:
+                        image.write(buf, 0)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(one, names))
+        finally:
+            io.close()
+        return time.monotonic() - t0
+
+    def librbd_limit(self, names: List[str], threads: int) -> float:
+        """prepare/execute/commit of every image on ``threads`` threads, each with its
+        own rados client, no module: what librbd does at this concurrency."""
+        todo = list(names)
+        lock = threading.Lock()
+
+        def worker() -> None:
+            c = rados.Rados(conffile=self.cluster.conf)
+            c.connect(timeout=30)
+            src, dst = c.open_ioctx(SRC_POOL), c.open_ioctx(DST_POOL)
+            try:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        name = todo.pop()
+                    rbd.RBD().migration_prepare(src, name, dst, name)
+                    rbd.RBD().migration_execute(dst, name)
+                    rbd.RBD().migration_commit(dst, name)
+            finally:
+                src.close()
+                dst.close()
+                c.shutdown()
+        t0 = time.monotonic()
+        ts = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return time.monotonic() - t0
+
+    def section_fleet(self) -> Dict[str, Any]:
+        """``--fleet-images`` empty and as many written small images moved by one
+        add-pool at max_concurrent ``--fleet-concurrency``, against the plain
+        librbd loop at the same concurrency (the limit) and the sequential CLI
+        loop (on a sample); command latencies while it runs, mgr RSS, store
+        writes per task."""
+        a = self.args
+        n, conc = a.fleet_images, a.fleet_concurrency
+        names = [f'fe-{i:05d}' for i in range(n)] + [f'fw-{i:05d}' for i in range(n)]
+        res: Dict[str, Any] = {'images': len(names), 'concurrency': conc}
+        self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_concurrent', value=str(conc))
+        self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_history',
+                 value=str(min(10000, 2 * len(names))))
+        # module
+        mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
+        self.quiesce()
+        log(f'fleet: {len(names)} images created in {mk:.0f}s; module add-pool')
+        pid = self.cluster.mgr_pid(self.active_and_standby()[0])
+        rss0 = read_rss_kib(pid) if pid else 0
+        mgr_cur, mon_cur = self.cursors()
+        lat: Dict[str, List[float]] = {'ls': [], 'status': []}
+        stop = threading.Event()
+        box: Dict[str, str] = {}
+
+        def probe() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                self.mgr('rbd livemigrate ls', format='json')
+                lat['ls'].append(time.monotonic() - t)
+                if 'batch' in box:
+                    t = time.monotonic()
+                    self.mgr('rbd livemigrate status', task_or_image=box['batch'],
+                             format='json')
+                    lat['status'].append(time.monotonic() - t)
+                stop.wait(1.0)
+        t0, t0_epoch = time.monotonic(), time.time()
+        batch = self.mgr_ok('rbd livemigrate add-pool', source_pool_spec=SRC_POOL,
+                            dest_pool_spec=DST_POOL, pattern='f*')
+        res['add_pool_return_seconds'] = round(time.monotonic() - t0, 3)
+        box['batch'] = batch['id']
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        try:
+            deadline = time.monotonic() + 7200
+            while True:
+                st = self.mgr_ok('rbd livemigrate status', task_or_image=batch['id'],
+                                 format='json')
+                if st['finished']:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'batch not finished: {st["by_state"]}')
+                time.sleep(1.0)
+        finally:
+            stop.set()
+            prober.join()
+        module_s = time.monotonic() - t0
+        if st['committed'] != len(names):
+            raise RuntimeError(f'batch ended with {st["by_state"]}, refused {st["refused"][:3]}')
+        events = module_events(mgr_cur.lines())
+        committed = [e['committed'] for e in events.values() if 'committed' in e]
+        if len(committed) >= len(names):
+            module_s = max(committed) - t0_epoch
+        writes = store_writes(mon_cur.lines())
+        per_task = [len(v) for v in writes.values()]
+        res.update(module_seconds=round(module_s, 2),
+                   module_images_per_second=round(len(names) / module_s, 1),
+                   slowest_ls_seconds=round(max(lat['ls'] or [0]), 3),
+                   slowest_status_seconds=round(max(lat['status'] or [0]), 3),
+                   median_ls_seconds=round(median(lat['ls']), 3) if lat['ls'] else None,
+                   store_writes_per_task={'mean': round(statistics.mean(per_task), 2),
+                                          'max': max(per_task)} if per_task else None,
+                   mgr_rss_growth_mib=round((read_rss_kib(pid) - rss0) / 1024, 1)
+                   if pid else None)
+        log(f'  module: {module_s:.1f}s ({res["module_images_per_second"]} images/s), '
+            f'add-pool returned in {res["add_pool_return_seconds"]}s, slowest ls '
+            f'{res["slowest_ls_seconds"]}s')
+        self.remove_images(DST_POOL, names)
+        # the limit: plain librbd at the same concurrency
+        mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
+        self.quiesce()
+        limit_s = self.librbd_limit(names, conc)
+        res.update(limit_seconds=round(limit_s, 2),
+                   limit_images_per_second=round(len(names) / limit_s, 1),
+                   ratio_module_vs_limit=round(module_s / limit_s, 3))
+        log(f'  limit: {limit_s:.1f}s ({res["limit_images_per_second"]} images/s); '
+            f'module/limit {res["ratio_module_vs_limit"]}')
+        self.remove_images(DST_POOL, names)
+        # the sequential CLI loop, on a sample
+        sample = names[:a.fleet_cli_sample // 2] + names[n:n + a.fleet_cli_sample // 2]
+        self.create_fleet(sample, False)
+        self.quiesce()
+        cli = self.run_cli_loop(sample)
+        res.update(cli_sample=len(sample), cli_images_per_second=round(
+            len(sample) / cli['seconds'], 1))
+        log(f'  CLI loop: {res["cli_images_per_second"]} images/s ({len(sample)} sampled)')
+        self.remove_images(DST_POOL, sample)
+        return res
+
     # -- driver ----------------------------------------------------------
 
     def snapshot_module(self) -> None:
@@ -1067,6 +1236,29 @@ def report(results: Dict[str, Any]) -> str:
                      fmt_spread(s['idle_cpu_fraction'], ' cores', 3), '', '', '-', ''])
     elif s:
         rows.append(['scale', 'ERROR', s['error'][:60], '', '', ''])
+    f = sec.get('fleet')
+    if f and 'error' not in f:
+        n = f['images']
+        rows.append([f'fleet {n}: add-pool returns', f'{f["add_pool_return_seconds"]:.2f}s',
+                     '', '', '< 2 s', verdict(f['add_pool_return_seconds'], 2.0)])
+        rows.append([f'fleet {n}: images/s module / librbd limit (c={f["concurrency"]})',
+                     f'{f["module_images_per_second"]}/s', f'{f["limit_images_per_second"]}/s',
+                     f'{f["ratio_module_vs_limit"]:.2f} (time)', '<= 1.3',
+                     verdict(f['ratio_module_vs_limit'], 1.3)])
+        rows.append([f'fleet {n}: images/s sequential CLI loop', '',
+                     f'{f["cli_images_per_second"]}/s ({f["cli_sample"]} sampled)', '', '-',
+                     ''])
+        rows.append([f'fleet {n}: slowest ls / status during the run',
+                     f'{f["slowest_ls_seconds"]}s / {f["slowest_status_seconds"]}s', '', '',
+                     '< 1 s', verdict(max(f['slowest_ls_seconds'],
+                                          f['slowest_status_seconds']), 1.0)])
+        w = f.get('store_writes_per_task') or {}
+        rows.append([f'fleet {n}: store writes per task', f'{w.get("mean")} (max {w.get("max")})',
+                     '', '', '<= 4', verdict(w.get('max'), 4.0)])
+        rows.append([f'fleet {n}: mgr RSS growth', f'{f["mgr_rss_growth_mib"]} MiB', '', '',
+                     '< 100 MB', verdict((f['mgr_rss_growth_mib'] or 0) * 1.048576, 100.0)])
+    elif f:
+        rows.append(['fleet', 'ERROR', f['error'][:60], '', '', ''])
     headers = ['measurement', 'module', 'reference', 'ratio med [min-max]', 'target', '']
     cells = [headers] + rows
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -1117,6 +1309,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument('--scale-tasks', type=int, default=10000, help='scale: task records')
     p.add_argument('--scale-threads', type=int, default=8,
                    help='scale: threads writing records (default 8)')
+    p.add_argument('--fleet-images', type=int, default=10000,
+                   help='fleet: empty images, and as many written (default 10000)')
+    p.add_argument('--fleet-concurrency', type=int, default=8,
+                   help='fleet: max_concurrent, and threads of the librbd loop (default 8)')
+    p.add_argument('--fleet-cli-sample', type=int, default=200,
+                   help='fleet: images the sequential CLI loop moves (default 200)')
     p.add_argument('--osds', type=int, default=2)
     p.add_argument('--osd-bytes', default='4G', help='memstore bytes per OSD (default 4G)')
     p.add_argument('--json', default=None,
