@@ -213,7 +213,10 @@ class Runner(RunnerHandle):
             changes['dest_image_id'] = header.image_id
         if not changes:
             return task
-        return self.worker.update(self.task_id, lambda t: t.evolve(**changes))
+        # the destination's id stays readable in the source's header until the
+        # commit, whose record write carries it: no store write of its own
+        return self.worker.update(self.task_id, lambda t: t.evolve(**changes),
+                                  persist='source_image_id' in changes)
 
     def _fallback(self) -> None:
         task = self.worker.get(self.task_id)
@@ -398,7 +401,9 @@ class Runner(RunnerHandle):
 
     def _execute(self, task: Task, dest: ImageSpec) -> None:
         started = self._now()
-        task = self._move(State.EXECUTING, progress=0.0, bytes_copied=0,
+        # not written: after a crash the headers say how far the copy got, and
+        # progress is written every PERSIST_PROGRESS_SECONDS of a long copy
+        task = self._move(State.EXECUTING, persist=False, progress=0.0, bytes_copied=0,
                           rate_bytes_per_sec=None, last_progress_at=started, next_retry=None,
                           blocked_reason=None, blocked_kind=None, blocked_since=None)
         self.worker.progress.update(task, force=True)
