@@ -1047,6 +1047,7 @@ class Bench:
             module_s = max(committed) - t0_epoch
         writes = store_writes(mon_cur.lines())
         per_task = [len(v) for v in writes.values()]
+        res['phases'] = phase_summary(events, writes, sorted(events))
         res.update(module_seconds=round(module_s, 2),
                    module_images_per_second=round(len(names) / module_s, 1),
                    slowest_ls_seconds=round(max(lat['ls'] or [0]), 3),

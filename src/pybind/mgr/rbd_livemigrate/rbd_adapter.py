@@ -291,12 +291,20 @@ class Adapter(RbdPort):
         return self._with_control(op)  # type: ignore[no-any-return]
 
     def image_exists(self, spec: ImageSpec) -> bool:
+        """By name: one omap lookup in the pool's directory (a format 1 image:
+        its header object), never a listing of the whole pool."""
         def op(c: Client) -> bool:
             io = c.ioctx(spec.pool, spec.namespace)
             try:
-                return spec.image in rbd.RBD().list(io)
-            except rbd.ImageNotFound:
-                return False
+                if dir_lookup(io, spec.image) is not None:
+                    return True
+                try:
+                    io.stat(spec.image + '.rbd')
+                    return True
+                except rados.ObjectNotFound:
+                    return False
+            except rados.Error as e:
+                raise translate(e, "cannot look up '{}'".format(spec))
             finally:
                 io.close()
         return bool(self._with_control(op))

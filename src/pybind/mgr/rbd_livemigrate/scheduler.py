@@ -154,6 +154,8 @@ RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
 # before it is abandoned (Pacific's migration_execute can hang forever then)
 ABANDON_AFTER_BLOCKLIST_SECONDS = 10.0
 IDLE_BLOCKLIST_SECONDS = 10.0
+HOUSEKEEPING_SECONDS = 1.0
+EMPTY_BATCH_KEPT_SECONDS = 86400.0
 
 
 class RunnerHandle:
@@ -200,6 +202,7 @@ class Worker(TaskTable):
         self.on_blocklist = on_blocklist
         self.blocklisted_since: Dict[str, float] = {}
         self.blocklist_read_at = 0.0
+        self.housekept = float('-inf')
         self.options = Options()
         self.runners: Dict[str, RunnerHandle] = {}
         self.waiting: Dict[str, str] = {}
@@ -281,8 +284,8 @@ class Worker(TaskTable):
             if self.queue_paused and not block:
                 block = Hold(HoldKind.QUEUE_PAUSED, 'queue paused')
             self.current_block = block
-            tasks = list(self.tasks.values())
-            decision = decide(tasks, set(self.runners), self.options, now,
+            live = [self.tasks[i] for i in self.live if i in self.tasks]
+            decision = decide(live, set(self.runners), self.options, now,
                               str(block) if block else None)
             self.waiting = dict(decision.waiting)
             to_start = [] if self.stopping else decision.start
@@ -290,16 +293,30 @@ class Worker(TaskTable):
                 runner = self.runner_factory(self, task_id)
                 self.runners[task_id] = runner
                 runner.start()
+        self.recheck_watchers(decision.recheck[:RECHECK_PER_PASS], now)
+        if 0 <= now - self.housekept < HOUSEKEEPING_SECONDS:
+            return min(decision.next_tick, HOUSEKEEPING_SECONDS)
+        self.housekept = now
+        self.housekeeping(now, block, live)
+        return decision.next_tick
+
+    def housekeeping(self, now: float, block: Optional[Hold], live: List[Task]) -> None:
+        """What looks at every task (history, batches, health): once a second
+        at most, however often passes run."""
+        with self.lock:
+            tasks = list(self.tasks.values())
             drop = history_to_drop(tasks, self.options.max_history)
         # store writes outside the table lock, in one go
         if drop:
             self.remove(drop)
         with self.lock:
             batches = [(b, self.batch_tasks(b.id)) for b in self.batches.values()]
-        self.recheck_watchers(decision.recheck[:RECHECK_PER_PASS], now)
         for b, members in batches:
-            if b.state != BatchState.EXPANDING and not members:
-                self.remove_batch(b.id)          # its tasks left the history: so does it
+            if b.state != BatchState.EXPANDING and not members and (
+                    b.images > b.refused_count
+                    or now - (b.expanded or b.created) > EMPTY_BATCH_KEPT_SECONDS):
+                # its tasks left the history (or it never had any): so does it
+                self.remove_batch(b.id)
             else:
                 self.progress.batch(b, members)
         if block is None or block.kind.deliberate:
@@ -310,13 +327,12 @@ class Worker(TaskTable):
         queue_note = ''
         if block and self.health_block_since is not None and (
                 block.kind.warn_at_once or held >= self.options.blocked_warn_seconds):
-            waiting = sum(1 for t in tasks if t.needs_worker and not t.cancel_requested)
+            waiting = sum(1 for t in live if not t.cancel_requested)
             queue_note = 'queue held for {:.0f}s: {}; {} task(s) waiting or paused'.format(
                 held, block, waiting)
         self.set_health(build_checks(
             tasks, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
             self.skipped, queue_note))
-        return decision.next_tick
 
     def recheck_watchers(self, task_ids: List[str], now: float) -> None:
         """Look at the watchers of sources that had clients (one cheap call

@@ -35,6 +35,9 @@ class TaskTable:
         self.by_spec: Dict[str, Set[str]] = {}
         self.by_batch: Dict[str, Set[str]] = {}
         self.batches: Dict[str, Batch] = {}
+        # ids of the tasks the worker has something to do for (a scheduler
+        # pass looks at these, not at the whole history)
+        self.live: Set[str] = set()
         self.skipped: Dict[str, str] = {}
         self.loaded = False
         self.queue_paused = False
@@ -73,12 +76,20 @@ class TaskTable:
         return sorted(tasks, key=lambda t: (t.created, t.id))
 
     def _index(self, task: Task) -> None:
+        self._track(task)
         for spec in (task.source, task.destination):
             self.by_spec.setdefault(spec, set()).add(task.id)
         if task.batch_id:
             self.by_batch.setdefault(task.batch_id, set()).add(task.id)
 
+    def _track(self, task: Task) -> None:
+        if task.needs_worker:
+            self.live.add(task.id)
+        else:
+            self.live.discard(task.id)
+
     def _unindex(self, task: Task) -> None:
+        self.live.discard(task.id)
         for spec in (task.source, task.destination):
             ids = self.by_spec.get(spec)
             if ids is not None:
@@ -164,6 +175,7 @@ class TaskTable:
             if new is old:
                 return new
             self.tasks[task_id] = new
+            self._track(new)
             self.cond.notify_all()
         if persist:
             self._save(task_id)

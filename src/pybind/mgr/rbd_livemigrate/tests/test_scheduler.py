@@ -196,3 +196,28 @@ def test_recheck_writes_nothing_while_clients_stay() -> None:
     assert w.get('t1').blocked_kind is None and writes == ['task/t1']
     w.tick()
     assert FakeRunner.started == ['t1']
+
+
+def test_a_pass_looks_at_live_tasks_and_housekeeping_once_a_second() -> None:
+    kv: Dict[str, str] = {}
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)},
+                      lambda k, v: kv.__setitem__(k, v) if v else kv.pop(k, None))
+    clock = [NOW]
+    health: List[Any] = []
+    FakeRunner.started = []
+    w = Worker(store, ProgressReporter(lambda *a, **k: None), FakeRunner, health.append,
+               lambda: None, clock=lambda: clock[0])
+    w.load()
+    for i in range(50):
+        w.put(mk(100 + i, state=State.COMMITTED, finished=NOW))
+    w.put(mk(1))
+    assert w.live == {'t1'}
+    w.tick()
+    assert FakeRunner.started == ['t1'] and len(health) == 1
+    clock[0] += 0.3
+    w.tick()
+    assert len(health) == 1                      # not again within the second
+    clock[0] += 1.0
+    w.options.max_history = 10
+    w.tick()
+    assert len(health) == 2 and len(w.all()) == 11
