@@ -218,6 +218,6 @@ def test_a_pass_looks_at_live_tasks_and_housekeeping_once_a_second() -> None:
     w.tick()
     assert len(health) == 1                      # not again within the second
     clock[0] += 1.0
-    w.options.max_history = 10
+    w.options = Options(max_history=10)
     w.tick()
     assert len(health) == 2 and len(w.all()) == 11
