@@ -200,8 +200,13 @@ def test_recheck_writes_nothing_while_clients_stay() -> None:
 
 def test_a_pass_looks_at_live_tasks_and_housekeeping_once_a_second() -> None:
     kv: Dict[str, str] = {}
-    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)},
-                      lambda k, v: kv.__setitem__(k, v) if v else kv.pop(k, None))
+
+    def set_key(k: str, v: Optional[str]) -> None:
+        if v is None:
+            kv.pop(k, None)
+        else:
+            kv[k] = v
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
     clock = [NOW]
     health: List[Any] = []
     FakeRunner.started = []
