@@ -104,7 +104,7 @@ class Commands:
         v = task.view()
         v['orphan'] = False
         v['running'] = task.id in running
-        reason = None if v['running'] else waiting.get(task.id)
+        reason = None if v['running'] else self.worker.why(task, running, waiting)
         v['waiting_reason'] = reason
         block = self.worker.current_block
         if not v['blocked_reason'] and reason and block is not None and reason == str(block):

@@ -19,7 +19,7 @@ from .hold import Hold, HoldKind
 from .preflight import MIN_BANDWIDTH_BYTES, watchers_reason
 from .progress import ProgressReporter
 from .store import TaskStore
-from .table import TaskTable
+from .table import TaskTable, order_key
 from .task import State, Task
 
 log = logging.getLogger(__name__)
@@ -68,36 +68,78 @@ def _pools(t: Task) -> Set[str]:
     return {t.source.split('/')[0], t.destination.split('/')[0]}
 
 
+def why_waiting(t: Task, now: float, opts: Options, cluster_block: Optional[str]) -> str:
+    """Why a task that needs the worker has no runner now."""
+    if t.paused:
+        return 'paused'
+    if t.next_retry is not None and t.next_retry > now:
+        return t.blocked_reason or 'waiting to retry'
+    if t.state == State.QUEUED and t.blocked_kind == HoldKind.WATCHERS.value:
+        return t.blocked_reason or 'waiting for clients to close the source'
+    if cluster_block:
+        return cluster_block
+    return 'waiting for a free slot (max_concurrent={})'.format(opts.max_concurrent)
+
+
 def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
            cluster_block: Optional[str] = None) -> Decision:
     """Which tasks start now.  Rules:
 
     - a cancel always starts (it frees resources, never uses them);
     - paused, manual-commit-waiting, done and retry-waiting tasks wait;
+    - a queued task whose source has clients waits for a cheap recheck;
     - while the cluster blocks new work, nothing else starts;
     - the rest start by priority (higher first), then age, while the global
       limit and the per-pool limit (source or destination pool) allow.
     """
     tasks = list(tasks)
+    return decide_ordered(sorted((t for t in tasks if t.needs_worker), key=order_key),
+                          [t for t in tasks if t.id in running], running, opts, now,
+                          cluster_block)
+
+
+def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set[str],
+                   opts: Options, now: float, cluster_block: Optional[str] = None,
+                   cancels: Iterable[Task] = (), watching: Iterable[Task] = (),
+                   detail: Optional[int] = None) -> Decision:
+    """``decide`` over tasks already in queue order (``order_key``).
+
+    With ``detail`` the scan stops that many tasks after the last slot is
+    filled (or at once while the cluster blocks): a pass then costs what
+    runs, not the length of the queue.  ``cancels`` and ``watching`` (tasks
+    the scan may not reach) are then given apart; ``ls`` words the reason
+    of the tasks not scanned with ``why_waiting``.
+    """
     start: List[str] = []
     waiting: Dict[str, str] = {}
     next_tick = IDLE_TICK_SECONDS
     # a paused copy is held inside librbd doing no I/O: it frees its slot (a
     # caller scoped to one pool must not hold the queue by pausing its own)
-    busy = [t for t in tasks if t.id in running and not t.paused]
+    busy = [t for t in busy_tasks if not t.paused]
     per_pool: Dict[str, int] = {}
     for t in busy:
         for p in _pools(t):
             per_pool[p] = per_pool.get(p, 0) + 1
     slots = max(0, opts.max_concurrent - len(busy))
-    candidates: List[Task] = []
-    recheck: List[Task] = []
-    for t in tasks:
-        if t.id in running or not t.needs_worker:
+    recheck: Dict[str, Task] = {t.id: t for t in watching if t.id not in running}
+    started: Set[str] = set()
+    cancelled: List[str] = []         # cancels start first, whatever their place
+    for t in cancels:
+        if t.id not in running and t.needs_worker:
+            cancelled.append(t.id)
+            started.add(t.id)
+    left = detail
+    for t in ordered:
+        if t.id in running or t.id in started or not t.needs_worker:
             continue
         if t.cancel_requested:
-            start.append(t.id)
+            cancelled.append(t.id)
+            started.add(t.id)
             continue
+        if detail is not None and (slots <= 0 or cluster_block):
+            if left is not None and left <= 0:
+                break
+            left = (left or 0) - 1
         if t.paused:
             waiting[t.id] = 'paused'
             continue
@@ -107,17 +149,13 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
             continue
         if t.state == State.QUEUED and t.blocked_kind == HoldKind.WATCHERS.value:
             waiting[t.id] = t.blocked_reason or 'waiting for clients to close the source'
-            recheck.append(t)
+            recheck[t.id] = t
             continue
-        candidates.append(t)
-    candidates.sort(key=lambda t: (-t.priority, t.created, t.id))
-    for t in candidates:
         if cluster_block:
             waiting[t.id] = cluster_block
             continue
         if slots <= 0:
-            waiting[t.id] = 'waiting for a free slot (max_concurrent={})'.format(
-                opts.max_concurrent)
+            waiting[t.id] = why_waiting(t, now, opts, None)
             continue
         pools = _pools(t)
         if opts.max_concurrent_per_pool > 0 and any(
@@ -126,11 +164,15 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
                 opts.max_concurrent_per_pool)
             continue
         start.append(t.id)
+        started.add(t.id)
         slots -= 1
         for p in pools:
             per_pool[p] = per_pool.get(p, 0) + 1
-    recheck.sort(key=lambda t: (t.next_retry or 0.0, -t.priority, t.created, t.id))
-    return Decision(start, waiting, max(0.05, next_tick), [t.id for t in recheck])
+    due = sorted((t for t in recheck.values() if t.next_retry is None or t.next_retry <= now),
+                 key=lambda t: (t.next_retry or 0.0, -t.priority, t.created, t.id))
+    for t in recheck.values():
+        waiting.setdefault(t.id, t.blocked_reason or 'waiting for clients to close the source')
+    return Decision(cancelled + start, waiting, max(0.05, next_tick), [t.id for t in due])
 
 
 def retry_delay(attempts: int, opts: Options) -> float:
@@ -155,6 +197,8 @@ RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
 ABANDON_AFTER_BLOCKLIST_SECONDS = 10.0
 IDLE_BLOCKLIST_SECONDS = 10.0
 HOUSEKEEPING_SECONDS = 1.0
+# tasks a pass looks at past the last free slot, for their waiting reason
+WAITING_DETAIL = 64
 EMPTY_BATCH_KEPT_SECONDS = 86400.0
 
 
@@ -284,9 +328,14 @@ class Worker(TaskTable):
             if self.queue_paused and not block:
                 block = Hold(HoldKind.QUEUE_PAUSED, 'queue paused')
             self.current_block = block
-            live = [self.tasks[i] for i in self.live if i in self.tasks]
-            decision = decide(live, set(self.runners), self.options, now,
-                              str(block) if block else None)
+            tasks = self.tasks
+            decision = decide_ordered(
+                (tasks[k[2]] for k in self.order), [tasks[i] for i in self.runners
+                                                    if i in tasks],
+                set(self.runners), self.options, now, str(block) if block else None,
+                cancels=[tasks[i] for i in self.cancels],
+                watching=[tasks[i] for i in self.watching], detail=WAITING_DETAIL)
+            waiting_count = len(self.live) - len(self.cancels)
             self.waiting = dict(decision.waiting)
             to_start = [] if self.stopping else decision.start
             for task_id in to_start:
@@ -297,10 +346,10 @@ class Worker(TaskTable):
         if 0 <= now - self.housekept < HOUSEKEEPING_SECONDS:
             return min(decision.next_tick, HOUSEKEEPING_SECONDS)
         self.housekept = now
-        self.housekeeping(now, block, live)
+        self.housekeeping(now, block, waiting_count)
         return decision.next_tick
 
-    def housekeeping(self, now: float, block: Optional[Hold], live: List[Task]) -> None:
+    def housekeeping(self, now: float, block: Optional[Hold], waiting: int) -> None:
         """What looks at every task (history, batches, health): once a second
         at most, however often passes run."""
         with self.lock:
@@ -327,7 +376,6 @@ class Worker(TaskTable):
         queue_note = ''
         if block and self.health_block_since is not None and (
                 block.kind.warn_at_once or held >= self.options.blocked_warn_seconds):
-            waiting = sum(1 for t in live if not t.cancel_requested)
             queue_note = 'queue held for {:.0f}s: {}; {} task(s) waiting or paused'.format(
                 held, block, waiting)
         self.set_health(build_checks(
@@ -414,6 +462,19 @@ class Worker(TaskTable):
             return Hold(HoldKind.PAUSED, 'paused')
         with self.lock:
             return self.current_block
+
+    def why(self, task: Task, running: Set[str], waiting: Dict[str, str]) -> Optional[str]:
+        """Why ``task`` has no runner (None: it has one, or nothing to do):
+        from the last pass, else worded now (the pass stops looking a little
+        past the last free slot)."""
+        if task.id in running or not task.needs_worker:
+            return None
+        reason = waiting.get(task.id)
+        if reason is None:
+            block = self.current_block
+            reason = why_waiting(task, self.clock(), self.options,
+                                 str(block) if block else None)
+        return reason
 
     def run_state(self) -> Tuple[Set[str], Dict[str, str]]:
         """Ids with a runner, and why each waiting task waits (last pass)."""

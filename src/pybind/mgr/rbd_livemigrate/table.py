@@ -9,15 +9,25 @@ write saves the record as it is *then*, so whichever write runs last
 saves the newest record, and a removed task is never written back.
 """
 
+import bisect
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .batch import Batch
 from .errors import NotFound
 from .store import TaskStore
-from .task import Task
+from .hold import HoldKind
+from .task import State, Task
+
+OrderKey = Tuple[int, float, str]
+
+
+def order_key(t: Task) -> OrderKey:
+    """Queue order: higher priority first, then older."""
+    return (-t.priority, t.created, t.id)
+
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,12 @@ class TaskTable:
         # ids of the tasks the worker has something to do for (a scheduler
         # pass looks at these, not at the whole history)
         self.live: Set[str] = set()
+        # the live tasks in queue order, and those a pass must see wherever
+        # they are in it: cancels, and sources waiting for their clients
+        self.order: List[OrderKey] = []
+        self._keys: Dict[str, OrderKey] = {}
+        self.cancels: Set[str] = set()
+        self.watching: Set[str] = set()
         self.skipped: Dict[str, str] = {}
         self.loaded = False
         self.queue_paused = False
@@ -50,6 +66,8 @@ class TaskTable:
         with self.lock:
             self.tasks = {t.id: t for t in tasks}
             self.by_spec, self.by_batch = {}, {}
+            self.live, self.order, self._keys = set(), [], {}
+            self.cancels, self.watching = set(), set()
             for t in tasks:
                 self._index(t)
             self.batches = {b.id: b for b in batches}
@@ -83,13 +101,36 @@ class TaskTable:
             self.by_batch.setdefault(task.batch_id, set()).add(task.id)
 
     def _track(self, task: Task) -> None:
-        if task.needs_worker:
-            self.live.add(task.id)
-        else:
-            self.live.discard(task.id)
+        live = task.needs_worker
+        key = order_key(task) if live else None
+        old = self._keys.get(task.id)
+        if old != key:
+            if old is not None:
+                self._drop_key(task.id, old)
+            if key is not None:
+                bisect.insort(self.order, key)
+                self._keys[task.id] = key
+        for ids, member in ((self.live, live),
+                            (self.cancels, live and task.cancel_requested),
+                            (self.watching, live and task.state == State.QUEUED
+                             and task.blocked_kind == HoldKind.WATCHERS.value)):
+            if member:
+                ids.add(task.id)
+            else:
+                ids.discard(task.id)
+
+    def _drop_key(self, task_id: str, key: OrderKey) -> None:
+        i = bisect.bisect_left(self.order, key)
+        if i < len(self.order) and self.order[i] == key:
+            del self.order[i]
+        self._keys.pop(task_id, None)
 
     def _unindex(self, task: Task) -> None:
-        self.live.discard(task.id)
+        for tracked in (self.live, self.cancels, self.watching):
+            tracked.discard(task.id)
+        old = self._keys.get(task.id)
+        if old is not None:
+            self._drop_key(task.id, old)
         for spec in (task.source, task.destination):
             ids = self.by_spec.get(spec)
             if ids is not None:

@@ -226,3 +226,37 @@ def test_a_pass_looks_at_live_tasks_and_housekeeping_once_a_second() -> None:
     w.options = Options(max_history=10)
     w.tick()
     assert len(health) == 2 and len(w.all()) == 11
+
+
+def test_a_pass_stops_a_little_past_the_last_free_slot() -> None:
+    """With 5,000 queued tasks a pass looks at the first few; a cancel or a
+    source whose clients are to be rechecked is found wherever it is."""
+    from rbd_livemigrate.scheduler import WAITING_DETAIL, decide_ordered
+    from rbd_livemigrate.table import order_key
+    tasks = [mk(i) for i in range(5000)]
+    tasks[4000] = mk(4000, cancel_requested=True)
+    tasks[4500] = mk(4500, blocked_kind='watchers', blocked_reason='clients')
+    seen: List[str] = []
+
+    def ordered() -> Any:
+        for t in sorted(tasks, key=order_key):
+            seen.append(t.id)
+            yield t
+    d = decide_ordered(ordered(), [], set(), Options(max_concurrent=2), NOW,
+                       cancels=[tasks[4000]], watching=[tasks[4500]], detail=WAITING_DETAIL)
+    assert d.start == ['t4000', 't0', 't1'] and d.recheck == ['t4500']
+    assert len(seen) <= 2 + WAITING_DETAIL + 1
+    assert d.waiting['t2'].startswith('waiting for a free slot')
+
+
+def test_ls_words_the_reason_of_tasks_the_pass_did_not_reach() -> None:
+    FakeRunner.started = []
+    w, _ = _held_worker(None)
+    for i in range(2, 200):
+        w.put(mk(i))
+    w.options = Options(max_concurrent=1)
+    w.tick()
+    running, waiting = w.run_state()
+    assert 't150' not in waiting
+    assert (w.why(w.get('t150'), running, waiting) or '').startswith('waiting for a free slot')
+    assert w.why(w.get(FakeRunner.started[0]), running, waiting) is None
