@@ -49,6 +49,9 @@ class Batch:
     images: int = 0              # images matched so far (all once expanded)
     refused: List[Dict[str, Any]] = field(default_factory=list)  # the first MAX_REFUSED
     refused_count: int = 0
+    # tasks that left the history (max_history), by their final state: the
+    # batch still counts them
+    pruned: Dict[str, int] = field(default_factory=dict)
     created: float = 0.0
     expanded: Optional[float] = None
     version: int = BATCH_VERSION
@@ -63,6 +66,12 @@ class Batch:
 
     def evolve(self, **changes: Any) -> 'Batch':
         return replace(self, **changes)
+
+    def with_pruned(self, states: Iterable[str]) -> 'Batch':
+        pruned = dict(self.pruned)
+        for st in states:
+            pruned[st] = pruned.get(st, 0) + 1
+        return replace(self, pruned=pruned)
 
     def with_refusal(self, spec: str, err: int, message: str) -> 'Batch':
         refused = self.refused
@@ -115,6 +124,8 @@ class Batch:
             (isinstance(b.created, (int, float)) and not isinstance(b.created, bool),
              'created'),
             (b.expanded is None or isinstance(b.expanded, (int, float)), 'expanded'),
+            (isinstance(b.pruned, dict) and all(isinstance(k, str) and _count(v)
+                                                for k, v in b.pruned.items()), 'pruned'),
         ]
         for ok, name in checks:
             if not ok:
@@ -125,7 +136,7 @@ class Batch:
 
     def summary(self, tasks: Iterable[Task]) -> Dict[str, Any]:
         """The batch with its tasks counted by state, as ``status`` shows it."""
-        counts: Dict[str, int] = {}
+        counts: Dict[str, int] = dict(self.pruned)
         live = 0
         for t in tasks:
             counts[t.state.value] = counts.get(t.state.value, 0) + 1

@@ -199,6 +199,7 @@ IDLE_BLOCKLIST_SECONDS = 10.0
 HOUSEKEEPING_SECONDS = 1.0
 # tasks a pass looks at past the last free slot, for their waiting reason
 WAITING_DETAIL = 64
+# a batch whose tasks all left the history is kept this long after listing
 EMPTY_BATCH_KEPT_SECONDS = 86400.0
 
 
@@ -355,15 +356,22 @@ class Worker(TaskTable):
         with self.lock:
             tasks = list(self.tasks.values())
             drop = history_to_drop(tasks, self.options.max_history)
-        # store writes outside the table lock, in one go
+            gone: Dict[str, List[str]] = {}
+            for task_id in drop:
+                t = self.tasks[task_id]
+                if t.batch_id and t.batch_id in self.batches:
+                    gone.setdefault(t.batch_id, []).append(t.state.value)
+        # store writes outside the table lock, in one go; a batch keeps
+        # counting the tasks that leave the history
+        for batch_id, states in gone.items():
+            self.update_batch(batch_id, lambda b: b.with_pruned(states))
         if drop:
             self.remove(drop)
         with self.lock:
             batches = [(b, self.batch_tasks(b.id)) for b in self.batches.values()]
         for b, members in batches:
             if b.state != BatchState.EXPANDING and not members and (
-                    b.images > b.refused_count
-                    or now - (b.expanded or b.created) > EMPTY_BATCH_KEPT_SECONDS):
+                    now - (b.expanded or b.created) > EMPTY_BATCH_KEPT_SECONDS):
                 # its tasks left the history (or it never had any): so does it
                 self.remove_batch(b.id)
             else:

@@ -202,3 +202,19 @@ def test_batch_record_round_trip() -> None:
               request={'priority': 3}, allowed=['a', 'b/ns'], created=5.0,
               images=3).with_refusal('a/x', errno.EBUSY, 'busy')
     assert Batch.loads(b.dumps()) == b
+
+
+def test_tasks_leaving_the_history_still_count() -> None:
+    """max_history prunes committed tasks; the batch keeps counting them."""
+    from rbd_livemigrate.scheduler import Options
+    c = commands(30)
+    r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
+    c._expand(b['id'])
+    for t in c.worker.all()[:25]:
+        c.worker.update(t.id, lambda x: x.evolve(state=State.COMMITTED, finished=1.0))
+    c.worker.options = Options(max_history=5)
+    c.worker.housekeeping(2.0, None, 0)
+    assert len(c.worker.all()) == 10
+    v = call(c.status, b['id'], 'json')[1]
+    assert v['tasks'] == 30 and v['committed'] == 25 and v['progress'] == round(25 / 30, 4)
+    assert c.worker.get_batch(b['id']).pruned == {'committed': 20}
