@@ -463,7 +463,8 @@ class Commands:
         fmt = check_format(fmt)
         self._ready()
         tasks, running, waiting = self.worker.snapshot()
-        views = [self.view(t, running, waiting) for t in tasks if self._may(t)]
+        every = self.unscoped()         # no pool limit: no check per task
+        views = [self.view(t, running, waiting) for t in tasks if every or self._may(t)]
         views += self.orphan_views()
         if fmt == 'plain':
             text = task_rows(views)
