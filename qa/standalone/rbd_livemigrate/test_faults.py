@@ -172,8 +172,8 @@ def test_pool_deleted_under_queued_task(fcluster: Cluster, flm: Livemigrate,
     flm.wait(ok['id'])
     assert rbdtools.checksums(fcluster.conf, 'b/{}-ok'.format(name)) == before
     assert rbdtools.image_exists(fcluster.conf, 'a/' + name)
-    h = json.loads(fcluster.ceph('health', 'detail', '--format', 'json').stdout)
-    assert 'RBD_LIVEMIGRATE_FAILED' in h['checks']
+    wait_for(lambda: 'RBD_LIVEMIGRATE_FAILED' in json.loads(fcluster.ceph(
+        'health', 'detail', '--format', 'json').stdout)['checks'], 30, 'FAILED raised')
     flm.ok('cancel', doomed['id'])
     wait_for(lambda: 'RBD_LIVEMIGRATE_FAILED' not in json.loads(fcluster.ceph(
         'health', 'detail', '--format', 'json').stdout)['checks'], 30, 'FAILED cleared')

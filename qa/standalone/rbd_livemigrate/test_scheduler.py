@@ -176,8 +176,12 @@ def test_add_pool_pattern(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     dry = lm.ok('add-pool', src_pool, dst_pool, '--pattern', 'vm-*', '--dry-run')
     assert sorted(d['source'] for d in dry) == sorted(s for s in specs if '/vm-' in s)
     assert all(d['dry_run'] and d['ok'] for d in dry)
-    tasks = lm.ok('add-pool', src_pool, dst_pool, '--pattern', 'vm-*', '--object-size', '1M')
-    assert isinstance(tasks, list) and len(tasks) == 3
+    batch = lm.ok('add-pool', src_pool, dst_pool, '--pattern', 'vm-*', '--object-size', '1M')
+    assert batch['id'].startswith('batch-'), batch
+    wait_for(lambda: lm.ok('status', batch['id'], '--format', 'json')['finished'], 120,
+             'the batch to finish')
+    tasks = [t for t in lm.ls() if t.get('batch_id') == batch['id']]
+    assert len(tasks) == 3
     for t in tasks:
         lm.wait(t['id'])
         dst = t['destination']

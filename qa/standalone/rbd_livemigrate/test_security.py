@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, wait_for
 from conftest import Livemigrate, rbdtools
 
 MiB = 1 << 20
@@ -297,9 +297,14 @@ def test_add_pool_reports_each_refused_image(cluster: Cluster, lm: Livemigrate,
         assert rows[spec]['ok'] is False
         assert rows[spec]['blockers'][0]['errno'] == (-30 if kind == 'non-primary' else -16)
     guard = Unchanged(cluster, lm, *mirrored.values())
-    rc, out, err = lm.run('add-pool', 'c', 'b', '--pattern', 'mir-*')
-    assert rc in (-16, 16, 30) and '3 of 3' in err, (rc, err)
-    assert all(r.get('errno') for r in json.loads(out))
+    batch = lm.ok('add-pool', 'c', 'b', '--pattern', 'mir-*')
+    wait_for(lambda: lm.ok('status', batch['id'], '--format', 'json')['state'] == 'expanded',
+             60, 'the batch to list its images')
+    v = lm.ok('status', batch['id'], '--format', 'json')
+    assert v['tasks'] == 0 and v['refused_count'] == 3, v
+    assert {r['source']: r['errno'] for r in v['refused']} == {
+        spec: -30 if kind == 'non-primary' else -16 for kind, spec in mirrored.items()}
+    assert all('\n' not in r['message'] for r in v['refused'])
     guard.check()
 
 

@@ -197,6 +197,8 @@ RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
 ABANDON_AFTER_BLOCKLIST_SECONDS = 10.0
 IDLE_BLOCKLIST_SECONDS = 10.0
 HOUSEKEEPING_SECONDS = 1.0
+# ... and sooner after a task changed state, hold or error, but not more often
+HOUSEKEEPING_MIN_SECONDS = 0.2
 # tasks a pass looks at past the last free slot, for their waiting reason
 WAITING_DETAIL = 64
 # a batch whose tasks all left the history is kept this long after listing
@@ -344,9 +346,13 @@ class Worker(TaskTable):
                 self.runners[task_id] = runner
                 runner.start()
         self.recheck_watchers(decision.recheck[:RECHECK_PER_PASS], now)
-        if 0 <= now - self.housekept < HOUSEKEEPING_SECONDS:
-            return min(decision.next_tick, HOUSEKEEPING_SECONDS)
+        since = now - self.housekept
+        if 0 <= since < HOUSEKEEPING_SECONDS and not (self.dirty and
+                                                      since >= HOUSEKEEPING_MIN_SECONDS):
+            due = (HOUSEKEEPING_MIN_SECONDS if self.dirty else HOUSEKEEPING_SECONDS) - since
+            return min(decision.next_tick, max(MIN_TICK_SECONDS, due))
         self.housekept = now
+        self.dirty = False
         self.housekeeping(now, block, waiting_count)
         return decision.next_tick
 

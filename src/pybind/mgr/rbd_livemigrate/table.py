@@ -59,6 +59,8 @@ class TaskTable:
         self.queue_paused = False
         self.stopping = False
         self.writes = 0                 # store writes made (the benchmark reads it)
+        # a task changed state, hold or error: health and history are due
+        self.dirty = False
 
     def load(self) -> None:
         tasks, skipped = self.store.load()
@@ -151,6 +153,7 @@ class TaskTable:
         with self.lock:
             self.tasks[task.id] = task
             self._index(task)
+            self.dirty = True
             self.cond.notify_all()
         self._save(task.id)
         return task
@@ -217,6 +220,9 @@ class TaskTable:
                 return new
             self.tasks[task_id] = new
             self._track(new)
+            if (new.state != old.state or new.blocked_kind != old.blocked_kind
+                    or new.error != old.error or new.paused != old.paused):
+                self.dirty = True
             self.cond.notify_all()
         if persist:
             self._save(task_id)
