@@ -431,8 +431,10 @@ class Commands:
                                          lambda b: b.evolve(paused=paused))
         for t in self.worker.batch_tasks(batch.id):
             if not t.done and t.paused != paused:
+                # the batch's own record carries this over a restart
                 self.worker.update(t.id, lambda x: x if x.done else x.evolve(
-                    paused=paused, next_retry=None if not paused else x.next_retry))
+                    paused=paused, next_retry=None if not paused else x.next_retry),
+                    wait=False)
         self.worker.kick()
         return 0, dump(self.batch_view(batch), 'json'), ''
 
@@ -445,9 +447,10 @@ class Commands:
             if t.done or t.state == State.COMMITTING:
                 continue
             try:
+                # the batch's own record carries this over a restart
                 self.worker.update(t.id, lambda x: x if (x.done or x.state == State.COMMITTING)
                                    else x.evolve(cancel_requested=True, paused=False,
-                                                 next_retry=None))
+                                                 next_retry=None), wait=False)
             except LiveMigrateError:
                 continue
             self.worker.interrupt(t.id)

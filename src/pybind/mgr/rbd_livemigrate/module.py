@@ -96,7 +96,8 @@ class Module(MgrModule):
             cluster_block=self.cluster_block,
             blocklisted=self.blocklisted,
             on_blocklist=self.factory.discard_idle,
-            watchers=lambda spec: self.adapter.watchers(ImageSpec.parse(spec)))
+            watchers=lambda spec: self.adapter.watchers(ImageSpec.parse(spec)),
+            write_behind=True)
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
                                  time.time, self.unscoped)
         self.config_notify()

@@ -84,7 +84,7 @@ class Runner(RunnerHandle):
             self.client = None        # leaked on purpose: librbd may still use it
         self.worker.update(self.task_id, lambda t: t.evolve(
             attempts=t.attempts + 1, next_retry=None,
-            error='the copy client was blocklisted; the copy was restarted'))
+            error='the copy client was blocklisted; the copy was restarted'), wait=False)
         self.worker.kick()
 
     def interrupt(self) -> None:
@@ -137,7 +137,7 @@ class Runner(RunnerHandle):
         self._check()
         now = self._now()
         return self.worker.update(self.task_id, lambda t: t.moved_to(state, now, **changes),
-                                  persist=persist)
+                                  persist=persist, wait=False)
 
     def _fail(self, why: str) -> None:
         log.error('task %s failed: %s', self.task_id, why)
@@ -216,7 +216,7 @@ class Runner(RunnerHandle):
         # the destination's id stays readable in the source's header until the
         # commit, whose record write carries it: no store write of its own
         return self.worker.update(self.task_id, lambda t: t.evolve(**changes),
-                                  persist='source_image_id' in changes)
+                                  persist='source_image_id' in changes, wait=False)
 
     def _fallback(self) -> None:
         task = self.worker.get(self.task_id)
@@ -313,7 +313,7 @@ class Runner(RunnerHandle):
         self.worker.update(self.task_id, lambda t: t.evolve(
             blocked_reason=str(hold), blocked_kind=hold.kind.value,
             blocked_since=t.blocked_since or now,
-            next_retry=recheck if recheck is not None else t.next_retry))
+            next_retry=recheck if recheck is not None else t.next_retry), wait=False)
 
     def _finish(self, action: Action) -> None:
         state = action.state
@@ -375,7 +375,7 @@ class Runner(RunnerHandle):
         if held:
             self.worker.update(self.task_id, lambda t: t.evolve(
                 blocked_reason=None, blocked_kind=None, blocked_since=None,
-                last_progress_at=self._now()))
+                last_progress_at=self._now()), wait=False)
         return held
 
     def _throttle(self, limit: int, base: List[float], copied: int) -> None:
@@ -432,7 +432,8 @@ class Runner(RunnerHandle):
                     last_persist[0] = now
                 t = self.worker.update(self.task_id, lambda t: t.evolve(
                     progress=frac * EXECUTE_SHARE, bytes_copied=copied,
-                    rate_bytes_per_sec=rate, last_progress_at=now), persist=persist)
+                    rate_bytes_per_sec=rate, last_progress_at=now), persist=persist,
+                    wait=False)
                 self.worker.progress.update(t)
                 if self._hold():
                     base[:2] = [self._now(), float(copied)]
@@ -490,7 +491,7 @@ class Runner(RunnerHandle):
                               blocked_since=None)
         self._check()
         try:
-            task = self.worker.update(self.task_id, to_committing)
+            task = self.worker.update(self.task_id, to_committing, wait=False)
         except _CancelWins:
             return
         self.worker.progress.update(task, force=True)

@@ -238,8 +238,9 @@ class Worker(TaskTable):
                  clock: Callable[[], float] = time.time,
                  blocklisted: Callable[[], Set[str]] = set,
                  on_blocklist: Callable[[Set[str]], None] = lambda addrs: None,
-                 watchers: Callable[[str], List[str]] = lambda spec: []) -> None:
-        super().__init__(store, clock)
+                 watchers: Callable[[str], List[str]] = lambda spec: [],
+                 write_behind: bool = False) -> None:
+        super().__init__(store, clock, write_behind)
         self.progress = progress
         self.runner_factory = runner_factory
         self.set_health = set_health
@@ -447,6 +448,7 @@ class Worker(TaskTable):
             r.interrupt()
         for r in runners:
             r.join(timeout)
+        self.flush()
 
     def bandwidth_limit(self, task: Task) -> int:
         """Bytes per second this task may copy at; 0: unlimited.

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from .batch import Batch
+from .batch import Batch, BatchState
 from .errors import NotFound
 from .store import TaskStore
 from .hold import HoldKind
@@ -33,9 +33,20 @@ log = logging.getLogger(__name__)
 
 
 class TaskTable:
-    def __init__(self, store: TaskStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: TaskStore, clock: Callable[[], float] = time.time,
+                 write_behind: bool = False) -> None:
         self.store = store
         self.clock = clock
+        # write-behind: records are written by one writer thread, the latest
+        # of each task at the time it writes (changes made meanwhile coalesce);
+        # a caller that must know its change is stored waits for it (add, the
+        # commands); the runners do not
+        self.write_behind = write_behind
+        self._wcond = threading.Condition(threading.Lock())
+        self._pending: Dict[str, None] = {}
+        self._queued_seq = 0
+        self._written_seq = 0
+        self._writer: Optional[threading.Thread] = None
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.store_lock = threading.Lock()
@@ -73,11 +84,34 @@ class TaskTable:
             for t in tasks:
                 self._index(t)
             self.batches = {b.id: b for b in batches}
+            carried = self._carry_batches(batches)
             self.skipped = dict(skipped, **skipped_batches)
             self.queue_paused = self.store.load_flag('queue_paused')
             self.loaded = True
             self.cond.notify_all()
+        for task_id in carried:
+            self._save(task_id, wait=False)
         log.info('loaded %d task(s), skipped %d unreadable record(s)', len(tasks), len(skipped))
+
+    def _carry_batches(self, batches: List[Batch]) -> List[str]:
+        """A batch cancelled or paused just before a crash: its tasks' records
+        may not say so yet (they are written behind); the batch's does."""
+        carried = []
+        for b in batches:
+            for task_id in sorted(self.by_batch.get(b.id, ())):
+                t = self.tasks[task_id]
+                if t.done or t.state == State.COMMITTING:
+                    continue
+                if b.state == BatchState.CANCELLED:
+                    new = t if t.cancel_requested else t.evolve(
+                        cancel_requested=True, paused=False, next_retry=None)
+                else:
+                    new = t if t.paused == b.paused else t.evolve(paused=b.paused)
+                if new is not t:
+                    self.tasks[task_id] = new
+                    self._track(new)
+                    carried.append(task_id)
+        return carried
 
     def get(self, task_id: str) -> Task:
         with self.lock:
@@ -155,17 +189,63 @@ class TaskTable:
             self._index(task)
             self.dirty = True
             self.cond.notify_all()
-        self._save(task.id)
+        self._save(task.id, wait=True)
         return task
 
-    def _save(self, task_id: str) -> None:
-        """Write the task's record as it is now (outside the table lock)."""
+    def _save(self, task_id: str, wait: bool = True) -> None:
+        """Write the task's record as it is now (outside the table lock);
+        with write-behind, queue it, and wait until written if ``wait``."""
+        if not self.write_behind:
+            self._write(task_id)
+            return
+        with self._wcond:
+            self._pending[task_id] = None
+            self._queued_seq += 1
+            mine = self._queued_seq
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name='rbd_livemigrate.writer')
+                self._writer.start()
+            self._wcond.notify_all()
+            while wait and self._written_seq < mine:
+                self._wcond.wait(1.0)
+
+    def _write(self, task_id: str) -> None:
         with self.store_lock:
             with self.lock:
                 task = self.tasks.get(task_id)
-            if task is not None:
+            if task is not None:             # a removed task is never written back
                 self.store.save(task)
                 self.writes += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wcond:
+                while not self._pending:
+                    if self.stopping:
+                        return
+                    self._wcond.wait(1.0)
+                ids, seq = list(self._pending), self._queued_seq
+                self._pending = {}
+            for task_id in ids:
+                try:
+                    self._write(task_id)
+                except Exception:
+                    log.exception('cannot store task %s; it is written again on its next '
+                                  'change', task_id)
+            with self._wcond:
+                self._written_seq = seq
+                self._wcond.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued record is written (shutdown)."""
+        if not self.write_behind:
+            return
+        deadline = time.monotonic() + timeout
+        with self._wcond:
+            target = self._queued_seq
+            while self._written_seq < target and time.monotonic() < deadline:
+                self._wcond.wait(0.5)
 
     # -- batches -------------------------------------------------------
 
@@ -211,7 +291,8 @@ class TaskTable:
         with self.lock:
             return sorted(self.batches.values(), key=lambda b: (b.created, b.id))
 
-    def update(self, task_id: str, fn: Callable[[Task], Task], persist: bool = True) -> Task:
+    def update(self, task_id: str, fn: Callable[[Task], Task], persist: bool = True,
+               wait: bool = True) -> Task:
         """Apply ``fn`` to the current record (never a stale copy) and save it."""
         with self.lock:
             old = self.get(task_id)
@@ -225,7 +306,7 @@ class TaskTable:
                 self.dirty = True
             self.cond.notify_all()
         if persist:
-            self._save(task_id)
+            self._save(task_id, wait)
         return new
 
     def remove(self, task_ids: List[str]) -> None:
