@@ -31,6 +31,7 @@ CANCEL_WAIT_SECONDS = 1.0
 COMMIT_WAIT_SECONDS = 1.0
 POOLS_REFRESH_SECONDS = 5.0
 KICK_EVERY_IMAGES = 20
+EXPAND_THREADS = 4
 MAX_PRIORITY = 1000
 
 
@@ -165,9 +166,8 @@ class Commands:
         self._authorize(dest.pool, dest.namespace)
         if layout.data_pool is not None:
             self._authorize(layout.data_pool, dest.namespace)
-        with self.add_lock:
-            r, out, err = self._add_one(source, dest, req, layout, bandwidth_limit,
-                                        self.authorized, self.pools())
+        r, out, err = self._add_one(source, dest, req, layout, bandwidth_limit,
+                                    self.authorized, self.pools())
         self.worker.kick()
         return r, out, err
 
@@ -176,8 +176,10 @@ class Commands:
                  pools: Dict[str, PoolInfo], batch_id: Optional[str] = None,
                  paused: bool = False, pool_conf: Optional[Dict[str, str]] = None
                  ) -> CommandResult:
-        """One image of add or add-pool (under ``add_lock``): the existing
-        task, a dry-run report, or a new task; refusals raise."""
+        """One image of add or add-pool: the existing task, a dry-run report,
+        or a new task; refusals raise.  The checks run unlocked (a batch
+        checks several images at once); ``add_lock`` covers looking for a
+        task of the same images again and making the new one."""
         existing = self._existing(source, dest, allowed)
         if existing is not None:
             if batch_id is not None and existing.batch_id != batch_id:
@@ -208,15 +210,23 @@ class Commands:
         assert info is not None
         now = self.clock()
         waiting = [b for b in blockers if b.wait]
-        task = Task(id=self._new_id(), source=str(source), destination=str(dest),
-                    layout=layout, manual_commit=req.manual_commit,
-                    allow_descendants=req.allow_descendants, priority=req.priority,
-                    bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
-                    size_bytes=info.size, created=now, batch_id=batch_id, paused=paused,
-                    blocked_reason=str(waiting[0]) if waiting else None,
-                    blocked_kind=HoldKind.WATCHERS.value if waiting else None,
-                    blocked_since=now if waiting else None)
-        self.worker.put(task)
+        with self.add_lock:
+            existing = self._existing(source, dest, allowed)
+            if existing is not None:           # added meanwhile
+                if batch_id is not None and existing.batch_id != batch_id:
+                    raise AlreadyExists('{} already has task {}'.format(source, existing.id))
+                return 0, dump(self.view(existing), 'json'), ''
+            task = Task(id=self._new_id(), source=str(source), destination=str(dest),
+                        layout=layout, manual_commit=req.manual_commit,
+                        allow_descendants=req.allow_descendants, priority=req.priority,
+                        bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
+                        size_bytes=info.size, created=now, batch_id=batch_id, paused=paused,
+                        blocked_reason=str(waiting[0]) if waiting else None,
+                        blocked_kind=HoldKind.WATCHERS.value if waiting else None,
+                        blocked_since=now if waiting else None)
+            # a batch's tasks are written behind: listing again after a crash
+            # adds what was not stored
+            self.worker.put(task, wait=batch_id is None)
         log.info('added task %s: %s -> %s', task.id, task.source, task.destination)
         return 0, dump(self.view(task), 'json'), ''
 
@@ -385,26 +395,44 @@ class Commands:
         seen |= {str(r.get('source')) for r in batch.refused}
         pools, pools_at = self.pools(), self.clock()
         conf = self.adapter.pool_config(dst)
-        for n, image in enumerate(images):
-            batch = self.worker.get_batch(batch_id)
-            if batch.state != BatchState.EXPANDING or self.worker.stopping:
-                return
-            s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
-                dst.pool, dst.namespace, image)
-            if str(s) in seen:
-                continue
-            if self.clock() - pools_at > POOLS_REFRESH_SECONDS:
-                pools, pools_at = self.pools(), self.clock()
-            try:
-                with self.add_lock:
-                    self._add_one(s, d, req, layout, limit, allowed, pools,
+        todo = iter(enumerate(images))
+        lock = threading.Lock()
+        cache: Dict[str, Any] = {'pools': pools, 'at': pools_at}
+
+        def one_by_one() -> None:
+            while True:
+                with lock:
+                    n, image = next(todo, (-1, ''))
+                    if n < 0:
+                        return
+                    if self.clock() - cache['at'] > POOLS_REFRESH_SECONDS:
+                        cache['pools'], cache['at'] = self.pools(), self.clock()
+                    now_pools = cache['pools']
+                batch = self.worker.get_batch(batch_id)
+                if batch.state != BatchState.EXPANDING or self.worker.stopping:
+                    return
+                s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
+                    dst.pool, dst.namespace, image)
+                if str(s) in seen:
+                    continue
+                try:
+                    self._add_one(s, d, req, layout, limit, allowed, now_pools,
                                   batch_id=batch_id, paused=batch.paused, pool_conf=conf)
-            except LiveMigrateError as e:
-                err = e
-                self.worker.update_batch(batch_id, lambda b: b.with_refusal(
-                    str(s), err.errno, str(err)))
-            if n % KICK_EVERY_IMAGES == 0:
-                self.worker.kick()
+                except LiveMigrateError as e:
+                    err = e
+                    self.worker.update_batch(batch_id, lambda b: b.with_refusal(
+                        str(s), err.errno, str(err)))
+                if n % KICK_EVERY_IMAGES == 0:
+                    self.worker.kick()
+        # a few images are checked at once: a check mostly waits on the OSDs,
+        # and the copies must not wait for the listing
+        threads = [threading.Thread(target=one_by_one, daemon=True,
+                                    name='rbd_livemigrate.{}.{}'.format(batch_id, i))
+                   for i in range(EXPAND_THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         self.worker.update_batch(batch_id, lambda b: b.evolve(
             state=BatchState.EXPANDED, expanded=self.clock())
             if b.state == BatchState.EXPANDING else b)

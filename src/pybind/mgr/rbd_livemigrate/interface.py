@@ -233,6 +233,10 @@ class RbdPort:
         name (free in ``rbd ls``, but its abort needs the name back)."""
         raise NotImplementedError
 
+    def image_id(self, spec: ImageSpec) -> Optional[str]:
+        """The id the name resolves to now (one directory lookup)."""
+        raise NotImplementedError
+
     def watchers(self, spec: ImageSpec) -> List[str]:
         """The addresses of the clients that have the image open."""
         raise NotImplementedError

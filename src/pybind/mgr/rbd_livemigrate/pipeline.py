@@ -254,12 +254,12 @@ class Runner(RunnerHandle):
             self._finish(action)
             return False
         if act == Act.PREPARE:
-            return self._prepare(task, source, dest)
+            return self._prepare(task, source, dest) and self._straight_on(dest)
         if act == Act.EXECUTE:
             if task.state not in (State.PREPARED, State.EXECUTING):
                 task = self._move(State.PREPARED, error=None)
             self._execute(task, dest)
-            return True
+            return self._straight_on(dest)
         if act == Act.COMMIT:
             if not self._clones_allowed(task, dest):
                 return False
@@ -454,6 +454,41 @@ class Runner(RunnerHandle):
         task = self._move(State.EXECUTED, persist=task.manual_commit, progress=EXECUTE_SHARE,
                           bytes_copied=size)
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
+
+    def _straight_on(self, dest: ImageSpec) -> bool:
+        """After a prepare or an execute that succeeded, the next steps
+        without reading librbd back: what it would show is known (prepared,
+        then executed, then committed).  Anything else (a cancel, a hold, a
+        manual commit, a flatten to do after commit, an interrupt) goes back
+        to observing and planning.  True: observe again; False: done."""
+        task = self.worker.get(self.task_id)
+        if self._detour(task):
+            return True
+        if task.state == State.PREPARED:
+            if task.dest_image_id is None:
+                # the id prepare gave the destination: one directory lookup
+                dest_id = self.adapter.image_id(dest)
+                task = self.worker.update(self.task_id, lambda t: t.evolve(
+                    dest_image_id=dest_id), persist=False)
+            self._execute(task, dest)
+            task = self.worker.get(self.task_id)
+            if self._detour(task):
+                return True
+        if (task.state != State.EXECUTED or task.layout.flatten
+                or (task.manual_commit and not task.commit_requested)):
+            return True
+        if not self._clones_allowed(task, dest):
+            return False
+        self._commit(dest)
+        if self.worker.get(self.task_id).state != State.COMMITTING:
+            return True                       # a cancel came first: plan again
+        self._finish(Action(Act.MARK, State.COMMITTED))
+        return False
+
+    def _detour(self, task: Task) -> bool:
+        """Something the planner must look at before the next step."""
+        return (task.cancel_requested or self.interrupted or self.abandoned
+                or self.worker.stopping or self.worker.hold_reason(task) is not None)
 
     def _clones_allowed(self, task: Task, dest: ImageSpec) -> bool:
         """Check the clones again just before commit: a clone made since add

@@ -719,6 +719,19 @@ class Adapter(RbdPort):
                 io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
 
+    def image_id(self, spec: ImageSpec) -> Optional[str]:
+        def op(c: Client) -> Optional[str]:
+            io = _ioctx_or_none(c, spec)
+            if io is None:
+                return None
+            try:
+                return dir_lookup(io, spec.image)
+            except rados.Error as e:
+                raise translate(e, "cannot look up '{}'".format(spec))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
     def watchers(self, spec: ImageSpec) -> List[str]:
         """The addresses of the clients that have ``spec`` open (one open)."""
         def op(c: Client) -> List[str]:

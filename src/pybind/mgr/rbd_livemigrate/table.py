@@ -183,13 +183,13 @@ class TaskTable:
             tasks = [self.tasks[i] for i in ids if i in self.tasks]
         return sorted(tasks, key=lambda t: (t.created, t.id))
 
-    def put(self, task: Task) -> Task:
+    def put(self, task: Task, wait: bool = True) -> Task:
         with self.lock:
             self.tasks[task.id] = task
             self._index(task)
             self.dirty = True
             self.cond.notify_all()
-        self._save(task.id, wait=True)
+        self._save(task.id, wait)
         return task
 
     def _save(self, task_id: str, wait: bool = True) -> None:

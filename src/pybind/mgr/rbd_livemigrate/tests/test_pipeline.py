@@ -97,6 +97,9 @@ class FakeLibrbd(RbdPort):
         self.calls.append('list clones')
         return list(self.clones)
 
+    def image_id(self, spec: ImageSpec) -> Optional[str]:
+        return None if self.phase == 'not-prepared' else self.did
+
     def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Any,
                 info: ImageInfo) -> None:
         self.calls.append('prepare')
