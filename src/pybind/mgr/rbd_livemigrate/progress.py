@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 UPDATE_INTERVAL_SECONDS = 1.0
 # execute carries most of the bar, commit the rest
 EXECUTE_SHARE = 0.95
+# a task of a batch gets its own bar only once it has run this long
+BATCH_TASK_BAR_AFTER_SECONDS = 5.0
 
 
 def event_id(task: Task) -> str:
@@ -43,7 +45,16 @@ class ProgressReporter:
         except Exception:
             log.warning('progress %s failed', method, exc_info=True)
 
+    def _quiet(self, task: Task) -> bool:
+        """A batch's task has no bar of its own (the batch's bar counts it)
+        unless it runs long enough for one to tell something."""
+        return (task.batch_id is not None and task.id not in self._last
+                and (task.started is None
+                     or time.time() - task.started < BATCH_TASK_BAR_AFTER_SECONDS))
+
     def update(self, task: Task, force: bool = False) -> None:
+        if self._quiet(task):
+            return
         now = self._clock()
         last: Optional[float] = self._last.get(task.id)
         if not force and last is not None and now - last < UPDATE_INTERVAL_SECONDS:
@@ -55,11 +66,15 @@ class ProgressReporter:
                    add_to_ceph_s=True)
 
     def complete(self, task: Task) -> None:
+        if task.batch_id is not None and task.id not in self._last:
+            return
         self.update(task, force=True)
         self._last.pop(task.id, None)
         self._call('complete', event_id(task))
 
     def fail(self, task: Task, why: str) -> None:
+        if task.batch_id is not None and task.id not in self._last:
+            return
         self._last.pop(task.id, None)
         self._call('fail', event_id(task), why)
 
