@@ -177,10 +177,6 @@ class Runner(RunnerHandle):
             source = ImageSpec.parse(task.source)
             dest = ImageSpec.parse(task.destination)
             try:
-                if self._fresh(task):
-                    if not (self._prepare(task, source, dest) and self._straight_on(dest)):
-                        return
-                    continue
                 obs = self.adapter.observe(source, dest, task.source_image_id,
                                            task.dest_image_id)
                 task = self._learn_ids(task, obs)
@@ -336,14 +332,6 @@ class Runner(RunnerHandle):
             self.worker.progress.fail(task, 'cancelled')
             log.info('task %s: aborted; %s restored', task.id, task.source)
 
-    def _fresh(self, task: Task) -> bool:
-        """A task this module never prepared and nobody asked to stop: its
-        prepare needs no look at the headers first (preflight sees a source
-        someone else started migrating)."""
-        return (task.state == State.QUEUED and task.started is None and task.attempts == 0
-                and task.dest_image_id is None and not task.cancel_requested
-                and self.worker.hold_reason(task) is None)
-
     def _prepare(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
         blockers, info = find_blockers(self.adapter, self.pools(), source, dest, task.layout,
                                        task.allow_descendants)
@@ -363,9 +351,9 @@ class Runner(RunnerHandle):
         assert info is not None
         # a new prepare makes a new destination: forget one an undone
         # prepare may have recorded (the next pass learns the new id)
-        # stored before librbd is touched: a task recorded queued and never
-        # started is prepared without a look at the headers (``_fresh``)
-        self._move(State.PREPARING, wait=True, source_image_id=info.id, size_bytes=info.size,
+        # written behind like the runner's other changes: after a crash the
+        # next runner reads the headers before it does anything
+        self._move(State.PREPARING, source_image_id=info.id, size_bytes=info.size,
                    dest_image_id=None, blocked_reason=None, blocked_kind=None,
                    blocked_since=None, next_retry=None, error=None)
         self.adapter.prepare(self._client(), source, dest, task.layout, info)
