@@ -12,12 +12,12 @@ import pytest
 
 from rbd_livemigrate.batch import MAX_REFUSED, Batch, BatchState
 from rbd_livemigrate.commands import AddRequest, Commands
-from rbd_livemigrate.errors import LiveMigrateError
 from rbd_livemigrate.interface import ImageInfo, RbdPort
 from rbd_livemigrate.preflight import PoolInfo
 from rbd_livemigrate.spec import ImageSpec, PoolSpec
 from rbd_livemigrate.task import CorruptRecord, State
 
+from test_commands_auth import call
 from test_pipeline import worker
 
 POOLS = {n: PoolInfo(n, i, True, False, False, None)
@@ -65,14 +65,6 @@ def commands(n: int, rights: Set[Tuple[str, str]] = frozenset(),  # type: ignore
                  lambda p, ns: unscoped or (p, ns) in rights, lambda: 1.0, lambda: unscoped)
     c.start_expansion = lambda batch_id: None     # type: ignore  # run by hand below
     return c
-
-
-def call(fn: Any, *args: Any) -> Tuple[int, Any]:
-    try:
-        r, out, err = fn(*args)
-    except LiveMigrateError as e:
-        return -e.errno, str(e)
-    return r, json.loads(out) if out.startswith(('[', '{')) else out
 
 
 def test_add_pool_returns_a_batch_before_listing() -> None:

@@ -6,7 +6,7 @@ cancel lands between the plan and the commit.
 """
 
 import errno
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from rbd_livemigrate.errors import LiveMigrateError
 from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo,
@@ -17,8 +17,9 @@ from rbd_livemigrate.preflight import PoolInfo
 from rbd_livemigrate.progress import ProgressReporter
 from rbd_livemigrate.scheduler import Worker
 from rbd_livemigrate.spec import ImageSpec
-from rbd_livemigrate.store import TaskStore
 from rbd_livemigrate.task import State, Task
+
+from test_store import make_store
 
 S, D = 'sid', 'did'
 
@@ -128,14 +129,7 @@ class FakeLibrbd(RbdPort):
 
 
 def worker() -> Worker:
-    kv: Dict[str, str] = {}
-
-    def set_key(k: str, v: Optional[str]) -> None:
-        if v is None:
-            kv.pop(k, None)
-        else:
-            kv[k] = v
-    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    store = make_store({})
     return Worker(store, ProgressReporter(lambda *a, **k: None), lambda w, t: None,  # type: ignore
                   lambda checks: None, lambda: None)
 

@@ -7,6 +7,8 @@ from rbd_livemigrate.scheduler import (Options, RunnerHandle, Worker, decide, hi
 from rbd_livemigrate.store import TaskStore
 from rbd_livemigrate.task import State, Task
 
+from test_store import make_store
+
 NOW = 1_000_000.0
 
 
@@ -100,13 +102,7 @@ class FakeRunner(RunnerHandle):
 
 def test_worker_persists_and_skips_corrupt() -> None:
     kv: Dict[str, str] = {'task/bad': '{nope', 'task/t7': mk(7).dumps()}
-
-    def set_key(k: str, v: Optional[str]) -> None:
-        if v is None:
-            kv.pop(k, None)
-        else:
-            kv[k] = v
-    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    store = make_store(kv)
     health: List[Dict[str, Any]] = []
     calls: List[Tuple[Any, ...]] = []
     w = Worker(store, ProgressReporter(lambda *a, **k: calls.append(a)), FakeRunner,
@@ -123,14 +119,7 @@ def test_worker_persists_and_skips_corrupt() -> None:
 
 
 def _held_worker(hold: Optional[Any]) -> Tuple[Worker, List[Dict[str, Any]]]:
-    kv: Dict[str, str] = {}
-
-    def set_key(k: str, v: Optional[str]) -> None:
-        if v is None:
-            kv.pop(k, None)
-        else:
-            kv[k] = v
-    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    store = make_store({})
     health: List[Dict[str, Any]] = []
     w = Worker(store, ProgressReporter(lambda *a, **k: None), FakeRunner, health.append,
                lambda: hold, clock=lambda: NOW)
@@ -199,14 +188,7 @@ def test_recheck_writes_nothing_while_clients_stay() -> None:
 
 
 def test_a_pass_looks_at_live_tasks_and_housekeeping_once_a_second() -> None:
-    kv: Dict[str, str] = {}
-
-    def set_key(k: str, v: Optional[str]) -> None:
-        if v is None:
-            kv.pop(k, None)
-        else:
-            kv[k] = v
-    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    store = make_store({})
     clock = [NOW]
     health: List[Any] = []
     FakeRunner.started = []
