@@ -14,7 +14,8 @@ from .batch import Batch, BatchState
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
 from .formatting import check_format, dump, status_text, task_rows
-from .preflight import MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, validate_layout
+from .preflight import (MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, validate_layout,
+                        watchers_reason)
 from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
 from .hold import HoldKind
 from .planner import Phase, judge, state_of
@@ -29,6 +30,9 @@ Allowed = Callable[[str, str], bool]
 # a command waits this long for a change to show, then returns (see status)
 CANCEL_WAIT_SECONDS = 1.0
 COMMIT_WAIT_SECONDS = 1.0
+# a cutover is one prepare: the command waits for it (an orchestrator
+# scripts stop / cutover / start around it)
+CUTOVER_WAIT_SECONDS = 30.0
 POOLS_REFRESH_SECONDS = 5.0
 KICK_EVERY_IMAGES = 20
 EXPAND_THREADS = 4
@@ -53,6 +57,8 @@ class AddRequest(NamedTuple):
     priority: int = 0
     bandwidth_limit: Optional[str] = None
     dry_run: bool = False
+    manual_cutover: bool = False
+    verify: Optional[str] = None
 
 
 class Commands:
@@ -210,6 +216,8 @@ class Commands:
         assert info is not None
         now = self.clock()
         waiting = [b for b in blockers if b.wait]
+        # a manual cutover expects the clients: it waits for the operator
+        watch = not req.manual_cutover
         with self.add_lock:
             existing = self._existing(source, dest, allowed)
             if existing is not None:           # added meanwhile
@@ -221,9 +229,10 @@ class Commands:
                         allow_descendants=req.allow_descendants, priority=req.priority,
                         bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
                         size_bytes=info.size, created=now, batch_id=batch_id, paused=paused,
-                        blocked_reason=str(waiting[0]) if waiting else None,
-                        blocked_kind=HoldKind.WATCHERS.value if waiting else None,
-                        blocked_since=now if waiting else None)
+                        manual_cutover=req.manual_cutover,
+                        blocked_reason=str(waiting[0]) if waiting and watch else None,
+                        blocked_kind=HoldKind.WATCHERS.value if waiting and watch else None,
+                        blocked_since=now if waiting and watch else None)
             # a batch's tasks are written behind: listing again after a crash
             # adds what was not stored
             self.worker.put(task, wait=batch_id is None)
@@ -605,6 +614,59 @@ class Commands:
         self.worker.wait_for(lambda: self.worker.get(task.id).state != State.EXECUTED,
                              COMMIT_WAIT_SECONDS)
         return 0, dump(self.view(self.worker.get(task.id)), 'json'), ''
+
+    def cutover(self, task_id: str) -> CommandResult:
+        """Prepare now (the one moment of downtime), and return the task
+        with ``cutover_ms``; EBUSY naming the clients that still have the
+        source open.  Any queued task may be cut over: it takes no slot."""
+        self._ready()
+        task = self._find_task(task_id)
+        self._authorize_task(task)
+        if task.state not in (State.QUEUED, State.PREPARING):
+            if task.cutover_ms is not None and not task.done:
+                v = self.view(task)
+                v['action'] = 'already cut over'
+                return 0, dump(v, 'json'), ''
+            raise WrongState('task {} is {}: a cutover needs a queued task; see '
+                             'status'.format(task.id, task.state))
+        if task.paused:
+            raise Busy('task {} is paused: resume it first'.format(task.id))
+        if task.cancel_requested:
+            raise Busy('task {} is being cancelled'.format(task.id))
+        clients = self.adapter.watchers(ImageSpec.parse(task.source))
+        if clients:
+            raise Busy(watchers_reason(task.source, clients) + ': stop them, then cut '
+                       'over again')
+        seen = self.clock()
+
+        def request(t: Task) -> Task:
+            if t.state not in (State.QUEUED, State.PREPARING) or t.cancel_requested:
+                raise Busy('task {} changed meanwhile ({}); see status'.format(t.id, t.state))
+            return t.evolve(cutover_requested=True, clients_gone_at=seen, cutover_ms=None,
+                            next_retry=None, blocked_reason=None, blocked_kind=None,
+                            blocked_since=None)
+        self.worker.update(task.id, request, wait=False)
+        self.worker.kick()
+
+        def settled() -> bool:
+            t = self.worker.get(task.id)
+            return (t.cutover_ms is not None or not t.cutover_requested
+                    or t.state not in (State.QUEUED, State.PREPARING))
+        self.worker.wait_for(settled, CUTOVER_WAIT_SECONDS)
+        task = self.worker.get(task.id)
+        if task.cutover_ms is not None:
+            v = self.view(task)
+            v['action'] = 'cut over in {:.0f} ms'.format(task.cutover_ms)
+            return 0, dump(v, 'json'), ''
+        if task.state == State.FAILED:
+            raise LiveMigrateError('task {} failed at cutover: {}'.format(task.id, task.error))
+        if not task.cutover_requested:
+            raise Busy('task {}: {}; stop them, then cut over again'.format(
+                task.id, task.blocked_reason or 'the source could not be prepared'))
+        v = self.view(task)
+        v['action'] = 'cutover still under way after {:.0f}s; see status'.format(
+            CUTOVER_WAIT_SECONDS)
+        return 0, dump(v, 'json'), ''
 
     def retry(self, task_id: str) -> CommandResult:
         self._ready()

@@ -20,12 +20,13 @@ class HoldKind(enum.Enum):
     NO_SPACE = 'no space'                  # the destination pool lacks room (or stats)
     MANUAL_COMMIT = 'manual commit'        # waiting for ceph rbd livemigrate commit
     DESCENDANTS = 'descendants'            # clones appeared that add did not allow
+    MANUAL_CUTOVER = 'manual cutover'      # waiting for ceph rbd livemigrate cutover
 
     @property
     def deliberate(self) -> bool:
         """Asked for by the operator: never a health warning."""
         return self in (HoldKind.PAUSED, HoldKind.QUEUE_PAUSED, HoldKind.WINDOW_CLOSED,
-                        HoldKind.MANUAL_COMMIT)
+                        HoldKind.MANUAL_COMMIT, HoldKind.MANUAL_CUTOVER)
 
     @property
     def warn_at_once(self) -> bool:

@@ -178,11 +178,13 @@ class Module(MgrModule):
             data_pool: Optional[str] = None, flatten: bool = False,
             manual_commit: bool = False, allow_descendants: bool = False,
             priority: int = 0, bandwidth_limit: Optional[str] = None,
-            dry_run: bool = False) -> Any:
+            dry_run: bool = False, manual_cutover: bool = False,
+            verify: Optional[str] = None) -> Any:
         """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place"""  # noqa: E501
         return self.commands.add(source_spec, dest_spec, AddRequest(
             object_size, stripe_unit, stripe_count, features, data_pool, flatten,
-            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run))
+            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
+            manual_cutover, verify))
 
     @CLIWriteCommand('rbd livemigrate add-pool')
     @handle_errors
@@ -193,11 +195,13 @@ class Module(MgrModule):
                  data_pool: Optional[str] = None, flatten: bool = False,
                  manual_commit: bool = False, allow_descendants: bool = False,
                  priority: int = 0, bandwidth_limit: Optional[str] = None,
-                 dry_run: bool = False) -> Any:
+                 dry_run: bool = False, manual_cutover: bool = False,
+                 verify: Optional[str] = None) -> Any:
         """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another, as one batch (returns at once)"""  # noqa: E501
         return self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, AddRequest(
             object_size, stripe_unit, stripe_count, features, data_pool, flatten,
-            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run))
+            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
+            manual_cutover, verify))
 
     @CLIReadCommand('rbd livemigrate ls')
     @handle_errors
@@ -222,6 +226,12 @@ class Module(MgrModule):
     def commit(self, task_id: str) -> Any:
         """Commit a --manual-commit task that is executed"""
         return self.commands.commit(task_id)
+
+    @CLIWriteCommand('rbd livemigrate cutover')
+    @handle_errors
+    def cutover(self, task_id: str) -> Any:
+        """Prepare a queued task now (its clients must have closed the source); returns the task with cutover_ms, or EBUSY naming the clients"""  # noqa: E501
+        return self.commands.cutover(task_id)
 
     @CLIWriteCommand('rbd livemigrate retry')
     @handle_errors

@@ -307,6 +307,8 @@ class Runner(RunnerHandle):
         if hold.kind == HoldKind.MANUAL_COMMIT:
             self.worker.progress.update(task, force=True)
             return
+        if hold.kind == HoldKind.MANUAL_CUTOVER:
+            return                  # ls words it; nothing to warn about
         self._set_hold(hold)
 
     def _set_hold(self, hold: Hold, recheck: Optional[float] = None) -> None:
@@ -333,6 +335,7 @@ class Runner(RunnerHandle):
             log.info('task %s: aborted; %s restored', task.id, task.source)
 
     def _prepare(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
+        looked = self._now()
         blockers, info = find_blockers(self.adapter, self.pools(), source, dest, task.layout,
                                        task.allow_descendants)
         if task.source_image_id and info is not None and info.id != task.source_image_id:
@@ -345,8 +348,18 @@ class Runner(RunnerHandle):
             if hard:
                 raise hard[0]
             kind = HoldKind.NO_SPACE if blockers[0].errno == errno.ENOSPC else HoldKind.WATCHERS
-            self._set_hold(Hold(kind, str(blockers[0])),
-                           self._now() + self.worker.options.blocked_recheck_seconds)
+            if task.cutover_requested:
+                # the operator's cutover answers EBUSY with the clients;
+                # the task waits for the next cutover
+                self.worker.update(self.task_id, lambda t: t.evolve(
+                    cutover_requested=False, blocked_reason=str(blockers[0])), wait=False)
+                if task.manual_cutover:
+                    return False
+            # sources with clients are looked at again by the scheduler
+            # (watchers only: quickly for the first few in the queue)
+            recheck = (self.worker.options.blocked_recheck_seconds
+                       if kind == HoldKind.NO_SPACE else 0.0)
+            self._set_hold(Hold(kind, str(blockers[0])), self._now() + recheck)
             return False
         assert info is not None
         # a new prepare makes a new destination: forget one an undone
@@ -357,8 +370,15 @@ class Runner(RunnerHandle):
                    dest_image_id=None, blocked_reason=None, blocked_kind=None,
                    blocked_since=None, next_retry=None, error=None)
         self.adapter.prepare(self._client(), source, dest, task.layout, info)
-        self._move(State.PREPARED, persist=False)
-        log.info('task %s: prepared %s -> %s', task.id, source, dest)
+        # the cutover: from the moment the module saw the source without
+        # clients (the scheduler's last look, else this preflight's) to the
+        # destination being there; kept with the next stored change
+        gone = task.clients_gone_at if task.clients_gone_at is not None else looked
+        cutover_ms = round((self._now() - gone) * 1000.0, 1)
+        self._move(State.PREPARED, persist=False, cutover_ms=cutover_ms,
+                   cutover_requested=False)
+        log.info('task %s: prepared %s -> %s (cutover %.0f ms)', task.id, source, dest,
+                 cutover_ms)
         return True
 
     def _hold(self) -> bool:

@@ -302,7 +302,11 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
             return Action(Act.FAIL, State.FAILED,
                           'the migration was aborted outside this module (source {} is '
                           'intact): use retry to start it again'.format(task.source))
-        if hold is not None:
+        if task.awaiting_cutover:
+            return Action(Act.WAIT, State.QUEUED, hold=cutover_hold(task))
+        if hold is not None and not task.cutover_requested:
+            # an operator's cutover prepares whatever holds new work: the
+            # copy after it holds like any other
             return Action(Act.WAIT, hold=hold)
         return Action(Act.PREPARE, State.PREPARING)
     if phase == Phase.HALF_PREPARED:
@@ -326,6 +330,11 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
             HoldKind.MANUAL_COMMIT, 'executed: waiting for ceph rbd livemigrate commit {}'.format(
                 task.id)))
     return Action(Act.COMMIT, State.COMMITTING)
+
+
+def cutover_hold(task: Task) -> Hold:
+    return Hold(HoldKind.MANUAL_CUTOVER, 'waiting for ceph rbd livemigrate cutover {} (added '
+                'with --manual-cutover)'.format(task.id))
 
 
 def _abort_by_source(phase: Phase, obs: Observation) -> bool:

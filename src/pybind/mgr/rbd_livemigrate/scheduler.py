@@ -7,6 +7,7 @@ task table, persists every change, starts one ``Runner`` thread per task
 the decision lets start, and rebuilds the health checks each pass.
 """
 
+import heapq
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tu
 from .batch import BatchState
 from .health import HealthChecks, build_checks
 from .hold import Hold, HoldKind
+from .planner import cutover_hold
 from .preflight import MIN_BANDWIDTH_BYTES, watchers_reason
 from .progress import ProgressReporter
 from .store import TaskStore
@@ -28,6 +30,11 @@ IDLE_TICK_SECONDS = 5.0
 # sources with clients looked at per scheduler pass (the rest wait their turn)
 RECHECK_PER_PASS = 32
 MIN_TICK_SECONDS = 0.05
+# the first few sources with clients, in queue order, are looked at this
+# often: the last client leaving starts the prepare within about 100 ms
+FAST_WATCH_TASKS = 4
+FAST_RECHECK_SECONDS = 0.05
+CUTOVER_STATES = (State.QUEUED, State.PREPARING)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ def why_waiting(t: Task, now: float, opts: Options, cluster_block: Optional[str]
     """Why a task that needs the worker has no runner now."""
     if t.paused:
         return 'paused'
+    if t.awaiting_cutover:
+        return str(cutover_hold(t))
     if t.next_retry is not None and t.next_retry > now:
         return t.blocked_reason or 'waiting to retry'
     if t.state == State.QUEUED and t.blocked_kind == HoldKind.WATCHERS.value:
@@ -132,7 +141,9 @@ def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set
     for t in ordered:
         if t.id in running or t.id in started or not t.needs_worker:
             continue
-        if t.cancel_requested:
+        if t.cancel_requested or (t.cutover_requested and t.state in CUTOVER_STATES):
+            # a cutover is an operator waiting with its clients stopped: it
+            # takes no slot (its copy then counts like any other)
             cancelled.append(t.id)
             started.add(t.id)
             continue
@@ -142,6 +153,9 @@ def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set
             left = (left or 0) - 1
         if t.paused:
             waiting[t.id] = 'paused'
+            continue
+        if t.awaiting_cutover:
+            waiting[t.id] = str(cutover_hold(t))
             continue
         if t.next_retry is not None and t.next_retry > now:
             waiting[t.id] = t.blocked_reason or 'waiting to retry'
@@ -346,7 +360,10 @@ class Worker(TaskTable):
                 runner = self.runner_factory(self, task_id)
                 self.runners[task_id] = runner
                 runner.start()
-        self.recheck_watchers(decision.recheck[:RECHECK_PER_PASS], now)
+        soon = self.recheck_watchers(decision.recheck[:RECHECK_PER_PASS], now)
+        if soon is not None:
+            decision = decision._replace(next_tick=max(MIN_TICK_SECONDS, min(
+                decision.next_tick, soon - self.clock())))
         since = now - self.housekept
         if 0 <= since < HOUSEKEEPING_SECONDS and not (self.dirty and
                                                       since >= HOUSEKEEPING_MIN_SECONDS):
@@ -397,11 +414,30 @@ class Worker(TaskTable):
             tasks, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
             self.skipped, queue_note))
 
-    def recheck_watchers(self, task_ids: List[str], now: float) -> None:
+    def fast_watched(self) -> Set[str]:
+        """The first ``FAST_WATCH_TASKS`` sources with clients in queue
+        order: the ones whose cutover is next, looked at every
+        ``FAST_RECHECK_SECONDS``."""
+        with self.lock:
+            if not self.watching:
+                return set()
+            first = heapq.nsmallest(FAST_WATCH_TASKS, (self.tasks[i] for i in self.watching
+                                                       if not self.tasks[i].paused),
+                                    key=order_key)
+            return {t.id for t in first}
+
+    def recheck_watchers(self, task_ids: List[str], now: float) -> Optional[float]:
         """Look at the watchers of sources that had clients (one cheap call
         each, outside the lock): gone, the task competes for a slot at once;
-        still there, it looks again after ``blocked_recheck_seconds``.  No
-        store write while the clients stay."""
+        still there, it looks again after ``blocked_recheck_seconds``, or
+        ``FAST_RECHECK_SECONDS`` for the first few in queue order.  No store
+        write while the clients stay.  Returns when the next fast look is due."""
+        fast = self.fast_watched()
+        soon: Optional[float] = None
+        for task_id in fast:
+            t = self.find(task_id)
+            if t is not None and t.id not in task_ids and t.next_retry is not None:
+                soon = t.next_retry if soon is None else min(soon, t.next_retry)
         for task_id in task_ids:
             task = self.find(task_id)
             if task is None or task.blocked_kind != HoldKind.WATCHERS.value:
@@ -412,17 +448,25 @@ class Worker(TaskTable):
                 log.info('task %s: cannot list the watchers of %s: %s', task_id,
                          task.source, e)
                 addrs = []
+            seen = self.clock()
             if addrs:
                 reason = watchers_reason(task.source, addrs)
+                due = seen + (FAST_RECHECK_SECONDS if task_id in fast
+                              else self.options.blocked_recheck_seconds)
+                if task_id in fast:
+                    soon = due if soon is None else min(soon, due)
                 self.update(task_id, lambda t: t.evolve(
-                    next_retry=now + self.options.blocked_recheck_seconds,
-                    blocked_reason=reason), persist=False)
+                    next_retry=due, blocked_reason=reason, clients_gone_at=None),
+                    persist=False)
             else:
+                # written behind: the prepare must not wait for the monitors
                 self.update(task_id, lambda t: t.evolve(
                     blocked_kind=None, blocked_reason=None, blocked_since=None,
-                    next_retry=None) if t.blocked_kind == HoldKind.WATCHERS.value else t)
+                    next_retry=None, clients_gone_at=seen)
+                    if t.blocked_kind == HoldKind.WATCHERS.value else t, wait=False)
                 log.info('task %s: the clients of %s are gone', task_id, task.source)
                 self.kick()
+        return soon
 
     def serve(self) -> None:
         while True:

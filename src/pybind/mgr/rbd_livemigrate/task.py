@@ -381,6 +381,13 @@ class Task:
     finished: Optional[float] = None
     adopted: bool = False
     batch_id: Optional[str] = None           # the add-pool batch that made it
+    # cutover: prepare only on ``ceph rbd livemigrate cutover`` (requested);
+    # when the module last saw the source without clients, and how long
+    # from then until prepare was done
+    manual_cutover: bool = False
+    cutover_requested: bool = False
+    clients_gone_at: Optional[float] = None
+    cutover_ms: Optional[float] = None
     version: int = TASK_VERSION
 
     # -- construction --------------------------------------------------
@@ -423,6 +430,12 @@ class Task:
     def done(self) -> bool:
         """Nothing more will happen without an operator (history entries)."""
         return self.state.terminal or self.state == State.FAILED
+
+    @property
+    def awaiting_cutover(self) -> bool:
+        """Added with --manual-cutover, not prepared, no cutover asked for yet."""
+        return (self.manual_cutover and not self.cutover_requested and not self.cancel_requested
+                and self.state in (State.QUEUED, State.PREPARING))
 
     @property
     def needs_worker(self) -> bool:
@@ -484,7 +497,7 @@ class Task:
         d = self.to_json()
         del d['version']
         for k in ('created', 'started', 'finished', 'blocked_since', 'next_retry',
-                  'last_progress_at'):
+                  'last_progress_at', 'clients_gone_at'):
             d[k] = isoformat(d[k])
         d['progress'] = round(self.progress, 4)
         d['eta_seconds'] = self.eta_seconds()

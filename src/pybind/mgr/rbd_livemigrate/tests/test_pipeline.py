@@ -258,3 +258,34 @@ def test_a_task_is_written_four_times_over_its_life() -> None:
     assert w.get('t1').state == State.COMMITTED and w.get('t1').dest_image_id == D
     assert w.writes == 4
     assert Task.loads(w.store._get_prefix('task/')['task/t1']).dest_image_id == D
+
+
+def test_prepare_records_the_cutover_from_when_the_clients_were_seen_gone() -> None:
+    fake = FakeLibrbd('not-prepared')
+    w = worker()
+    now = [100.0]
+    w.clock = lambda: now[0]
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0,
+               source_image_id=S, clients_gone_at=99.9))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    t = w.get('t1')
+    assert t.state == State.COMMITTED and t.cutover_ms == 100.0
+
+
+def test_manual_cutover_waits_then_a_cutover_with_clients_is_refused() -> None:
+    fake = FakeLibrbd('not-prepared')
+    t = run(fake, manual_cutover=True)
+    assert fake.calls == [] and t.state == State.QUEUED and t.awaiting_cutover
+    assert t.blocked_kind is None         # a deliberate wait: no health warning
+
+    def busy(spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        return FakeLibrbd.image_info(fake, spec)._replace(watchers=['127.0.0.1:0/7'])
+    fake.image_info = busy  # type: ignore[assignment]
+    t = run(fake, manual_cutover=True, cutover_requested=True)
+    assert fake.calls == [] and t.state == State.QUEUED
+    assert not t.cutover_requested and t.awaiting_cutover
+    assert '127.0.0.1:0/7' in (t.blocked_reason or '')
+    del fake.image_info
+    t = run(fake, manual_cutover=True, cutover_requested=True)
+    assert fake.calls == ['prepare', 'execute', 'list clones', 'commit']
+    assert t.state == State.COMMITTED and t.cutover_ms is not None

@@ -2,7 +2,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from rbd_livemigrate.health import build_checks
 from rbd_livemigrate.progress import ProgressReporter
-from rbd_livemigrate.scheduler import (Options, RunnerHandle, Worker, decide, history_to_drop,
+from rbd_livemigrate.scheduler import (FAST_RECHECK_SECONDS, FAST_WATCH_TASKS, Options,
+                                       RunnerHandle, Worker, decide, history_to_drop,
                                        retry_delay)
 from rbd_livemigrate.store import TaskStore
 from rbd_livemigrate.task import State, Task
@@ -156,6 +157,21 @@ def test_tasks_waiting_for_clients_take_no_slot_and_are_rechecked_in_turn() -> N
     assert d.waiting['t0'] == 'clients'
 
 
+def test_manual_cutover_waits_for_the_operator_and_then_takes_no_slot() -> None:
+    tasks = [mk(0), mk(1, manual_cutover=True), mk(2)]
+    d = decide(tasks, {'t0'}, Options(max_concurrent=1), NOW)
+    assert d.start == []
+    assert 'ceph rbd livemigrate cutover t1' in d.waiting['t1']
+    tasks[1] = tasks[1].evolve(cutover_requested=True)
+    d = decide(tasks, {'t0'}, Options(max_concurrent=1), NOW)
+    assert d.start == ['t1']                     # past the full slot
+    d = decide(tasks, {'t0'}, Options(max_concurrent=1), NOW, cluster_block='window closed')
+    assert d.start == ['t1']                     # the prepare; the copy then holds
+    # a cutover asked of a task that waits for its clients starts it too
+    tasks[2] = tasks[2].evolve(blocked_kind='watchers', cutover_requested=True)
+    assert decide(tasks, {'t0'}, Options(max_concurrent=1), NOW).start == ['t1', 't2']
+
+
 def test_recheck_writes_nothing_while_clients_stay() -> None:
     kv: Dict[str, str] = {}
     writes: List[str] = []
@@ -177,14 +193,46 @@ def test_recheck_writes_nothing_while_clients_stay() -> None:
     w.tick()
     t = w.get('t1')
     assert t.blocked_kind == 'watchers' and '127.0.0.1:0/1' in (t.blocked_reason or '')
-    assert t.next_retry == NOW + w.options.blocked_recheck_seconds
+    # the only source with clients is at the head of the queue: looked at fast
+    assert t.next_retry == NOW + FAST_RECHECK_SECONDS
     assert writes == [] and FakeRunner.started == []
     clients.clear()
     w.update('t1', lambda t: t.evolve(next_retry=None), persist=False)
     w.tick()
-    assert w.get('t1').blocked_kind is None and writes == ['task/t1']
+    t = w.get('t1')
+    assert t.blocked_kind is None and writes == ['task/t1']
+    assert t.clients_gone_at == NOW                 # the cutover is measured from here
     w.tick()
     assert FakeRunner.started == ['t1']
+
+
+def test_the_first_sources_with_clients_are_looked_at_fast() -> None:
+    """The few tasks whose cutover is next (queue order) are looked at every
+    FAST_RECHECK_SECONDS; the rest every blocked_recheck_seconds; the pass
+    comes back in time for the next fast look."""
+    clock = [NOW]
+    looked: List[str] = []
+
+    def watchers(spec: str) -> List[str]:
+        looked.append(spec)
+        return ['127.0.0.1:0/1']
+    FakeRunner.started = []
+    w = Worker(make_store({}), ProgressReporter(lambda *a, **k: None), FakeRunner,
+               lambda c: None, lambda: None, clock=lambda: clock[0], watchers=watchers)
+    w.load()
+    n = FAST_WATCH_TASKS + 3
+    for i in range(n):
+        w.put(mk(i, blocked_kind='watchers', blocked_reason='x', priority=i))
+    delay = w.tick()
+    assert len(looked) == n and FakeRunner.started == []
+    fast = {t.id for t in w.all() if t.next_retry == NOW + FAST_RECHECK_SECONDS}
+    # higher priority first in the queue
+    assert fast == {'t{}'.format(i) for i in range(n - FAST_WATCH_TASKS, n)}
+    assert delay <= FAST_RECHECK_SECONDS + 1e-9
+    looked.clear()
+    clock[0] += FAST_RECHECK_SECONDS
+    w.tick()
+    assert sorted(looked) == sorted('a/img{}'.format(i) for i in range(n - FAST_WATCH_TASKS, n))
 
 
 def test_a_pass_looks_at_live_tasks_and_housekeeping_once_a_second() -> None:
