@@ -21,7 +21,7 @@ from .hold import HoldKind
 from .planner import Phase, judge, state_of
 from .scheduler import Worker
 from .spec import ImageSpec, PoolSpec, parse_bytes
-from .task import Layout, State, Task
+from .task import Layout, State, Task, VerifyMode
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,21 @@ class Commands:
                                   'or 0 for no limit'.format(limit))
         return limit
 
+    def verify_mode(self, req: AddRequest) -> VerifyMode:
+        """``--verify``, else the ``verify_default`` option."""
+        text = req.verify if req.verify is not None else self.worker.options.verify_default
+        try:
+            return VerifyMode(text.strip().lower())
+        except ValueError:
+            raise InvalidArgument('verify mode {!r} is not one of full, auto, off'.format(text))
+
     def add(self, source_spec: str, dest_spec: Optional[str], req: AddRequest) -> CommandResult:
         self._ready()
         source = ImageSpec.parse(source_spec)
         dest = ImageSpec.parse(dest_spec) if dest_spec else source
         layout = self.build_layout(req)
         bandwidth_limit = self.check_request(req)
+        self.verify_mode(req)
         self._authorize(source.pool, source.namespace)
         self._authorize(dest.pool, dest.namespace)
         if layout.data_pool is not None:
@@ -229,7 +238,7 @@ class Commands:
                         allow_descendants=req.allow_descendants, priority=req.priority,
                         bandwidth_limit_bytes=bandwidth_limit, source_image_id=info.id,
                         size_bytes=info.size, created=now, batch_id=batch_id, paused=paused,
-                        manual_cutover=req.manual_cutover,
+                        manual_cutover=req.manual_cutover, verify=self.verify_mode(req),
                         blocked_reason=str(waiting[0]) if waiting and watch else None,
                         blocked_kind=HoldKind.WATCHERS.value if waiting and watch else None,
                         blocked_since=now if waiting and watch else None)
@@ -304,6 +313,7 @@ class Commands:
         dst = PoolSpec.parse(dest_pool)
         self.build_layout(req)
         self.check_request(req)
+        self.verify_mode(req)
         self._authorize(src.pool, src.namespace)
         self._authorize(dst.pool, dst.namespace)
         if req.data_pool is not None:
@@ -746,6 +756,7 @@ class Commands:
                     allow_descendants=True,
                     source_image_id=ref.source_image_id, dest_image_id=obs.dest.image_id,
                     created=now, started=now, adopted=True,
+                    verify=self.verify_mode(AddRequest()),
                     size_bytes=self.adapter.size_of(dest) or self.adapter.size_of(source))
         self.worker.put(task)
         self.orphans = [r for r in self.orphans if r.source_image_id != ref.source_image_id]

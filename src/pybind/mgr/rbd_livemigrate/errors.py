@@ -95,3 +95,8 @@ def handle_errors(func: F) -> F:
     # CLICommand reads the parameters from the signature: keep the original's
     wrapper.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+class Interrupted(Transient):
+    """Work stopped on purpose (a cancel, a shutdown): the planner looks again."""
+    errno = errno.EINTR

@@ -13,7 +13,7 @@ so that they are known without the binding.
 """
 
 import enum
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .spec import ImageSpec, PoolSpec
 from .task import Layout
@@ -180,6 +180,14 @@ class ClientPool:
         raise NotImplementedError
 
 
+class VerifyInputs(NamedTuple):
+    """What the comparison plan needs: each side's user snapshots (name,
+    size), oldest first, and the object size of the destination."""
+    src_snaps: List[Tuple[str, int]]
+    dst_snaps: List[Tuple[str, int]]
+    object_size: int
+
+
 class RbdPort:
     """Everything the module asks of librbd/librados.
 
@@ -277,6 +285,36 @@ class RbdPort:
 
     def discard_dest(self, client: Client, dest: ImageSpec, dest_id: str) -> None:
         """Remove a destination a prepare created but never gave its header."""
+        raise NotImplementedError
+
+    # -- verify before commit (see verify.py) ------------------------
+
+    def protect_source(self, client: Client, source: ImageSpec, name: str) -> bool:
+        """Take snapshot ``name`` of the source (a stale one is replaced);
+        False when the source is at its snapshot limit."""
+        raise NotImplementedError
+
+    def unprotect(self, client: Client, spec: ImageSpec, name: str, rollback: bool) -> bool:
+        """Roll ``spec`` back to snapshot ``name`` (``rollback``), then remove
+        it; False when there is no such snapshot (done before)."""
+        raise NotImplementedError
+
+    def client_writes(self, dest: ImageSpec, protect: str) -> Optional[int]:
+        """Objects of ``dest`` that clients wrote since snapshot ``protect``
+        (fast-diff); None when that cannot be told."""
+        raise NotImplementedError
+
+    def verify_inputs(self, source: ImageSpec, source_id: str,
+                      dest: ImageSpec) -> 'VerifyInputs':
+        raise NotImplementedError
+
+    def compare(self, client: Client, source: ImageSpec, source_id: str, dest: ImageSpec,
+                pairs: List[Any], on_progress: Callable[[int, int], bool]
+                ) -> Optional[Tuple[str, int, str]]:
+        """Compare the source (by id, in its trash) with the destination,
+        byte for byte, for each ``verify.Pair``; the first difference as
+        (label, offset, message) or None.  ``on_progress(done, total)``
+        returning False stops it (raises ``Interrupted``)."""
         raise NotImplementedError
 
     def flatten(self, client: Client, dest: ImageSpec) -> bool:

@@ -60,6 +60,10 @@ class Module(MgrModule):
                desc='when prepare/execute may run: HH:MM-HH:MM[,...] in UTC; empty: always'),
         Option('health_pause_checks', type='str', default=DEFAULT_HEALTH_PAUSE, runtime=True,
                desc='health check codes (and HEALTH_ERR) that pause the queue; empty: never'),
+        Option('verify_default', type='str', default='auto', enum_allowed=['full', 'auto', 'off'],
+               runtime=True,
+               desc='what add compares before commit without --verify: full (every snapshot '
+                    'and the head), auto (the head unless clients wrote to it), off'),
     ]
 
     if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class Module(MgrModule):
         total_bandwidth_limit_bytes: int
         maintenance_window: str
         health_pause_checks: str
+        verify_default: str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

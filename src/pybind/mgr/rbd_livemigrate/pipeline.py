@@ -16,7 +16,8 @@ import errno
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import Blocked, LiveMigrateError, Transient
 from .hold import Hold, HoldKind
@@ -26,7 +27,8 @@ from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
 from .scheduler import RunnerHandle, Worker, retry_delay
 from .spec import ImageSpec
-from .task import State, Task
+from .task import State, Task, Verification, VerifyMode, VerifyResult
+from .verify import plan_comparison, protect_name, rollback_safe
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +257,27 @@ class Runner(RunnerHandle):
             self._finish(action)
             return False
         if act == Act.PREPARE:
-            return self._prepare(task, source, dest) and self._straight_on(dest)
+            return self._prepare(task, source, dest) and self._straight_on(source, dest)
         if act == Act.EXECUTE:
             if task.state not in (State.PREPARED, State.EXECUTING):
                 task = self._move(State.PREPARED, error=None)
             self._execute(task, dest)
-            return self._straight_on(dest)
+            return self._straight_on(source, dest)
+        if act == Act.VERIFY:
+            if task.state != State.EXECUTED:
+                task = self._move(State.EXECUTED, error=None)
+            return self._verify(task, source, dest)
+        if act == Act.DROP_SNAP:
+            assert task.protect_snap is not None
+            target = source if action.by_source else dest
+            if self.adapter.unprotect(self._client(), target, task.protect_snap,
+                                      action.rollback):
+                log.info('task %s: %sremoved protective snapshot %s of %s', task.id,
+                         'rolled back to and ' if action.rollback else '', task.protect_snap,
+                         target)
+            self.worker.update(self.task_id, lambda t: t.evolve(
+                protect_snap=None, rollback_source=False))
+            return True
         if act == Act.COMMIT:
             if not self._clones_allowed(task, dest):
                 return False
@@ -291,6 +308,18 @@ class Runner(RunnerHandle):
         if action.state is not None and task.state != action.state:
             self._move(action.state, error=action.detail or task.error)
         target = source if action.by_source else dest
+        if (task.cancel_requested and task.protect_snap is not None and not action.by_source
+                and obs.dest.exists and obs.dest.header is not None):
+            # the way back: once the abort removed the destination, what
+            # clients wrote to it can no longer be told (see verify.py)
+            writes = self.adapter.client_writes(dest, task.protect_snap)
+            safe = rollback_safe(writes)
+            log.info('task %s: clients wrote %s object(s) of %s since prepare: %s', task.id,
+                     'an unknown number of' if writes is None else writes, dest,
+                     'the source is rolled back to the protective snapshot after the abort'
+                     if safe else 'the abort keeps their writes')
+            if safe != task.rollback_source:
+                self.worker.update(self.task_id, lambda t: t.evolve(rollback_source=safe))
         log.info('task %s: aborting through %s%s', task.id, target,
                  ' ({})'.format(action.detail) if action.detail else '')
         self._abort(target)
@@ -318,10 +347,10 @@ class Runner(RunnerHandle):
             blocked_since=t.blocked_since or now,
             next_retry=recheck if recheck is not None else t.next_retry), wait=False)
 
-    def _finish(self, action: Action) -> None:
+    def _finish(self, action: Action, **more: Any) -> None:
         state = action.state
         assert state in (State.COMMITTED, State.ABORTED), action
-        changes: Dict[str, Any] = {'cancel_requested': False}
+        changes: Dict[str, Any] = dict(more, cancel_requested=False)
         if action.detail or state == State.COMMITTED:
             changes['error'] = action.detail or None
         task = self._move(state, **changes)
@@ -366,10 +395,27 @@ class Runner(RunnerHandle):
         # prepare may have recorded (the next pass learns the new id)
         # written behind like the runner's other changes: after a crash the
         # next runner reads the headers before it does anything
+        protect = protect_name(task.id) if task.verify != VerifyMode.OFF else None
         self._move(State.PREPARING, source_image_id=info.id, size_bytes=info.size,
                    dest_image_id=None, blocked_reason=None, blocked_kind=None,
-                   blocked_since=None, next_retry=None, error=None)
-        self.adapter.prepare(self._client(), source, dest, task.layout, info)
+                   blocked_since=None, next_retry=None, error=None, protect_snap=protect,
+                   rollback_source=False, verification=None)
+        if protect is not None and not self.adapter.protect_source(self._client(), source,
+                                                                   protect):
+            self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),
+                               persist=False)
+            protect = None
+        try:
+            self.adapter.prepare(self._client(), source, dest, task.layout, info)
+        except LiveMigrateError:
+            if protect is not None:
+                # nothing was prepared (or the next pass finds what was): the
+                # next prepare takes the snapshot again
+                try:
+                    self.adapter.unprotect(self._client(), source, protect, False)
+                except LiveMigrateError as e:
+                    log.warning('task %s: cannot remove snapshot %s: %s', task.id, protect, e)
+            raise
         # the cutover: from the moment the module saw the source without
         # clients (the scheduler's last look, else this preflight's) to the
         # destination being there; kept with the next stored change
@@ -475,10 +521,10 @@ class Runner(RunnerHandle):
                 self.executing = False
         self._check()
         task = self._move(State.EXECUTED, persist=task.manual_commit, progress=EXECUTE_SHARE,
-                          bytes_copied=size)
+                          bytes_copied=size, execute_seconds=round(self._now() - started, 3))
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
 
-    def _straight_on(self, dest: ImageSpec) -> bool:
+    def _straight_on(self, source: ImageSpec, dest: ImageSpec) -> bool:
         """After a prepare or an execute that succeeded, the next steps
         without reading librbd back: what it would show is known (prepared,
         then executed, then committed).  Anything else (a cancel, a hold, a
@@ -500,12 +546,78 @@ class Runner(RunnerHandle):
         if (task.state != State.EXECUTED or task.layout.flatten
                 or (task.manual_commit and not task.commit_requested)):
             return True
+        if not task.verified:
+            if not self._verify(task, source, dest):
+                return False
+            task = self.worker.get(self.task_id)
+            if self._detour(task):
+                return True
         if not self._clones_allowed(task, dest):
             return False
         self._commit(dest)
-        if self.worker.get(self.task_id).state != State.COMMITTING:
+        task = self.worker.get(self.task_id)
+        if task.state != State.COMMITTING:
             return True                       # a cancel came first: plan again
-        self._finish(Action(Act.MARK, State.COMMITTED))
+        if task.protect_snap is not None:
+            self.adapter.unprotect(self._client(), dest, task.protect_snap, False)
+        self._finish(Action(Act.MARK, State.COMMITTED), protect_snap=None)
+        return False
+
+    def _verify(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
+        """Compare the destination with its source before commit (see
+        verify.py).  True: it matches; False: the task failed with the first
+        difference.  A cancel or shutdown stops it (``Interrupted``)."""
+        started = self._now()
+        source_id = task.source_image_id
+        assert source_id is not None
+        protect = task.protect_snap
+        writes = self.adapter.client_writes(dest, protect) if protect is not None else None
+        inputs = self.adapter.verify_inputs(source, source_id, dest)
+        cmp = plan_comparison(task.verify, inputs.src_snaps, inputs.dst_snaps, protect, writes)
+        first = Verification(task.verify, VerifyResult.RUNNING, task.dest_image_id,
+                             [p.label for p in cmp.pairs], cmp.note, started=started,
+                             client_writes=writes)
+        task = self.worker.update(self.task_id, lambda t: t.evolve(verification=first),
+                                  persist=False)
+        self.worker.progress.verify(task, force=True)
+        last = [started]
+
+        def on_progress(done: int, total: int) -> bool:
+            if (self.interrupted or self.abandoned or self.worker.stopping
+                    or self.worker.get(self.task_id).cancel_requested):
+                return False
+            now = self._now()
+            if now - last[0] >= RECORD_EVERY_SECONDS or done >= total:
+                last[0] = now
+
+                def counted(t: Task) -> Task:
+                    if t.verification is None:
+                        return t
+                    return t.evolve(verification=replace(
+                        t.verification, bytes_compared=done, bytes_total=total,
+                        seconds=now - started))
+                t = self.worker.update(self.task_id, counted, persist=False)
+                self.worker.progress.verify(t)
+            return True
+        if cmp.mismatch is not None:
+            found: Optional[Tuple[str, int, str]] = ('', 0, cmp.mismatch)
+        else:
+            found = self.adapter.compare(self._client(), source, source_id, dest, cmp.pairs,
+                                         on_progress)
+        seconds = self._now() - started
+        result = VerifyResult.PASSED if found is None else VerifyResult.MISMATCH
+        self._check()
+        task = self.worker.update(self.task_id, lambda t: t.evolve(verification=replace(
+            t.verification or first, result=result, seconds=seconds,
+            mismatch=found[2] if found is not None else None)),
+            persist=task.manual_commit, wait=False)
+        self.worker.progress.verified(task)
+        if found is None:
+            log.info('task %s: verified %s against %s in %.1fs (%s)', task.id, dest, source,
+                     seconds, ', '.join(first.compared) or 'nothing to compare')
+            return True
+        self._fail('verification failed: {}; nothing was committed: cancel aborts the '
+                   'migration and gives the source back (see status)'.format(found[2]))
         return False
 
     def _detour(self, task: Task) -> bool:

@@ -18,18 +18,23 @@ librbd holds                              action
 source live, no headers                   prepare (or nothing, on cancel)
 source in trash, header PREPARING          abort, then prepare again
 both headers PREPARED/EXECUTING           execute
-both headers EXECUTED                     commit (or wait: manual commit)
+both headers EXECUTED                     verify (unless --verify off, or
+                                          passed), then commit (or wait:
+                                          manual commit)
 either header ABORTING, or the            abort again (by destination, or
 destination gone under a source header    by source once it is gone)
 destination without header, source        finish the commit: remove the
 still in its trash (a cut commit)         source (``finish_commit``)
-source gone, destination live             committed
+source gone, destination live             drop the protective snapshot,
+                                          then committed
 a name now resolving to another id        fail: never touch that image
 ========================================  ================================
 
 A cancel turns every live phase into an abort; once librbd has removed
 the destination's header (a commit under way) nothing can be aborted and
-the commit is finished instead.
+the commit is finished instead.  After the abort the source is rolled back
+to the protective snapshot when no client wrote to the destination (see
+verify.py), and the snapshot is removed.
 """
 
 import enum
@@ -223,6 +228,8 @@ class Act(enum.Enum):
     DISCARD_DEST = 'discard destination'   # a prepare cut before the header
     RESTORE_SOURCE = 'restore source'      # a prepare cut before any header
     FLATTEN = 'flatten'
+    VERIFY = 'verify'        # compare source and destination before commit
+    DROP_SNAP = 'drop protective snapshot'   # (after an abort: roll back to it first)
     MARK = 'mark'            # only the record changes, to ``state``
     WAIT = 'wait'            # nothing to do now (a hold, or an operator's move)
     FAIL = 'fail'
@@ -235,6 +242,7 @@ class Action(NamedTuple):
     by_source: bool = False          # ABORT through the source's name
     retry: bool = False              # after ABORT: retry later (an error state)
     hold: Optional[Hold] = None      # WAIT: why
+    rollback: bool = False           # DROP_SNAP: roll the image back to it first
 
 
 def plan(task: Task, obs: Observation, hold: Optional[Hold] = None) -> Action:
@@ -272,6 +280,9 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
                       'a prepare was cut short before the destination had its header: '
                       'removing that destination')
     if phase == Phase.COMMITTED:
+        if task.protect_snap is not None:
+            # the protective snapshot moved to the destination with the others
+            return Action(Act.DROP_SNAP)
         if task.state == State.COMMITTED:
             return Action(Act.WAIT)
         late = 'cancel came too late: the migration was committed' if cancel else ''
@@ -285,6 +296,11 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
         if phase in _NOTHING_TO_UNDO:
             before_prepare = task.state in (State.QUEUED, State.PREPARING) or (
                 task.state == State.FAILED and task.dest_image_id is None)
+            if phase == Phase.NOT_PREPARED and task.protect_snap is not None:
+                # back to exactly what it was before prepare when no client
+                # wrote to the destination (the runner looked before the abort)
+                return Action(Act.DROP_SNAP, by_source=True,
+                              rollback=task.rollback_source and not before_prepare)
             if phase == Phase.NOT_PREPARED and not before_prepare:
                 why = 'cancelled: migration aborted, source restored'
             elif phase == Phase.NOT_PREPARED:
@@ -329,6 +345,9 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
         return Action(Act.WAIT, State.EXECUTED, hold=Hold(
             HoldKind.MANUAL_COMMIT, 'executed: waiting for ceph rbd livemigrate commit {}'.format(
                 task.id)))
+    if not task.verified:
+        # just before the commit (a manual commit's may come much later)
+        return Action(Act.VERIFY, State.EXECUTED)
     return Action(Act.COMMIT, State.COMMITTING)
 
 

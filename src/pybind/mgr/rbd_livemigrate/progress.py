@@ -23,6 +23,10 @@ def event_id(task: Task) -> str:
     return 'rbd_livemigrate-{}'.format(task.id)
 
 
+def verify_event_id(task: Task) -> str:
+    return 'rbd_livemigrate-{}-verify'.format(task.id)
+
+
 def message(task: Task) -> str:
     if task.source == task.destination:
         return 'Live-migrating RBD image {} (layout change)'.format(task.source)
@@ -80,6 +84,37 @@ class ProgressReporter:
 
     def forget(self, task: Task) -> None:
         self._last.pop(task.id, None)
+
+    # -- the verification's own bar -----------------------------------
+
+    def verify(self, task: Task, force: bool = False) -> None:
+        """The comparison before commit: "Verifying RBD image b/x against its
+        source a/x" with the share of bytes compared."""
+        v = task.verification
+        if v is None or self._quiet(task):
+            return
+        key = verify_event_id(task)
+        now = self._clock()
+        last = self._last.get(key)
+        if not force and last is not None and now - last < UPDATE_INTERVAL_SECONDS:
+            return
+        self._last[key] = now
+        frac = v.bytes_compared / v.bytes_total if v.bytes_total else 0.0
+        self._call('update', key, 'Verifying RBD image {} against its source {}'.format(
+            task.destination, task.source), float(min(1.0, frac)),
+            refs={'origin': 'rbd_livemigrate', 'task_id': task.id, 'verify': True},
+            add_to_ceph_s=True)
+
+    def verified(self, task: Task) -> None:
+        v = task.verification
+        key = verify_event_id(task)
+        if v is None or key not in self._last:
+            return
+        self._last.pop(key, None)
+        if v.mismatch:
+            self._call('fail', key, 'mismatch: {}'.format(v.mismatch))
+        else:
+            self._call('complete', key)
 
     def batch(self, batch: Batch, tasks: List[Task]) -> None:
         """The batch's bar: "Migrating pool a to b: 341/10000 images"; it

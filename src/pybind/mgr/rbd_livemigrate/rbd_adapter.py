@@ -14,26 +14,29 @@ copy blocklists that client, which is the only way to stop
 ``migration_execute`` on Pacific.
 """
 
+import concurrent.futures
 import errno
 import logging
 import struct
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import rados
 import rbd
 
 from .compat import prepare_takes_flatten
-from .errors import (AlreadyExists, InvalidArgument, LiveMigrateError, NotFound,
-                     Transient, TryAgain)
+from .errors import (AlreadyExists, Interrupted, InvalidArgument, LiveMigrateError,
+                     NotFound, Transient, TryAgain)
 from .interface import (FEATURES, ClientPool, End, HeaderType, ImageInfo, MigrationHeader,
                         Mirror, MirrorMode,
                         MigrationRef, MigState, Observation, OrphanKind, ProgressCallback,
-                        RbdPort, TrashSource)
+                        RbdPort, TrashSource, VerifyInputs)
 from .interface import Client as ClientBase
 from .preflight import prepare_args
 from .spec import ImageSpec, PoolSpec
 from .task import Layout
+from .verify import first_difference, merge_extents, mismatch_line
 
 log = logging.getLogger(__name__)
 
@@ -644,6 +647,135 @@ class Adapter(RbdPort):
         finally:
             io.close()
 
+    # -- verify before commit ------------------------------------------
+
+    def protect_source(self, client: ClientBase, source: ImageSpec, name: str) -> bool:
+        io = client.ioctx(source.pool, source.namespace)
+        try:
+            with rbd.Image(io, source.image) as image:
+                if any(s['name'] == name for s in image.list_snaps()):
+                    image.remove_snap(name)       # stale: from a prepare undone since
+                try:
+                    image.create_snap(name)
+                except rbd.Error as e:
+                    if e.errno == errno.EDQUOT:
+                        log.warning("'%s' is at its snapshot limit: no protective snapshot",
+                                    source)
+                        return False
+                    raise
+            return True
+        except rbd.Error as e:
+            raise translate(e, "cannot snapshot '{}' before prepare".format(source))
+        finally:
+            io.close()
+
+    def unprotect(self, client: ClientBase, spec: ImageSpec, name: str, rollback: bool) -> bool:
+        io = client.ioctx(spec.pool, spec.namespace)
+        try:
+            with rbd.Image(io, spec.image) as image:
+                if not any(s['name'] == name for s in image.list_snaps()):
+                    return False
+                if rollback:
+                    image.rollback_to_snap(name)
+                image.remove_snap(name)
+            return True
+        except rbd.ImageNotFound:
+            return False
+        except rbd.Error as e:
+            raise translate(e, "cannot {}remove snapshot {} of '{}'".format(
+                'roll back to and ' if rollback else '', name, spec))
+        finally:
+            io.close()
+
+    def client_writes(self, dest: ImageSpec, protect: str) -> Optional[int]:
+        def op(c: Client) -> Optional[int]:
+            io = c.ioctx(dest.pool, dest.namespace)
+            try:
+                with rbd.Image(io, dest.image, read_only=True) as image:
+                    if not image.features() & rbd.RBD_FEATURE_FAST_DIFF or image.flags() & (
+                            rbd.RBD_FLAG_OBJECT_MAP_INVALID | rbd.RBD_FLAG_FAST_DIFF_INVALID):
+                        return None
+                    if not any(s['name'] == protect for s in image.list_snaps()):
+                        return None
+                    written = [0]
+
+                    def cb(offset: int, length: int, exists: bool) -> int:
+                        written[0] += 1
+                        return 0
+                    image.diff_iterate(0, image.size(), protect, cb, whole_object=True)
+                    return written[0]
+            except rbd.Error as e:
+                raise translate(e, "cannot tell what clients wrote to '{}'".format(dest))
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def verify_inputs(self, source: ImageSpec, source_id: str,
+                      dest: ImageSpec) -> VerifyInputs:
+        def op(c: Client) -> VerifyInputs:
+            src_io = c.ioctx(source.pool, source.namespace)
+            dst_io = c.ioctx(dest.pool, dest.namespace)
+            try:
+                with rbd.Image(src_io, image_id=source_id, read_only=True) as si, \
+                        rbd.Image(dst_io, dest.image, read_only=True) as di:
+                    return VerifyInputs(_user_snaps(si), _user_snaps(di),
+                                        1 << di.stat()['order'])
+            except rbd.Error as e:
+                raise translate(e, "cannot open '{}' and its source to compare them".format(
+                    dest))
+            finally:
+                src_io.close()
+                dst_io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def compare(self, client: ClientBase, source: ImageSpec, source_id: str, dest: ImageSpec,
+                pairs: List[Any], on_progress: Callable[[int, int], bool]
+                ) -> Optional[Tuple[str, int, str]]:
+        src_io = client.ioctx(source.pool, source.namespace)
+        dst_io = client.ioctx(dest.pool, dest.namespace)
+        opened: List[Tuple[Any, 'rbd.Image', 'rbd.Image', List[Tuple[int, int]]]] = []
+        try:
+            try:
+                # every image opened and its extents listed first: the total
+                for pair in pairs:
+                    si = rbd.Image(src_io, image_id=source_id, snapshot=pair.src_snap,
+                                   read_only=True)
+                    try:
+                        di = rbd.Image(dst_io, dest.image, snapshot=pair.dst_snap,
+                                       read_only=True)
+                    except rbd.Error:
+                        si.close()
+                        raise
+                    size, dsize = si.size(), di.size()
+                    osize = 1 << di.stat()['order']
+                    opened.append((pair, si, di, []))
+                    if size != dsize:
+                        return (pair.label, min(size, dsize), mismatch_line(
+                            pair.label, min(size, dsize), osize,
+                            'is {} bytes on the source and {} on the destination'.format(
+                                size, dsize)))
+                    # what either side holds (a side may lack what the other has)
+                    opened[-1][3].extend(merge_extents(
+                        _allocated(si, size) + _allocated(di, size), size, COMPARE_CHUNK))
+                total = sum(n for *_, ext in opened for _, n in ext)
+                done = [0]
+                if not on_progress(0, total):
+                    raise Interrupted('verification interrupted')
+                for pair, si, di, ext in opened:
+                    found = _compare_extents(si, di, ext, total, done, on_progress)
+                    if found is not None:
+                        osize = 1 << di.stat()['order']
+                        return (pair.label, found, mismatch_line(pair.label, found, osize))
+                return None
+            except rbd.Error as e:
+                raise translate(e, "cannot compare '{}' with its source".format(dest))
+        finally:
+            for _, si, di, _ in opened:
+                si.close()
+                di.close()
+            src_io.close()
+            dst_io.close()
+
     def flatten(self, client: ClientBase, dest: ImageSpec) -> bool:
         """Flatten a committed clone (``--flatten``); False if it has no parent."""
         io = client.ioctx(dest.pool, dest.namespace)
@@ -778,6 +910,72 @@ def _descendants(c: Client, image: 'rbd.Image') -> Tuple[List[str], List[str]]:
         finally:
             io.close()
     return specs, v1
+
+
+# the comparison reads this much of each side at once, on this many threads
+# (measured: synchronous reads on threads beat aio callbacks in Python)
+COMPARE_CHUNK = 4 << 20
+COMPARE_THREADS = 4
+
+
+def _user_snaps(image: 'rbd.Image') -> List[Tuple[str, int]]:
+    snaps = [s for s in image.list_snaps() if s.get('namespace', 0) == 0]
+    return [(s['name'], s['size']) for s in sorted(snaps, key=lambda s: s['id'])]
+
+
+def _allocated(image: 'rbd.Image', size: int) -> List[Tuple[int, int]]:
+    """Extents ``image`` (at its snapshot) holds data in, parents included;
+    whole objects, from the object map where there is one."""
+    out: List[Tuple[int, int]] = []
+
+    def cb(offset: int, length: int, exists: bool) -> int:
+        out.append((offset, length))
+        return 0
+    image.diff_iterate(0, size, None, cb, include_parent=True, whole_object=True)
+    return out
+
+
+def _compare_extents(si: 'rbd.Image', di: 'rbd.Image', extents: List[Tuple[int, int]],
+                     total: int, done: List[int],
+                     on_progress: Callable[[int, int], bool]) -> Optional[int]:
+    """The first offset where ``si`` and ``di`` differ within ``extents``."""
+    stop = threading.Event()
+
+    def one(extent: Tuple[int, int]) -> Optional[int]:
+        if stop.is_set():
+            return None
+        off, n = extent
+        a = si.read(off, n)
+        b = di.read(off, n)
+        if a == b:
+            return None
+        return off + first_difference(a, b)
+
+    # a window of reads in flight, in order: the first difference is the
+    # lowest offset, and a large image never queues all its extents at once
+    with concurrent.futures.ThreadPoolExecutor(COMPARE_THREADS) as pool:
+        window: Deque[Tuple[int, 'concurrent.futures.Future[Optional[int]]']] = deque()
+        todo = iter(extents)
+        try:
+            while True:
+                while len(window) < 2 * COMPARE_THREADS:
+                    e = next(todo, None)
+                    if e is None:
+                        break
+                    window.append((e[1], pool.submit(one, e)))
+                if not window:
+                    return None
+                n, fut = window.popleft()
+                found = fut.result()
+                if found is not None:
+                    return found
+                done[0] += n
+                if not on_progress(done[0], total):
+                    raise Interrupted('verification interrupted')
+        finally:
+            stop.set()
+            for _, fut in window:
+                fut.cancel()
 
 
 def _mirror(image: 'rbd.Image') -> Optional[Mirror]:

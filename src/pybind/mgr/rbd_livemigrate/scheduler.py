@@ -52,6 +52,7 @@ class Options:
     total_bandwidth_limit_bytes: int = 0
     maintenance_window: str = ''
     health_pause_checks: str = ''
+    verify_default: str = 'auto'
 
 
 @dataclass

@@ -349,6 +349,42 @@ class Layout:
         return layout
 
 
+class VerifyMode(str, enum.Enum):
+    """What is compared before commit (``add --verify``)."""
+    FULL = 'full'      # every snapshot and the head
+    AUTO = 'auto'      # every snapshot; the head unless a client wrote to it
+    OFF = 'off'
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VerifyResult(str, enum.Enum):
+    RUNNING = 'running'
+    PASSED = 'passed'
+    MISMATCH = 'mismatch'
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The comparison of source and destination before commit, as ``status``
+    shows it: what was compared, how much, how long, and the result."""
+    mode: VerifyMode
+    result: VerifyResult
+    dest_image_id: Optional[str] = None     # the destination it is about
+    compared: List[str] = field(default_factory=list)   # snapshots, then HEAD
+    note: Optional[str] = None              # what was not compared, and why
+    mismatch: Optional[str] = None          # the first difference
+    bytes_compared: int = 0
+    bytes_total: int = 0
+    started: float = 0.0
+    seconds: float = 0.0
+    client_writes: Optional[int] = None     # objects clients wrote since prepare
+
+
 @dataclass(frozen=True)
 class Task:
     id: str
@@ -388,6 +424,14 @@ class Task:
     cutover_requested: bool = False
     clients_gone_at: Optional[float] = None
     cutover_ms: Optional[float] = None
+    # verify before commit: the mode, the snapshot taken on the source just
+    # before prepare (the way back after a bad copy), whether the cancel
+    # under way rolls the source back to it, and the last verification
+    verify: VerifyMode = VerifyMode.OFF
+    protect_snap: Optional[str] = None
+    rollback_source: bool = False
+    verification: Optional[Verification] = None
+    execute_seconds: Optional[float] = None
     version: int = TASK_VERSION
 
     # -- construction --------------------------------------------------
@@ -452,11 +496,22 @@ class Task:
 
     # -- persistence ---------------------------------------------------
 
+    @property
+    def verified(self) -> bool:
+        """Nothing (more) to compare before commit."""
+        v = self.verification
+        return self.verify == VerifyMode.OFF or (
+            v is not None and v.result == VerifyResult.PASSED
+            and v.dest_image_id == self.dest_image_id)
+
     def to_json(self) -> Dict[str, Any]:
         # shallow on purpose: asdict() deep-copies and dominated ls of 10,000 tasks
         d = {name: getattr(self, name) for name in _TASK_FIELDS}
         d['state'] = self.state.value
         d['layout'] = self.layout.to_json()
+        d['verify'] = self.verify.value
+        if self.verification is not None:
+            d['verification'] = verification_json(self.verification)
         return d
 
     def dumps(self) -> str:
@@ -499,9 +554,21 @@ class Task:
         for k in ('created', 'started', 'finished', 'blocked_since', 'next_retry',
                   'last_progress_at', 'clients_gone_at'):
             d[k] = isoformat(d[k])
+        if self.verification is not None:
+            d['verification'] = dict(d['verification'],
+                                     started=isoformat(self.verification.started),
+                                     seconds=round(self.verification.seconds, 2))
         d['progress'] = round(self.progress, 4)
         d['eta_seconds'] = self.eta_seconds()
         return d
 
 
 _TASK_FIELDS = tuple(f.name for f in fields(Task))
+
+
+def verification_json(v: Verification) -> Dict[str, Any]:
+    d = {f.name: getattr(v, f.name) for f in fields(v)}
+    d['mode'] = v.mode.value
+    d['result'] = v.result.value
+    d['compared'] = list(v.compared)
+    return d

@@ -1,4 +1,5 @@
 import json
+import enum
 import typing
 from dataclasses import fields
 from typing import Any, Dict
@@ -259,10 +260,12 @@ def _sample(hint: Any, name: str) -> Any:
         return 1_700_000_123.25
     if hint is str:
         return 'some {} text'.format(name)
-    if hint is Layout:
-        return Layout(**{f.name: _sample(h, f.name)
-                         for f in fields(Layout)
-                         for h in [typing.get_type_hints(Layout)[f.name]]})
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return list(hint)[0]          # none of the enums' defaults comes first
+    if hasattr(hint, '__dataclass_fields__'):
+        return hint(**{f.name: _sample(h, f.name)
+                       for f in fields(hint)
+                       for h in [typing.get_type_hints(hint)[f.name]]})
     raise AssertionError('no sample for {} {!r}: teach _sample'.format(name, hint))
 
 

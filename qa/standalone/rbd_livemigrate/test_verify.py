@@ -1,0 +1,175 @@
+"""Verify before commit on the real cluster: a destination object rewritten
+behind librbd's back (a raw ``rados put``) is caught before commit, the task
+fails naming the first difference, and ``cancel`` gives the source back
+byte-identical (head and every snapshot) to what it was before prepare;
+``auto`` compares the head as of prepare when a client wrote to the
+destination, and a cancel then keeps that client's write (librbd's abort
+copies it back)."""
+
+import errno
+from typing import Any, Dict
+
+from cluster import Cluster
+from conftest import Livemigrate, rbdtools, wait_for
+
+MiB = 1 << 20
+
+
+def _snaps(conf: str, spec: str) -> Any:
+    with rbdtools.opened(conf, spec) as image:
+        return sorted(s['name'] for s in image.list_snaps())
+
+
+def _user(sums: Dict[str, str]) -> Dict[str, str]:
+    """Checksums without the module's protective snapshot (there while the
+    migration is not committed or aborted)."""
+    return {k: v for k, v in sums.items() if not k.startswith('rbd_livemigrate-')}
+
+
+def _clean(cluster: Cluster, src: str, dst: str) -> None:
+    for pool in {src.split('/')[0], dst.split('/')[0]}:
+        assert rbdtools.trash_names(cluster.conf, pool) == [], pool
+
+
+def _rados_put(cluster: Cluster, pool: str, dest_id: str, objno: int, data: bytes) -> None:
+    """Rewrite one data object of an image behind librbd's back."""
+    with rbdtools.connect(cluster.conf) as r:
+        io = r.open_ioctx(pool)
+        try:
+            io.write_full('rbd_data.{}.{:016x}'.format(dest_id, objno), data)
+        finally:
+            io.close()
+
+
+def test_auto_by_default_compares_every_snapshot_and_the_head(
+        cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 24 * MiB, seed=name, snaps=2)
+    before = rbdtools.checksums(cluster.conf, src)
+    snaps = _snaps(cluster.conf, src)
+    task = lm.add(src, dst)
+    assert task['verify'] == 'auto'
+    t = lm.wait(task['id'])
+    v = t['verification']
+    assert v['result'] == 'passed' and v['mode'] == 'auto', v
+    assert v['compared'] == snaps + ['HEAD'] and v['note'] is None
+    assert v['client_writes'] == 0 and v['bytes_compared'] > 0
+    assert v['bytes_compared'] == v['bytes_total'] and v['mismatch'] is None
+    assert rbdtools.checksums(cluster.conf, dst) == before
+    assert _snaps(cluster.conf, dst) == snaps          # the protective snapshot is gone
+    assert not rbdtools.image_exists(cluster.conf, src)
+    _clean(cluster, src, dst)
+
+
+def test_damaged_destination_is_caught_and_cancel_restores_the_source(
+        cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 16 * MiB, seed=name, snaps=2)
+    before = rbdtools.checksums(cluster.conf, src)
+    snaps = _snaps(cluster.conf, src)
+    task = lm.add(src, dst, '--manual-commit', '--verify', 'full')
+    t = lm.wait(task['id'], ('executed',))
+    assert t['verification'] is None          # compared just before the commit
+    _rados_put(cluster, 'b', t['dest_image_id'], 2, b'\xee' * (4 * MiB))
+    lm.ok('commit', task['id'])
+    t = lm.wait(task['id'], ('failed',))
+    v = t['verification']
+    assert v['result'] == 'mismatch' and v['mode'] == 'full', v
+    # one line, naming the first difference: the first snapshot, object 2
+    assert 'snapshot {} differs at offset {} (object 2)'.format(snaps[0], 8 * MiB) in t['error']
+    assert '\n' not in t['error']
+    # nothing was committed: the source still sits in the trash
+    assert rbdtools.image_exists(cluster.conf, dst)
+    assert not rbdtools.image_exists(cluster.conf, src)
+    out = lm.ok('cancel', task['id'])
+    t = lm.wait(task['id'], ('aborted',)) if out['state'] != 'aborted' else out
+    assert t['state'] == 'aborted'
+    # byte-identical to before prepare, head and every snapshot, and no
+    # protective snapshot left behind
+    assert rbdtools.checksums(cluster.conf, src) == before
+    assert _snaps(cluster.conf, src) == snaps
+    assert not rbdtools.image_exists(cluster.conf, dst)
+    _clean(cluster, src, dst)
+
+
+def test_auto_with_a_client_write_compares_the_head_as_of_prepare(
+        cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 12 * MiB, seed=name, snaps=1)
+    before = rbdtools.checksums(cluster.conf, src)
+    task = lm.add(src, dst, '--manual-commit')
+    lm.wait(task['id'], ('executed',))
+    with rbdtools.opened(cluster.conf, dst) as image:
+        image.write(b'\x42' * 4096, 5 * MiB)
+    after_write = _user(rbdtools.checksums(cluster.conf, dst))
+    lm.ok('commit', task['id'])
+    t = lm.wait(task['id'])
+    v = t['verification']
+    assert v['result'] == 'passed' and v['client_writes'] == 1, v
+    assert v['compared'][-1] == 'HEAD as of prepare'
+    assert 'head not compared' in v['note'] and 'clients wrote 1 object' in v['note']
+    got = rbdtools.checksums(cluster.conf, dst)
+    assert got == after_write and got['HEAD'] != before['HEAD']
+    _clean(cluster, src, dst)
+
+
+def test_cancel_after_a_client_write_keeps_it(cluster: Cluster, lm: Livemigrate,
+                                              name: str) -> None:
+    """The source is rolled back only when no client wrote: a write made to
+    the destination survives the cancel (librbd's abort copies it back)."""
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 8 * MiB, seed=name, snaps=1)
+    before = rbdtools.checksums(cluster.conf, src)
+    task = lm.add(src, dst, '--manual-commit')
+    lm.wait(task['id'], ('executed',))
+    with rbdtools.opened(cluster.conf, dst) as image:
+        image.write(b'\x42' * 4096, 0)
+    expected = _user(rbdtools.checksums(cluster.conf, dst))
+    lm.ok('cancel', task['id'])
+    lm.wait(task['id'], ('aborted',))
+    got = rbdtools.checksums(cluster.conf, src)
+    assert got == expected and got['HEAD'] != before['HEAD']
+    assert [k for k in got] == [k for k in before]      # no protective snapshot left
+    _clean(cluster, src, dst)
+
+
+def test_verify_off_takes_no_snapshot(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
+    task = lm.add(src, dst, '--verify', 'off', '--manual-commit')
+    lm.wait(task['id'], ('executed',))
+    assert _snaps(cluster.conf, dst) == []
+    lm.ok('commit', task['id'])
+    t = lm.wait(task['id'])
+    assert t['verification'] is None and t['verify'] == 'off'
+
+
+def test_bad_verify_mode(lm: Livemigrate, cluster: Cluster, name: str) -> None:
+    src = 'a/' + name
+    rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
+    count = len(lm.ls())
+    rc, out, err = lm.run('add', src, 'b/' + name, '--verify', 'sometimes')
+    assert rc == errno.EINVAL and 'full, auto, off' in err
+    assert len(lm.ls()) == count
+
+
+def _status_is_true(t: Dict[str, Any]) -> bool:
+    return t['state'] != 'committed' or t['verification']['result'] == 'passed'
+
+
+def test_status_during_verification(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    """While the comparison runs, status shows it running with its bytes."""
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 256 * MiB, seed=name)
+    task = lm.add(src, dst, '--verify', 'full')
+    seen = []
+
+    def running() -> bool:
+        t = lm.status(task['id'])
+        assert _status_is_true(t)
+        v = t['verification']
+        if v is not None:
+            seen.append(v['result'])
+        return t['state'] == 'committed'
+    wait_for(running, 180, 'committed')
+    assert seen and seen[-1] == 'passed'

@@ -1,0 +1,143 @@
+"""
+What to compare before commit: ``plan_comparison``, a pure function.
+
+While a migration is executed the source still exists (in its pool's
+trash, read-only since prepare) next to the destination, so the copy can
+be proved before commit deletes the source.  The comparison reads both
+through librbd, byte for byte: measured on Pacific and Reef, a destination
+object rewritten or removed behind librbd's back (``rados put``/``rm``,
+which carry no snapshot context) changes that object in every snapshot
+too, and no diff (list-snaps or fast-diff) shows it; only the bytes do.
+
+Just before prepare the module takes a snapshot of the source (the
+*protective snapshot*, ``protect_name``).  librbd copies it like any other,
+so on the destination it holds exactly what was copied, whatever clients
+write to the head afterwards; and librbd's fast-diff from it on the
+destination shows exactly the objects clients wrote since prepare (deep
+copy keeps the clone layout, and writes behind librbd's back do not touch
+the object map).  So:
+
+- ``full``: every user snapshot, and the head (a client's write since
+  prepare is a difference: for migrations whose clients do not write);
+- ``auto``: every user snapshot, and the head when no client wrote to the
+  destination; when one did, the protective snapshot stands in for the
+  head ("the head as of prepare") and the note says so;
+- without a protective snapshot (adopted migrations, a source at its
+  snapshot limit) ``auto`` compares the snapshots only, and says so.
+
+The protective snapshot is also the way back: librbd's abort copies what
+clients wrote to the destination back into the source, and a destination
+damaged behind librbd's back is not repaired by it; when no client wrote,
+a cancel rolls the source back to the protective snapshot after the
+abort, which gives the source exactly as it was before prepare.
+"""
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+from .task import VerifyMode
+
+PROTECT_PREFIX = 'rbd_livemigrate-'
+HEAD = 'HEAD'
+
+
+def protect_name(task_id: str) -> str:
+    """The protective snapshot of a task (stable: a crash finds it again)."""
+    return PROTECT_PREFIX + task_id
+
+
+class Pair(NamedTuple):
+    """One comparison: the source at ``src_snap`` against the destination at
+    ``dst_snap`` (None: the head)."""
+    label: str
+    src_snap: Optional[str]
+    dst_snap: Optional[str]
+
+
+class ComparisonPlan(NamedTuple):
+    pairs: List[Pair]
+    note: Optional[str] = None            # what is not compared, and why
+    mismatch: Optional[str] = None        # a difference found without reading
+
+
+Snaps = Sequence[Tuple[str, int]]         # user snapshots (name, size), oldest first
+
+
+def plan_comparison(mode: VerifyMode, src_snaps: Snaps, dst_snaps: Snaps,
+                    protect: Optional[str], client_writes: Optional[int]) -> ComparisonPlan:
+    """The comparisons ``mode`` asks for.  ``src_snaps``/``dst_snaps`` are the
+    user snapshots of each side with the protective one (``protect``, None:
+    there is none) left out; ``client_writes`` is how many destination
+    objects clients wrote since prepare (None: unknown)."""
+    src = [(n, s) for n, s in src_snaps if n != protect]
+    dst = [(n, s) for n, s in dst_snaps if n != protect]
+    if [n for n, _ in src] != [n for n, _ in dst]:
+        missing = [n for n, _ in src if n not in dict(dst)]
+        extra = [n for n, _ in dst if n not in dict(src)]
+        what = ('snapshot {} is missing on the destination'.format(missing[0]) if missing
+                else 'the destination has snapshot {} that the source has not'.format(extra[0])
+                if extra else 'the snapshots are in another order on the destination')
+        return ComparisonPlan([], mismatch=what)
+    for (name, size), (_, dsize) in zip(src, dst):
+        if size != dsize:
+            return ComparisonPlan([], mismatch='snapshot {} is {} bytes on the source and {} '
+                                  'on the destination'.format(name, size, dsize))
+    pairs = [Pair(name, name, name) for name, _ in src]
+    if mode == VerifyMode.FULL:
+        return ComparisonPlan(pairs + [Pair(HEAD, None, None)])
+    if protect is None:
+        return ComparisonPlan(pairs, note='head not compared: no protective snapshot (an '
+                              'adopted migration, or the source was at its snapshot limit) '
+                              'to tell client writes from damage; use --verify full for '
+                              'migrations whose clients do not write')
+    if client_writes == 0:
+        return ComparisonPlan(pairs + [Pair(HEAD, None, None)])
+    how = ('{} object(s)'.format(client_writes) if client_writes is not None
+           else 'an unknown number of objects (no fast-diff on the destination)')
+    return ComparisonPlan(
+        pairs + [Pair('{} as of prepare'.format(HEAD), None, protect)],
+        note='head not compared: clients wrote {} of the destination since prepare; the '
+             'head as it was copied (snapshot {}) was compared instead'.format(how, protect))
+
+
+def rollback_safe(client_writes: Optional[int]) -> bool:
+    """Rolling the source back to the protective snapshot after an abort
+    loses nothing: no client wrote to the destination since prepare."""
+    return client_writes == 0
+
+
+def mismatch_line(label: str, offset: int, object_size: int, why: str = 'differs') -> str:
+    where = 'the head' if label == HEAD else (
+        'the head as of prepare' if label.startswith(HEAD) else 'snapshot {}'.format(label))
+    return '{} {} at offset {} (object {})'.format(where, why, offset, offset // object_size)
+
+
+def merge_extents(extents: Sequence[Tuple[int, int]], size: int,
+                  chunk: int) -> List[Tuple[int, int]]:
+    """The union of ``extents`` (offset, length), cut to at most ``chunk``
+    bytes each and clipped to ``size``, in order."""
+    spans = sorted((max(0, o), min(size, o + n)) for o, n in extents if n > 0 and o < size)
+    merged: List[Tuple[int, int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        elif hi > lo:
+            merged.append((lo, hi))
+    out: List[Tuple[int, int]] = []
+    for lo, hi in merged:
+        while lo < hi:
+            n = min(chunk, hi - lo)
+            out.append((lo, n))
+            lo += n
+    return out
+
+
+def first_difference(a: bytes, b: bytes, block: int = 4096) -> int:
+    """The offset of the first byte where ``a`` and ``b`` differ (their
+    common length if one is a prefix of the other)."""
+    n = min(len(a), len(b))
+    for off in range(0, n, block):
+        if a[off:off + block] != b[off:off + block]:
+            for i in range(off, min(n, off + block)):
+                if a[i] != b[i]:
+                    return i
+    return n
