@@ -8,6 +8,13 @@ is stopped and deleted at the end (also on failure or Ctrl-C) unless ``--keep``.
 
 Sections (``--sections``, comma list, default all):
 
+verify    one ``--big-size`` written image per run, added with ``--verify full``: the
+          comparison's time (status ``verification.seconds``) against the same task's
+          execute (``execute_seconds``).
+cutover   ``--cutover-runs`` times per mode (auto, ``--manual-cutover`` + ``cutover``): a
+          client (this process) holds the source open, closes it, and opens the destination
+          as soon as it exists: that gap from outside, median and worst, beside the module's
+          own ``cutover_ms``.
 fleet     ``--fleet-images`` empty and as many written 4 MiB images: one module ``add-pool``
           (a batch) at max_concurrent ``--fleet-concurrency`` until all are committed, with
           ``ls`` and ``status <batch>`` timed every second meanwhile, mgr RSS and store
@@ -74,7 +81,7 @@ sys.path.insert(0, os.path.join(REPO, 'qa', 'standalone'))
 from cluster import Cluster, parse_bytes  # noqa: E402
 
 MIB = 1 << 20
-SECTIONS = ('pool', 'big', 'throttle', 'scale', 'fleet')
+SECTIONS = ('pool', 'big', 'throttle', 'scale', 'fleet', 'verify', 'cutover')
 SRC_POOL = 'bsrc'
 DST_POOL = 'bdst'
 # Completion polls: every poll of `ls` renders every task in the mgr, so poll gently and take
@@ -435,7 +442,7 @@ class Bench:
         t0 = time.monotonic()
         t0_epoch = time.time()
         batch = self.mgr_ok('rbd livemigrate add-pool', source_pool_spec=SRC_POOL,
-                            dest_pool_spec=DST_POOL, pattern=f'{tag}-*')
+                            dest_pool_spec=DST_POOL, pattern=f'{tag}-*', verify='off')
         t_added = time.monotonic()
         ids = self.batch_task_ids(batch['id'], len(names))
         t_end, _ = self.wait_tasks(ids, timeout=900)
@@ -588,13 +595,13 @@ class Bench:
     # -- section 2: one big image ---------------------------------------
 
     def module_one(self, name: str, bandwidth_limit: Optional[str] = None,
-                   timeout: float = 900) -> Dict[str, Any]:
+                   timeout: float = 900, verify: str = 'off') -> Dict[str, Any]:
         """add one image, wait until committed; times from the poll and from the mgr log."""
         mgr_cur, mon_cur = self.cursors()
         cpu = CpuMeter(self.cluster)
         cpu.start()
         kw: Dict[str, Any] = {'source_spec': f'{SRC_POOL}/{name}',
-                              'dest_spec': f'{DST_POOL}/{name}'}
+                              'dest_spec': f'{DST_POOL}/{name}', 'verify': verify}
         if bandwidth_limit:
             kw['bandwidth_limit'] = bandwidth_limit
         t0 = time.monotonic()
@@ -629,6 +636,7 @@ class Bench:
             res['log_executed_to_committed'] = round(ev['committed'] - ev['executed'], 3)
         res['store_writes'] = len(store_writes(mon_cur.lines()).get(task['id'], []))
         res['status_rates_seen'] = [round(x) for x in rates]
+        res['final'] = st
         res.update(cpu.stop(wall))
         return res
 
@@ -679,6 +687,103 @@ class Bench:
                                                     if 'ratio_execute_vs_cli_execute' in x]),
         }
 
+    # -- verify: the comparison before commit against the copy ------------
+
+    def section_verify(self) -> Dict[str, Any]:
+        """One ``--big-size`` written image per run added with ``--verify
+        full``: the comparison's seconds (status ``verification.seconds``)
+        against the same task's execute (``execute_seconds``), in one run."""
+        a = self.args
+        size = parse_bytes(a.big_size)
+        runs: List[Dict[str, Any]] = []
+        for r in range(a.repeat):
+            name = f'verify-{r}'
+            mk = self.create_images([name], size)
+            self.quiesce()
+            log(f'verify run {r + 1}/{a.repeat}: {a.big_size} (created in {mk:.1f}s)')
+            one = self.module_one(name, verify='full')
+            v = one['final']['verification']
+            run = {'execute_seconds': one['final']['execute_seconds'],
+                   'verify_seconds': v['seconds'], 'bytes_compared': v['bytes_compared'],
+                   'compared': v['compared'], 'result': v['result']}
+            run['ratio_verify_vs_execute'] = run['verify_seconds'] / run['execute_seconds']
+            log(f'  {json.dumps(run)}')
+            runs.append(run)
+            self.remove_images(DST_POOL, [name])
+        return {'image_bytes': size, 'runs': runs,
+                'execute_seconds': spread([x['execute_seconds'] for x in runs]),
+                'verify_seconds': spread([x['verify_seconds'] for x in runs]),
+                'ratio_verify_vs_execute': spread([x['ratio_verify_vs_execute']
+                                                   for x in runs])}
+
+    # -- cutover: from a client closing the source to the destination opening
+
+    def cutover_once(self, name: str, manual: bool) -> Dict[str, Any]:
+        """A client holds the source; the task waits for it (or, manual, for
+        ``cutover``); the client closes it, and this process opens the
+        destination as soon as it can: that gap, measured from outside."""
+        src_io, dst_io = self.ioctx(SRC_POOL), self.ioctx(DST_POOL)
+        try:
+            image = rbd.Image(src_io, name)
+            kw: Dict[str, Any] = {'source_spec': f'{SRC_POOL}/{name}',
+                                  'dest_spec': f'{DST_POOL}/{name}', 'verify': 'off'}
+            if manual:
+                kw['manual_cutover'] = True
+            task = self.mgr_ok('rbd livemigrate add', **kw)
+            deadline = time.monotonic() + 60
+            while True:
+                st = self.mgr_ok('rbd livemigrate status', task_or_image=task['id'],
+                                 format='json')
+                why = st.get('waiting_reason') or st.get('blocked_reason') or ''
+                if ('cutover' in why) if manual else ('open by' in why):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'task {task["id"]} never waited: {st}')
+                time.sleep(0.05)
+            time.sleep(0.5)       # the module settled into watching the clients
+            t0 = time.monotonic()
+            image.close()
+            cut: Optional[Dict[str, Any]] = None
+            if manual:
+                cut = self.mgr_ok('rbd livemigrate cutover', task_id=task['id'])
+            while True:
+                try:
+                    with rbd.Image(dst_io, name, read_only=True):
+                        break
+                except rbd.ImageNotFound:
+                    if time.monotonic() - t0 > 60:
+                        raise RuntimeError(f'{DST_POOL}/{name} never appeared')
+                    time.sleep(0.002)
+            gap = time.monotonic() - t0
+            self.wait_tasks([task['id']], timeout=300)
+            st = self.mgr_ok('rbd livemigrate status', task_or_image=task['id'], format='json')
+            return {'gap_ms': round(gap * 1000, 1), 'cutover_ms': st['cutover_ms'],
+                    'command_cutover_ms': cut['cutover_ms'] if cut else None}
+        finally:
+            src_io.close()
+            dst_io.close()
+
+    def section_cutover(self) -> Dict[str, Any]:
+        a = self.args
+        res: Dict[str, Any] = {'runs_per_mode': a.cutover_runs}
+        self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_concurrent', value='4')
+        for manual in (False, True):
+            mode = 'manual' if manual else 'auto'
+            names = [f'cut-{mode}-{i}' for i in range(a.cutover_runs)]
+            self.create_images(names, 16 * MIB)
+            self.quiesce()
+            runs = []
+            for i, name in enumerate(names):
+                runs.append(self.cutover_once(name, manual))
+                log(f'cutover {mode} {i + 1}/{len(names)}: {json.dumps(runs[-1])}')
+            self.remove_images(DST_POOL, names)
+            gaps = [r['gap_ms'] for r in runs]
+            res[mode] = {'runs': runs, 'gap_ms': spread(gaps),
+                         'worst_gap_ms': max(gaps),
+                         'cutover_ms': spread([r['cutover_ms'] for r in runs
+                                               if r['cutover_ms'] is not None])}
+        return res
+
     # -- section 3: throttle --------------------------------------------
 
     def section_throttle(self) -> Dict[str, Any]:
@@ -728,7 +833,8 @@ class Bench:
                 log(f'total throttle run {r + 1}/{a.repeat}: 2 x {a.throttle_size}')
                 mgr_cur, _ = self.cursors()
                 ids = [self.mgr_ok('rbd livemigrate add', source_spec=f'{SRC_POOL}/{n}',
-                                   dest_spec=f'{DST_POOL}/{n}')['id'] for n in names]
+                                   dest_spec=f'{DST_POOL}/{n}', verify='off')['id']
+                       for n in names]
                 self.wait_tasks(ids, timeout=900)
                 ev = module_events(mgr_cur.lines())
                 starts = [ev[i]['prepared'] for i in ids]
@@ -1019,8 +1125,10 @@ class Bench:
                     lat['status'].append(time.monotonic() - t)
                 stop.wait(1.0)
         t0, t0_epoch = time.monotonic(), time.time()
+        # the references copy only: the module does too (the verify section
+        # measures what comparing costs)
         batch = self.mgr_ok('rbd livemigrate add-pool', source_pool_spec=SRC_POOL,
-                            dest_pool_spec=DST_POOL, pattern='f*')
+                            dest_pool_spec=DST_POOL, pattern='f*', verify='off')
         res['add_pool_return_seconds'] = round(time.monotonic() - t0, 3)
         box['batch'] = batch['id']
         prober = threading.Thread(target=probe, daemon=True)
@@ -1260,6 +1368,28 @@ def report(results: Dict[str, Any]) -> str:
                      '< 100 MB', verdict((f['mgr_rss_growth_mib'] or 0) * 1.048576, 100.0)])
     elif f:
         rows.append(['fleet', 'ERROR', f['error'][:60], '', '', ''])
+    v = sec.get('verify')
+    if v and 'error' not in v:
+        gib = v['image_bytes'] / (1 << 30)
+        rows.append([f'verify {gib:g}GiB written: --verify full / its execute',
+                     fmt_spread(v['verify_seconds'], 's'), fmt_spread(v['execute_seconds'], 's'),
+                     fmt_spread(v['ratio_verify_vs_execute']), '<= 0.6',
+                     verdict(v['ratio_verify_vs_execute'].get('median'), 0.6)])
+    elif v:
+        rows.append(['verify', 'ERROR', v['error'][:60], '', '', ''])
+    c = sec.get('cutover')
+    if c and 'error' not in c:
+        for mode in ('auto', 'manual'):
+            m = c.get(mode)
+            if not m:
+                continue
+            rows.append([f'cutover {mode}: client close -> destination opens '
+                         f'(n={c["runs_per_mode"]}), median / worst',
+                         f'{m["gap_ms"]["median"]:.0f} / {m["worst_gap_ms"]:.0f} ms',
+                         f'module cutover_ms {fmt_spread(m["cutover_ms"], "ms", 0)}', '',
+                         '<= 250 ms', verdict(m['gap_ms']['median'], 250.0)])
+    elif c:
+        rows.append(['cutover', 'ERROR', c['error'][:60], '', '', ''])
     headers = ['measurement', 'module', 'reference', 'ratio med [min-max]', 'target', '']
     cells = [headers] + rows
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -1316,6 +1446,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help='fleet: max_concurrent, and threads of the librbd loop (default 8)')
     p.add_argument('--fleet-cli-sample', type=int, default=200,
                    help='fleet: images the sequential CLI loop moves (default 200)')
+    p.add_argument('--cutover-runs', type=int, default=20,
+                   help='cutover: client-close -> destination-open runs per mode (default 20)')
     p.add_argument('--osds', type=int, default=2)
     p.add_argument('--osd-bytes', default='4G', help='memstore bytes per OSD (default 4G)')
     p.add_argument('--json', default=None,

@@ -31,8 +31,9 @@ def _holder(conf: str, spec: str) -> Any:
 def _check_done(cluster: Cluster, src: str, dst: str, before: Dict[str, str]) -> None:
     assert rbdtools.checksums(cluster.conf, dst) == before
     assert not rbdtools.image_exists(cluster.conf, src)
-    for pool in {src.split('/')[0], dst.split('/')[0]}:
-        assert rbdtools.trash_names(cluster.conf, pool) == []
+    for spec in (src, dst):      # other tests share the pools
+        pool, image = spec.split('/')
+        assert image not in rbdtools.trash_names(cluster.conf, pool), spec
 
 
 def test_last_client_leaving_starts_the_prepare(cluster: Cluster, lm: Livemigrate,

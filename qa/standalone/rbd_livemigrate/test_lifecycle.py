@@ -97,8 +97,10 @@ def test_manual_commit(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     task = lm.add(src, dst, '--manual-commit')
     t = lm.wait(task['id'], ('executed',))
     assert t['manual_commit'] and name in rbdtools.trash_names(cluster.conf, 'a')
-    # the destination is usable (and holds the data) before commit
-    assert rbdtools.checksums(cluster.conf, dst) == before
+    # the destination is usable (and holds the data) before commit; the
+    # protective snapshot taken before prepare (verify) came along, as the head
+    protect = 'rbd_livemigrate-' + task['id']
+    assert rbdtools.checksums(cluster.conf, dst) == dict(before, **{protect: before['HEAD']})
     lm.ok('commit', task['id'])
     lm.wait(task['id'])
     assert rbdtools.checksums(cluster.conf, dst) == before

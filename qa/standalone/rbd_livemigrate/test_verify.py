@@ -27,8 +27,10 @@ def _user(sums: Dict[str, str]) -> Dict[str, str]:
 
 
 def _clean(cluster: Cluster, src: str, dst: str) -> None:
-    for pool in {src.split('/')[0], dst.split('/')[0]}:
-        assert rbdtools.trash_names(cluster.conf, pool) == [], pool
+    """Neither pool's trash holds either image (other tests share the pools)."""
+    for spec in (src, dst):
+        pool, image = spec.split('/')
+        assert image not in rbdtools.trash_names(cluster.conf, pool), spec
 
 
 def _rados_put(cluster: Cluster, pool: str, dest_id: str, objno: int, data: bytes) -> None:

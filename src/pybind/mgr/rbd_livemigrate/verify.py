@@ -69,34 +69,45 @@ def plan_comparison(mode: VerifyMode, src_snaps: Snaps, dst_snaps: Snaps,
     there is none) left out; ``client_writes`` is how many destination
     objects clients wrote since prepare (None: unknown)."""
     src = [(n, s) for n, s in src_snaps if n != protect]
-    dst = [(n, s) for n, s in dst_snaps if n != protect]
-    if [n for n, _ in src] != [n for n, _ in dst]:
-        missing = [n for n, _ in src if n not in dict(dst)]
-        extra = [n for n, _ in dst if n not in dict(src)]
-        what = ('snapshot {} is missing on the destination'.format(missing[0]) if missing
-                else 'the destination has snapshot {} that the source has not'.format(extra[0])
-                if extra else 'the snapshots are in another order on the destination')
-        return ComparisonPlan([], mismatch=what)
-    for (name, size), (_, dsize) in zip(src, dst):
-        if size != dsize:
+    dst = dict((n, s) for n, s in dst_snaps if n != protect)
+    notes: List[str] = []
+    # a snapshot only the destination has was taken there after prepare
+    # (prepare copies every snapshot): a client's, not part of the copy
+    extra = [n for n in dst if n not in dict(src)]
+    if extra:
+        notes.append('snapshot(s) {} taken on the destination since prepare: not '
+                     'compared'.format(', '.join(extra)))
+    missing = [n for n, _ in src if n not in dst]
+    if missing and mode == VerifyMode.FULL:
+        return ComparisonPlan([], mismatch='snapshot {} is missing on the destination'.format(
+            missing[0]))
+    if missing:
+        notes.append('snapshot(s) {} removed from the destination since prepare: not '
+                     'compared'.format(', '.join(missing)))
+    src = [(n, s) for n, s in src if n in dst]
+    for name, size in src:
+        if size != dst[name]:
             return ComparisonPlan([], mismatch='snapshot {} is {} bytes on the source and {} '
-                                  'on the destination'.format(name, size, dsize))
+                                  'on the destination'.format(name, size, dst[name]))
     pairs = [Pair(name, name, name) for name, _ in src]
     if mode == VerifyMode.FULL:
-        return ComparisonPlan(pairs + [Pair(HEAD, None, None)])
+        return _planned(pairs + [Pair(HEAD, None, None)], notes)
     if protect is None:
-        return ComparisonPlan(pairs, note='head not compared: no protective snapshot (an '
-                              'adopted migration, or the source was at its snapshot limit) '
-                              'to tell client writes from damage; use --verify full for '
-                              'migrations whose clients do not write')
+        return _planned(pairs, notes + [
+            'head not compared: no protective snapshot (an adopted migration, or the source '
+            'was at its snapshot limit) to tell client writes from damage; use --verify full '
+            'for migrations whose clients do not write'])
     if client_writes == 0:
-        return ComparisonPlan(pairs + [Pair(HEAD, None, None)])
+        return _planned(pairs + [Pair(HEAD, None, None)], notes)
     how = ('{} object(s)'.format(client_writes) if client_writes is not None
            else 'an unknown number of objects (no fast-diff on the destination)')
-    return ComparisonPlan(
-        pairs + [Pair('{} as of prepare'.format(HEAD), None, protect)],
-        note='head not compared: clients wrote {} of the destination since prepare; the '
-             'head as it was copied (snapshot {}) was compared instead'.format(how, protect))
+    return _planned(pairs + [Pair('{} as of prepare'.format(HEAD), None, protect)], notes + [
+        'head not compared: clients wrote {} of the destination since prepare; the head as '
+        'it was copied (snapshot {}) was compared instead'.format(how, protect)])
+
+
+def _planned(pairs: List[Pair], notes: List[str]) -> ComparisonPlan:
+    return ComparisonPlan(pairs, '; '.join(notes) if notes else None)
 
 
 def rollback_safe(client_writes: Optional[int]) -> bool:

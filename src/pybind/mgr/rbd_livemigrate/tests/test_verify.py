@@ -41,11 +41,18 @@ def test_auto_without_protective_snapshot_says_the_head_is_not_compared() -> Non
     assert p.note is not None and 'no protective snapshot' in p.note
 
 
-def test_snapshot_lists_that_differ_are_a_mismatch_without_reading() -> None:
-    p = plan_comparison(VerifyMode.AUTO, SNAPS, SNAPS[:1], None, 0)
+def test_snapshot_lists_that_differ() -> None:
+    """A snapshot missing on the destination is a mismatch with full (found
+    without reading), a note with auto; one only the destination has was
+    taken there since prepare (a client's): a note."""
+    p = plan_comparison(VerifyMode.FULL, SNAPS, SNAPS[:1], None, 0)
     assert p.pairs == [] and p.mismatch == 'snapshot s2 is missing on the destination'
-    p = plan_comparison(VerifyMode.AUTO, SNAPS[:1], SNAPS, None, 0)
-    assert p.mismatch is not None and 'has snapshot s2' in p.mismatch
+    p = plan_comparison(VerifyMode.AUTO, SNAPS + [(P, 20)], SNAPS[:1] + [(P, 20)], P, 0)
+    assert [x.label for x in p.pairs] == ['s1', HEAD] and p.mismatch is None
+    assert p.note is not None and 's2 removed from the destination' in p.note
+    p = plan_comparison(VerifyMode.FULL, SNAPS[:1], SNAPS, None, 0)
+    assert [x.label for x in p.pairs] == ['s1', HEAD] and p.mismatch is None
+    assert p.note is not None and 's2 taken on the destination since prepare' in p.note
     p = plan_comparison(VerifyMode.AUTO, SNAPS, [('s1', 10), ('s2', 21)], None, 0)
     assert p.mismatch is not None and 'snapshot s2 is 20 bytes' in p.mismatch
 
