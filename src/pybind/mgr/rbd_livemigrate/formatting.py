@@ -55,7 +55,8 @@ def status_text(v: Dict[str, Any]) -> str:
             'cancel_requested', 'progress', 'bytes_copied', 'size_bytes',
             'rate_bytes_per_sec', 'eta_seconds', 'priority', 'manual_commit', 'paused',
             'blocked_reason', 'waiting_reason', 'error', 'attempts', 'next_retry', 'created',
-            'started', 'finished', 'layout']
+            'started', 'finished', 'layout', 'manual_cutover', 'cutover_ms', 'verify',
+            'verification']
     lines = []
     for k in keys:
         if k not in v:
@@ -69,5 +70,21 @@ def status_text(v: Dict[str, Any]) -> str:
             val = human_bytes(val) + '/s' if val else '-'
         elif k == 'layout':
             val = ', '.join('{}={}'.format(a, b) for a, b in sorted(val.items())) or 'unchanged'
+        elif k == 'verification' and val:
+            val = verification_text(val)
         lines.append('{:<20} {}'.format(k + ':', '-' if val is None else val))
     return '\n'.join(lines) + '\n'
+
+
+def verification_text(v: Dict[str, Any]) -> str:
+    """One line: result, what was compared, how much, how long, and why not more."""
+    done = human_bytes(v.get('bytes_compared'))
+    total = human_bytes(v.get('bytes_total'))
+    text = '{} ({}): {} of {} in {:.1f}s; compared {}'.format(
+        v.get('result'), v.get('mode'), done, total, v.get('seconds') or 0.0,
+        ', '.join(v.get('compared') or []) or 'nothing')
+    if v.get('mismatch'):
+        text += '; first difference: {}'.format(v['mismatch'])
+    if v.get('note'):
+        text += '; {}'.format(v['note'])
+    return text

@@ -191,3 +191,15 @@ def test_runner_cancel_after_a_client_write_keeps_it() -> None:
              protect_snap=P, manual_commit=True, cancel_requested=True)
     assert fake.calls == ['abort via b/img', 'remove snap of a/img']
     assert t.state == State.ABORTED
+
+
+def test_plain_status_shows_the_verification_in_one_line() -> None:
+    from rbd_livemigrate.formatting import status_text
+    v = Verification(VerifyMode.FULL, VerifyResult.MISMATCH, D, ['s1', HEAD],
+                     mismatch='snapshot s1 differs at offset 0 (object 0)',
+                     bytes_compared=4 << 20, bytes_total=8 << 20, seconds=0.25)
+    text = status_text(_task(verify=VerifyMode.FULL, verification=v, cutover_ms=42.0).view())
+    line = [x for x in text.splitlines() if x.startswith('verification:')][0]
+    assert 'mismatch (full): 4.0 MiB of 8.0 MiB in 0.2s; compared s1, HEAD' in line
+    assert 'first difference: snapshot s1 differs at offset 0' in line
+    assert 'cutover_ms:          42.0' in text
