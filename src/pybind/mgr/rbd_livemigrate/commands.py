@@ -19,6 +19,7 @@ from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
 from .hold import HoldKind
 from .planner import Phase, judge, state_of
 from .scheduler import Worker
+from .source_spec import import_view
 from .spec import ImageSpec, PoolSpec, parse_bytes
 from .task import Layout, State, Task
 
@@ -103,6 +104,8 @@ class Commands:
         if running is None or waiting is None:
             running, waiting = self.worker.run_state()
         v = task.view()
+        if task.import_spec is not None:
+            import_view(v)
         v['orphan'] = False
         v['running'] = task.id in running
         reason = None if v['running'] else self.worker.why(task, running, waiting)
@@ -577,6 +580,8 @@ class Commands:
         if task.state == State.ABORTED:
             v['action'] = ('removed from the queue' if before in (State.QUEUED, State.FAILED)
                            and task.error == 'cancelled before prepare'
+                           else 'import aborted; {} removed'.format(task.destination)
+                           if task.import_spec is not None
                            else 'migration aborted; {} restored'.format(task.source))
         elif task.state == State.COMMITTED:
             v['action'] = 'too late: the migration was committed'
