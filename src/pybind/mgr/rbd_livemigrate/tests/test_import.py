@@ -210,8 +210,9 @@ class Cluster(RbdPort):
         return {}
 
 
-S3 = {'type': 'raw', 'stream': {'type': 's3', 'url': 'http://127.0.0.1:1/b/k',
-                                 'access_key': 'AKID', 'secret_key': 'SECRET'}}
+S3_STREAM = {'type': 's3', 'url': 'http://127.0.0.1:1/b/k', 'access_key': 'AKID',
+             'secret_key': 'SECRET'}
+S3: Dict[str, Any] = {'type': 'raw', 'stream': S3_STREAM}
 
 
 def importer(allowed: Any = lambda p, ns: p != 'c') -> Importer:
@@ -254,7 +255,7 @@ def test_import_stores_credentials_apart_and_sweeps_them() -> None:
     # the same import again: the same task
     assert call(i, 'b/new', S3)['id'] == v['id']
     # another spec into the same name: refused
-    other = dict(S3, stream=dict(S3['stream'], url='http://127.0.0.1:1/b/other'))
+    other = dict(S3, stream=dict(S3_STREAM, url='http://127.0.0.1:1/b/other'))
     assert call(i, 'b/new', other) == -errno.EEXIST
     i.sweep()
     assert len(store) == 2                    # the task is live

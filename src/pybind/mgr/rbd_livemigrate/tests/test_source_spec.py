@@ -220,11 +220,11 @@ def test_probe_unreachable() -> None:
 
 
 def test_probe_s3_signs_and_resolves_config_refs(server: str) -> None:
-    seen = {}
+    seen: Dict[str, str] = {}
 
     class Signed(RangeHandler):
         def do_GET(self, body: bool = True) -> None:
-            seen['auth'] = self.headers.get('Authorization')
+            seen['auth'] = self.headers.get('Authorization') or ''
             super().do_GET(body)
     srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Signed)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
