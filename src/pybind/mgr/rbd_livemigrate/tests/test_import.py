@@ -294,3 +294,26 @@ def test_probe_errors_pass_through() -> None:
         raise LiveMigrateError('unreachable', errno.ECONNREFUSED)
     i.probe = refuse
     assert call(i, 'b/x', S3) == -errno.ECONNREFUSED and i.worker.all() == []
+
+
+# -- the header librbd writes --------------------------------------------------------
+
+# rbd_header.<id> 'migration_get' of an import prepared on Pacific 16.2.15
+# (raw file, 10 MiB, state prepared)
+PACIFIC_IMPORT_HEADER = (
+    b'\x03\x03u\x00\x00\x00\x02' + b'\xff' * 8 + b'\x00' * 16 + b'\x00\x00\xa0\x00\x00\x00'
+    b'\x00\x00\x01\x00\x02\x00\x00\x00\x00\x00H\x00\x00\x00'
+    b'{"stream":{"file_path":"/tmp/lmimp-raw.bin","type":"file"},"type":"raw"}')
+
+
+def test_decode_an_import_header() -> None:
+    pytest.importorskip('rados')
+    pytest.importorskip('rbd')
+    from rbd_livemigrate.rbd_adapter import decode_migration_spec
+    h = decode_migration_spec(PACIFIC_IMPORT_HEADER)
+    assert h is not None and h.is_import and h.kind == HeaderType.DST and h.pool_id == -1
+    assert h.state == MigState.PREPARED and h.image_name == ''
+    assert json.loads(h.source_spec)['stream']['file_path'] == '/tmp/lmimp-raw.bin'
+    t = imp(import_spec='{"type":"raw","stream":{"type":"file",'
+            '"file_path":"/tmp/lmimp-raw.bin"}}')
+    assert judge_import(obs(D, D, True, h), t).phase == Phase.PREPARED
