@@ -283,6 +283,39 @@ def test_import_survives_mgr_failover(cluster: Cluster, lm: Livemigrate, name: s
     assert sha256_image(cluster.conf, dest) == sha256_file(path)
 
 
+def _serve(root: str, port: int = 0) -> http.server.ThreadingHTTPServer:
+    handler = type('Handler', (RangeHandler,), {'root': root})
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_http_outage_is_retried(cluster: Cluster, lm: Livemigrate, name: str,
+                                workdir: str) -> None:
+    """The server stops mid-copy (librbd: ECONNREFUSED): the task retries with
+    backoff, and carries on once the server is back."""
+    path = make_file(os.path.join(workdir, 'out.raw'), 48 * MiB, name)
+    srv = _serve(workdir)
+    port = srv.server_address[1]
+    dest = 'b/' + name
+    try:
+        task = import_ok(lm, dest, {'type': 'raw', 'stream': {
+            'type': 'http', 'url': 'http://127.0.0.1:{}/out.raw'.format(port)}}, workdir,
+            '--bandwidth-limit', '8M')
+        _wait_copying(lm, task['id'])
+        srv.shutdown()
+        srv.server_close()
+        failed = lm.wait(task['id'], pred=lambda t: t['attempts'] >= 1)
+        assert failed['state'] in ('prepared', 'executing') and '111' in failed['error']
+        srv = _serve(workdir, port)
+        done = lm.wait(task['id'], timeout=180)
+        assert done['error'] is None
+        assert sha256_image(cluster.conf, dest) == sha256_file(path)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 # -- s3 -----------------------------------------------------------------------------
 
 # moto[server] is a dependency of tox's integration env (tox.ini); LM_MOTO_SERVER

@@ -48,7 +48,11 @@ TRASH_SOURCE_MIGRATION = getattr(rbd, 'RBD_TRASH_IMAGE_SOURCE_MIGRATION', 2)
 # (EROFS), a connection lost or fenced.  EIO, anything else and errors
 # without an errno fail the task: retrying them only hides the cause.
 TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ESHUTDOWN,
-                              errno.EROFS, errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
+                              errno.EROFS, errno.ECONNRESET, errno.ENOTCONN, errno.EINTR,
+                              # an import's http/s3 server gone for a while (measured:
+                              # execute fails ECONNREFUSED when the server stops)
+                              errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                              errno.ECONNABORTED})
 OPERATION_FEATURE_CLONE_CHILD = getattr(rbd, 'RBD_OPERATION_FEATURE_CLONE_CHILD', 1 << 1)
 MIRROR_IMAGE_ENABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_ENABLED', 1)
 MIRROR_IMAGE_DISABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_DISABLED', 0)
