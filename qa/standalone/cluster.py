@@ -72,7 +72,10 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 MODULE_NAME = 'rbd_livemigrate'
 DEFAULT_MODULE = os.path.join(REPO, 'src', 'pybind', 'mgr', MODULE_NAME)
 SYSTEM_MGR_DIR = '/usr/share/ceph/mgr'
-PACKAGES = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'ceph-common', 'python3-rados', 'python3-rbd']
+PACKAGES = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'ceph-common', 'python3-rados', 'python3-rbd',
+            # qemu-img makes and checks the qcow2 images of test_import.py (the same
+            # package name on Debian 12 and 13)
+            'qemu-utils']
 DASHBOARD_PACKAGE = 'ceph-mgr-dashboard'
 DAEMON_BINARIES = {'mon': 'ceph-mon', 'mgr': 'ceph-mgr', 'osd': 'ceph-osd'}
 MGR_ID_LETTERS = 'xyzabcdefghijklmnopqrstuvw'
@@ -194,7 +197,8 @@ def missing_packages(dashboard: bool = False) -> List[str]:
     missing = []
     for binary, package in (('ceph-mon', 'ceph-mon'), ('ceph-mgr', 'ceph-mgr'),
                             ('ceph-osd', 'ceph-osd'), ('ceph', 'ceph-common'),
-                            ('rbd', 'ceph-common'), ('monmaptool', 'ceph-base')):
+                            ('rbd', 'ceph-common'), ('monmaptool', 'ceph-base'),
+                            ('qemu-img', 'qemu-utils')):
         if shutil.which(binary) is None and package not in missing:
             missing.append(package)
     for mod in ('rados', 'rbd'):

@@ -20,6 +20,7 @@ from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
 from .hold import HoldKind
 from .planner import Phase, judge, state_of
 from .scheduler import Worker
+from .source_spec import import_view
 from .spec import ImageSpec, PoolSpec, parse_bytes
 from .task import Layout, State, Task, VerifyMode
 
@@ -109,6 +110,8 @@ class Commands:
         if running is None or waiting is None:
             running, waiting = self.worker.run_state()
         v = task.view()
+        if task.import_spec is not None:
+            import_view(v)
         v['orphan'] = False
         v['running'] = task.id in running
         reason = None if v['running'] else self.worker.why(task, running, waiting)
@@ -596,6 +599,8 @@ class Commands:
         if task.state == State.ABORTED:
             v['action'] = ('removed from the queue' if before in (State.QUEUED, State.FAILED)
                            and task.error == 'cancelled before prepare'
+                           else 'import aborted; {} removed'.format(task.destination)
+                           if task.import_spec is not None
                            else 'migration aborted; {} restored'.format(task.source))
         elif task.state == State.COMMITTED:
             v['action'] = 'too late: the migration was committed'
@@ -632,6 +637,9 @@ class Commands:
         self._ready()
         task = self._find_task(task_id)
         self._authorize_task(task)
+        if task.import_spec is not None:
+            raise WrongState('task {} is an import: no client holds its source, it prepares '
+                             'by itself'.format(task.id))
         if task.state not in (State.QUEUED, State.PREPARING):
             if task.cutover_ms is not None and not task.done:
                 v = self.view(task)

@@ -71,6 +71,12 @@ class MigrationHeader(NamedTuple):
     description: str = ''
     mirroring: bool = False
     mirror_image_mode: int = 0
+    source_spec: str = ''            # an import's destination: librbd's source-spec
+
+    @property
+    def is_import(self) -> bool:
+        """The destination of an import: no source image (pool id -1)."""
+        return self.kind == HeaderType.DST and self.pool_id < 0
 
 
 class TrashSource(enum.Enum):
@@ -318,4 +324,14 @@ class RbdPort:
         raise NotImplementedError
 
     def flatten(self, client: Client, dest: ImageSpec) -> bool:
+        raise NotImplementedError
+
+    # -- imports ------------------------------------------------------
+    def observe_import(self, dest: ImageSpec, dest_id: Optional[str]) -> Observation:
+        """An import's destination (by id when recorded, else what its name
+        resolves to); the source end is empty."""
+        raise NotImplementedError
+
+    def prepare_import(self, client: Client, source_spec: str, dest: ImageSpec,
+                       layout: Layout) -> None:
         raise NotImplementedError

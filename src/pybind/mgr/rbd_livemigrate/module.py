@@ -16,6 +16,7 @@ from .compat import ClientRegistry
 from .errors import LiveMigrateError, handle_errors
 from .health import HealthChecks, health_block
 from .hold import Hold, HoldKind
+from .importer import SWEEP_SECONDS, Importer, config_key_getter
 from .pipeline import Runner
 from .preflight import PoolInfo, pools_from_maps
 from .progress import ProgressReporter
@@ -105,6 +106,8 @@ class Module(MgrModule):
             write_behind=True)
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
                                  time.time, self.unscoped)
+        self.importer = Importer(self.commands, self.set_store, self.get_store_prefix,
+                                 config_key_getter(self.mon_command))
         self.config_notify()
 
     # -- lifecycle -----------------------------------------------------
@@ -124,6 +127,7 @@ class Module(MgrModule):
         except Exception:
             self.log.exception('orphan scan failed')
         self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.scan_orphans)
+        self.worker.add_chore(SWEEP_SECONDS, self.importer.sweep)
         self.worker.serve()
 
     def shutdown(self) -> None:
@@ -190,6 +194,19 @@ class Module(MgrModule):
             object_size, stripe_unit, stripe_count, features, data_pool, flatten,
             manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
             manual_cutover, verify))
+
+    @CLIWriteCommand('rbd livemigrate import')
+    @handle_errors
+    def import_image(self, dest_spec: str, object_size: Optional[str] = None,
+                     stripe_unit: Optional[str] = None, stripe_count: Optional[int] = None,
+                     features: Optional[str] = None, data_pool: Optional[str] = None,
+                     manual_commit: bool = False, priority: int = 0,
+                     bandwidth_limit: Optional[str] = None, dry_run: bool = False,
+                     inbuf: Optional[str] = None) -> Any:
+        """Import an image into dest_spec from the source-spec JSON given with -i <file> (raw or qcow over file, http or s3)"""  # noqa: E501
+        return self.importer.add(dest_spec, inbuf, AddRequest(
+            object_size, stripe_unit, stripe_count, features, data_pool, False,
+            manual_commit, False, priority, bandwidth_limit, dry_run))
 
     @CLIWriteCommand('rbd livemigrate add-pool')
     @handle_errors

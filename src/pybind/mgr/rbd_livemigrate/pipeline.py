@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .errors import Blocked, LiveMigrateError, Transient
 from .hold import Hold, HoldKind
 from .interface import Client, Observation, RbdPort
-from .planner import Act, Action, plan
+from .planner import Act, Action, import_dest_id, plan
 from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
 from .scheduler import RunnerHandle, Worker, retry_delay
@@ -179,8 +179,11 @@ class Runner(RunnerHandle):
             source = ImageSpec.parse(task.source)
             dest = ImageSpec.parse(task.destination)
             try:
-                obs = self.adapter.observe(source, dest, task.source_image_id,
-                                           task.dest_image_id)
+                if task.import_spec is not None:
+                    obs = self.adapter.observe_import(dest, task.dest_image_id)
+                else:
+                    obs = self.adapter.observe(source, dest, task.source_image_id,
+                                               task.dest_image_id)
                 task = self._learn_ids(task, obs)
                 action = plan(task, obs, self.worker.hold_reason(task))
                 log.debug('task %s (%s): %s', task.id, task.state, action)
@@ -208,6 +211,12 @@ class Runner(RunnerHandle):
         """Record the ids librbd shows for this migration (the destination's
         is known once prepare wrote the source's header)."""
         changes: Dict[str, object] = {}
+        if task.import_spec is not None:
+            dest_id = import_dest_id(task, obs)
+            if dest_id is None:
+                return task
+            return self.worker.update(self.task_id, lambda t: t.evolve(dest_image_id=dest_id),
+                                      wait=False)
         if task.source_image_id is None and obs.source.image_id is not None:
             changes['source_image_id'] = obs.source.image_id
         header = obs.source.header
@@ -256,6 +265,8 @@ class Runner(RunnerHandle):
                 log.info('task %s: flattened %s', task.id, dest)
             self._finish(action)
             return False
+        if act == Act.PREPARE and task.import_spec is not None:
+            return self._prepare_import(task, dest) and self._straight_on(dest, dest)
         if act == Act.PREPARE:
             return self._prepare(task, source, dest) and self._straight_on(source, dest)
         if act == Act.EXECUTE:
@@ -425,6 +436,17 @@ class Runner(RunnerHandle):
                    cutover_requested=False)
         log.info('task %s: prepared %s -> %s (cutover %.0f ms)', task.id, source, dest,
                  cutover_ms)
+        return True
+
+    def _prepare_import(self, task: Task, dest: ImageSpec) -> bool:
+        """``migration_prepare_import`` of the stored source-spec (its
+        credentials are ``config://`` references librbd resolves)."""
+        assert task.import_spec is not None
+        self._move(State.PREPARING, dest_image_id=None, blocked_reason=None, blocked_kind=None,
+                   blocked_since=None, next_retry=None, error=None)
+        self.adapter.prepare_import(self._client(), task.import_spec, dest, task.layout)
+        self._move(State.PREPARED, persist=False)
+        log.info('task %s: prepared the import into %s', task.id, dest)
         return True
 
     def _hold(self) -> bool:

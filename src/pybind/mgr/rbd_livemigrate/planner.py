@@ -40,6 +40,7 @@ verify.py), and the snapshot is removed.
 import enum
 from typing import NamedTuple, Optional
 
+from . import source_spec
 from .hold import Hold, HoldKind
 from .interface import End, HeaderType, MigrationHeader, MigState, Observation, TrashSource
 from .spec import ImageSpec
@@ -253,8 +254,12 @@ def plan(task: Task, obs: Observation, hold: Optional[Hold] = None) -> Action:
     """
     source = ImageSpec.parse(task.source)
     dest = ImageSpec.parse(task.destination)
-    verdict = judge(obs, source, dest)
-    action = plan_phase(task, verdict, obs, hold)
+    if task.import_spec is not None:
+        verdict = judge_import(obs, task)
+        action = plan_import(task, verdict, hold)
+    else:
+        verdict = judge(obs, source, dest)
+        action = plan_phase(task, verdict, obs, hold)
     if action.state is not None and not can_move(task.state, action.state):
         # a record and headers no sequence of steps produces: touch nothing
         return Action(Act.FAIL, State.FAILED, 'librbd shows the migration {} but the task '
@@ -383,3 +388,131 @@ def state_of(phase: Phase) -> Optional[State]:
             Phase.ABORTING: State.ABORTING, Phase.HALF_PREPARED: State.ABORTING,
             Phase.STRANDED: State.ABORTING,
             Phase.ERROR: State.PREPARED}.get(phase)
+
+
+# -- imports ----------------------------------------------------------------
+#
+# An import (``migration_prepare_import``) has no source image: librbd keeps
+# everything in the destination's migration header (type DST, source pool id
+# -1, and the source-spec it was given).  The phase is judged from that
+# header alone, by the recorded destination id, or before the id is known by
+# the name and the source-spec the header carries:
+#
+# ========================================  ================================
+# the destination holds                     action
+# ========================================  ================================
+# nothing under its name                    prepare (nothing, on cancel)
+# import header PREPARING                   abort, then prepare again
+# import header PREPARED/EXECUTING          execute
+# import header EXECUTED                    commit (or wait: manual commit)
+# import header ABORTING                    abort again
+# the recorded id without header            committed
+# the recorded id gone                      aborted (fail if not cancelled)
+# another image or migration                fail: never touch that image
+# ========================================  ================================
+
+
+def is_our_import(task: Task, header: Optional[MigrationHeader]) -> bool:
+    """Is ``header`` the one this import's prepare wrote (same source-spec)?"""
+    return (header is not None and header.is_import and task.import_spec is not None
+            and source_spec.same(header.source_spec, task.import_spec))
+
+
+def import_dest_id(task: Task, obs: Observation) -> Optional[str]:
+    """The destination id to record once the header shows it is ours."""
+    d = obs.dest
+    if task.dest_image_id is None and d.image_id is not None and d.exists \
+            and is_our_import(task, d.header):
+        return d.image_id
+    return None
+
+
+def judge_import(obs: Observation, task: Task) -> Verdict:
+    """The phase of import ``task``, from its destination alone."""
+    dest = task.destination
+    d = obs.dest
+    h = d.header
+    did = task.dest_image_id
+    if did is None:
+        if d.name_id is None:
+            return Verdict(Phase.NOT_PREPARED)
+        if h is None:
+            return Verdict(Phase.DEST_TAKEN, "destination image '{}' exists (id {}): choose "
+                           'another name or remove it'.format(dest, d.name_id))
+        if not is_our_import(task, h):
+            return Verdict(Phase.OTHER_MIGRATION, "'{}' (id {}) is {} migration or import, "
+                           'not this task\'s: see rbd status {}'.format(
+                               dest, d.name_id, 'the source of a' if h.kind == HeaderType.SRC
+                               else 'the target of another', dest))
+    elif not d.exists:
+        if d.name_id is not None:
+            return Verdict(Phase.DEST_TAKEN, "destination '{}' is now image id {}, not the "
+                           'recorded id {}: the module will not touch it'.format(
+                               dest, d.name_id, did))
+        return Verdict(Phase.NOT_PREPARED, 'gone')
+    elif h is None:
+        if d.name_id != did:
+            return Verdict(Phase.DEST_REPLACED, _replaced('destination', ImageSpec.parse(dest),
+                                                          d.name_id, did))
+        # librbd's commit of an import only removes the destination's header
+        return Verdict(Phase.COMMITTED)
+    elif not h.is_import:
+        return Verdict(Phase.OTHER_MIGRATION, "'{}' (id {}) is part of a migration that is not "
+                       'an import: see rbd status {}'.format(dest, did, dest))
+    assert h is not None
+    phase = _BY_DEST_STATE.get(h.state)
+    if phase is None:
+        return Verdict(Phase.INCONSISTENT, "destination '{}' reports an unknown migration "
+                       'state'.format(dest))
+    return Verdict(phase, h.description if phase == Phase.ERROR else '')
+
+
+def plan_import(task: Task, verdict: Verdict, hold: Optional[Hold] = None) -> Action:
+    """The one action for import ``task`` in ``verdict``'s phase (every abort
+    goes through the destination: there is no source to restore)."""
+    phase = verdict.phase
+    if phase == Phase.COMMITTED:
+        if task.state == State.COMMITTED:
+            return Action(Act.WAIT)
+        return Action(Act.MARK, State.COMMITTED, 'cancel came too late: the import was '
+                      'committed' if task.cancel_requested else '')
+    if task.cancel_requested:
+        if phase == Phase.NOT_PREPARED or phase.fatal:
+            if phase == Phase.NOT_PREPARED and verdict.detail != 'gone':
+                why = 'cancelled before prepare'
+            elif phase == Phase.NOT_PREPARED:
+                why = 'cancelled: import aborted, destination removed'
+            else:
+                why = 'cancelled; nothing to undo: {}'.format(verdict.detail)
+            return Action(Act.MARK, State.ABORTED, why)
+        return Action(Act.ABORT, State.ABORTING)
+    if phase.fatal:
+        return Action(Act.FAIL, State.FAILED, verdict.detail)
+    if phase == Phase.NOT_PREPARED:
+        if task.state not in (State.QUEUED, State.PREPARING):
+            return Action(Act.FAIL, State.FAILED,
+                          "the import was aborted outside this module (destination '{}' is "
+                          'gone): use retry to start it again'.format(task.destination))
+        if hold is not None:
+            return Action(Act.WAIT, hold=hold)
+        return Action(Act.PREPARE, State.PREPARING)
+    if phase == Phase.HALF_PREPARED:
+        return Action(Act.ABORT, State.QUEUED, 'an import prepare was cut short: undoing it')
+    if phase == Phase.ERROR:
+        return Action(Act.ABORT, State.QUEUED,
+                      'import in error state ({}): aborted to start over'.format(
+                          verdict.detail or 'no detail'), retry=True)
+    if phase == Phase.ABORTING:
+        return Action(Act.ABORT, None)
+    if phase in (Phase.PREPARED, Phase.EXECUTING):
+        if hold is not None:
+            return Action(Act.WAIT, State.PREPARED, hold=hold)
+        return Action(Act.EXECUTE, State.PREPARED)
+    if phase != Phase.EXECUTED:
+        return Action(Act.FAIL, State.FAILED, verdict.detail or 'import is {}'.format(
+            phase.value))
+    if task.manual_commit and not task.commit_requested:
+        return Action(Act.WAIT, State.EXECUTED, hold=Hold(
+            HoldKind.MANUAL_COMMIT, 'executed: waiting for ceph rbd livemigrate commit {}'.format(
+                task.id)))
+    return Action(Act.COMMIT, State.COMMITTING)

@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from .batch import Batch, BatchState
+from .source_spec import summary
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ def verify_event_id(task: Task) -> str:
 
 
 def message(task: Task) -> str:
+    if task.import_spec is not None:
+        return 'Importing RBD image {} from {}'.format(task.destination, summary(task.import_spec))
     if task.source == task.destination:
         return 'Live-migrating RBD image {} (layout change)'.format(task.source)
     return 'Live-migrating RBD image {} to {}'.format(task.source, task.destination)

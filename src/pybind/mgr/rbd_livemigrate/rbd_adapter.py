@@ -51,7 +51,11 @@ TRASH_SOURCE_MIGRATION = getattr(rbd, 'RBD_TRASH_IMAGE_SOURCE_MIGRATION', 2)
 # (EROFS), a connection lost or fenced.  EIO, anything else and errors
 # without an errno fail the task: retrying them only hides the cause.
 TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ESHUTDOWN,
-                              errno.EROFS, errno.ECONNRESET, errno.ENOTCONN, errno.EINTR})
+                              errno.EROFS, errno.ECONNRESET, errno.ENOTCONN, errno.EINTR,
+                              # an import's http/s3 server gone for a while (measured:
+                              # execute fails ECONNREFUSED when the server stops)
+                              errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                              errno.ECONNABORTED})
 OPERATION_FEATURE_CLONE_CHILD = getattr(rbd, 'RBD_OPERATION_FEATURE_CLONE_CHILD', 1 << 1)
 MIRROR_IMAGE_ENABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_ENABLED', 1)
 MIRROR_IMAGE_DISABLED = getattr(rbd, 'RBD_MIRROR_IMAGE_DISABLED', 0)
@@ -398,6 +402,43 @@ class Adapter(RbdPort):
                     if io is not None:
                         io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
+
+    def observe_import(self, dest: ImageSpec, dest_id: Optional[str]) -> Observation:
+        """An import has no source image: only the destination is read (by
+        the recorded id, else by what its name resolves to now)."""
+        def op(c: Client) -> Observation:
+            io = _ioctx_or_none(c, dest)
+            try:
+                name_id = dir_lookup(io, dest.image) if io else None
+                return Observation(End(), read_end(io, dest_id or name_id, name_id))
+            except rados.Error as e:
+                raise translate(e, "cannot read the import state of '{}'".format(dest))
+            finally:
+                if io is not None:
+                    io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
+    def prepare_import(self, client: ClientBase, source_spec: str, dest: ImageSpec,
+                       layout: Layout) -> None:
+        """``migration_prepare_import``: a new image with the layout asked
+        (librbd's defaults for the rest; its object size is its stripe unit)."""
+        kwargs: Dict[str, Any] = {}
+        if layout.features is not None:
+            kwargs['features'] = feature_mask(layout.features)
+        if layout.object_size is not None:
+            kwargs['order'] = layout.object_size.bit_length() - 1
+        if layout.stripe_unit is not None or layout.stripe_count is not None:
+            kwargs['stripe_unit'] = layout.stripe_unit or layout.object_size or (1 << 22)
+            kwargs['stripe_count'] = layout.stripe_count or 1
+        if layout.data_pool is not None:
+            kwargs['data_pool'] = layout.data_pool.encode()
+        io = client.ioctx(dest.pool, dest.namespace)
+        try:
+            rbd.RBD().migration_prepare_import(source_spec, io, dest.image, **kwargs)
+        except rbd.Error as e:
+            raise translate(e, 'import prepare failed')
+        finally:
+            io.close()
 
     def read_image(self, spec: ImageSpec) -> End:
         def op(c: Client) -> End:
@@ -1022,7 +1063,7 @@ def decode_migration_spec(buf: bytes) -> Optional[MigrationHeader]:
     """cls::rbd::MigrationSpec: ENCODE_START(v, compat, len), header_type (u8),
     pool_id (s64), pool_namespace, image_name, image_id, snap_seqs (map),
     overlap (u64), flatten, mirroring, state (u8), state_description,
-    mirror_image_mode (u8, v2+), ..."""
+    mirror_image_mode (u8, v2+), source_spec (string, v3+: an import's), ..."""
     try:
         version = buf[0]
         off = 6
@@ -1040,10 +1081,13 @@ def decode_migration_spec(buf: bytes) -> Optional[MigrationHeader]:
         off += 2
         description, off = _read_string(buf, off)
         mode = buf[off] if version >= 2 and off < len(buf) else 0
+        source_spec = ''
+        if version >= 3 and off + 5 <= len(buf):       # an import's source-spec
+            source_spec, off = _read_string(buf, off + 1)
     except (IndexError, ValueError, struct.error):
         return None
     return MigrationHeader(kind, pool_id, namespace, name, image_id, state, description,
-                           mirroring, mode)
+                           mirroring, mode, source_spec)
 
 
 SNAP_NAMESPACE_TRASH = 2          # cls::rbd::SNAPSHOT_NAMESPACE_TYPE_TRASH

@@ -25,6 +25,9 @@ from .errors import LiveMigrateError, WrongState
 from .spec import ImageSpec, validate_name
 
 TASK_VERSION = 1
+# an import's record says 2: a module that predates imports refuses it (and
+# raises RBD_LIVEMIGRATE_BAD_RECORD) instead of reading an in-place migration
+IMPORT_TASK_VERSION = 2
 
 
 class State(str, enum.Enum):
@@ -126,6 +129,15 @@ def _check_batch_id(value: Optional[str]) -> None:
         raise _Mismatch()
 
 
+def _check_import_spec(value: Optional[str]) -> None:
+    if value is not None:
+        from .source_spec import check
+        try:
+            check(json.loads(value))
+        except ValueError:
+            raise _Mismatch()
+
+
 def _check_pool_name(value: Optional[str]) -> None:
     if value is not None:
         validate_name('data pool', value)
@@ -139,6 +151,7 @@ _FIELD_CHECKS: Dict[str, typing.Tuple[str, typing.Callable[[Any], object]]] = {
     'destination': ('image spec pool[/namespace]/image', ImageSpec.parse),
     'layout.data_pool': ('null or pool name', _check_pool_name),
     'batch_id': ('null or batch-<8 hex digits>', _check_batch_id),
+    'import_spec': ('null or a source-spec JSON object', _check_import_spec),
 }
 
 
@@ -432,6 +445,9 @@ class Task:
     rollback_source: bool = False
     verification: Optional[Verification] = None
     execute_seconds: Optional[float] = None
+    # an import (``ceph rbd livemigrate import``): the source-spec given to
+    # librbd, credentials moved out (source_spec.py); source == destination
+    import_spec: Optional[str] = None
     version: int = TASK_VERSION
 
     # -- construction --------------------------------------------------
@@ -524,9 +540,10 @@ class Task:
         version = d.get('version')
         if not isinstance(version, int):
             raise CorruptRecord('task record has no version')
-        if version > TASK_VERSION:
+        newest = IMPORT_TASK_VERSION if d.get('import_spec') is not None else TASK_VERSION
+        if version > newest:
             raise CorruptRecord('task record version {} is newer than this module '
-                                'understands ({})'.format(version, TASK_VERSION))
+                                'understands ({})'.format(version, newest))
         # every field type-checked (a bool version too), id and specs parsed
         task: Task = _record_from_json(cls, d, '')
         return task

@@ -242,7 +242,8 @@ def _sample(hint: Any, name: str) -> Any:
     """A value of ``hint`` that is not the field's default (for any field added later too)."""
     special = {'id': 'T_9-x', 'source': 'rbd/ns/src', 'destination': 'ssd/dst',
                'data_pool': 'ec-data', 'batch_id': 'batch-0123abcd',
-               'features': ['exclusive-lock', 'layering']}
+               'features': ['exclusive-lock', 'layering'],
+               'import_spec': '{"type":"raw","stream":{"type":"file","file_path":"/x"}}'}
     if name in special:
         return special[name]
     origin = typing.get_origin(hint)

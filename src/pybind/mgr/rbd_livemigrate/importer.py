@@ -1,0 +1,179 @@
+"""
+``ceph rbd livemigrate import``: an import through the queue.
+
+An import is a task like any other (priority, throttle, windows, retries,
+progress, cancel), whose prepare is ``migration_prepare_import`` of a
+source-spec instead of ``migration_prepare`` of an image; ``planner``
+judges it from the destination's migration header alone.  This module
+checks the spec and what it names before anything is queued, moves s3
+credentials into the module's store (librbd reads them back through
+``config://``), and removes them once the task is over.
+"""
+
+import errno
+import json
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from . import source_spec
+from .commands import AddRequest, CommandResult, Commands
+from .errors import AlreadyExists, Busy, InvalidArgument, LiveMigrateError, NotFound
+from .formatting import dump
+from .source_probe import ConfigGet, probe
+from .spec import ImageSpec
+from .task import IMPORT_TASK_VERSION, Task
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 10.0
+
+Probe = Callable[[source_spec.Stream, ConfigGet], int]
+
+
+def _comparable(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A spec with every credential field blanked (literal or config://)."""
+    out = source_spec.redact(spec)
+    for s in source_spec.streams(out):
+        for f in source_spec.CREDENTIAL_FIELDS:
+            if f in s.stream:
+                s.stream[f] = source_spec.REDACTED
+    return out
+
+
+class Importer:
+    def __init__(self, commands: Commands, set_store: Callable[[str, Optional[str]], None],
+                 get_store_prefix: Callable[[str], Dict[str, str]],
+                 config_get: ConfigGet, probe_stream: Probe = probe) -> None:
+        self.commands = commands
+        self.worker = commands.worker
+        self.adapter = commands.adapter
+        self.set_store = set_store
+        self.get_store_prefix = get_store_prefix
+        self.config_get = config_get
+        self.probe = probe_stream
+        self.lock = threading.Lock()        # credentials written vs swept
+
+    # -- add -----------------------------------------------------------
+
+    def add(self, dest_spec: str, inbuf: Optional[str], req: AddRequest) -> CommandResult:
+        c = self.commands
+        c._ready()
+        dest = ImageSpec.parse(dest_spec)
+        spec = source_spec.parse(inbuf or '')
+        if req.flatten or req.allow_descendants:
+            raise InvalidArgument('--flatten and --allow-descendants do not apply to an import')
+        layout = c.build_layout(req)
+        limit = c.check_request(req)
+        c._authorize(dest.pool, dest.namespace)
+        if layout.data_pool is not None:
+            c._authorize(layout.data_pool, dest.namespace)
+        if not self.adapter.pool_exists(dest.pool):
+            raise NotFound("pool '{}' does not exist: create it or check the spec".format(
+                dest.pool))
+        if layout.data_pool is not None and not self.adapter.pool_exists(layout.data_pool):
+            raise NotFound("data pool '{}' does not exist".format(layout.data_pool))
+        if not self.adapter.namespace_exists(dest.pool, dest.namespace):
+            raise NotFound("namespace '{}' does not exist in pool '{}': create it with rbd "
+                           'namespace create'.format(dest.namespace, dest.pool))
+        c._authorize_touched(dest, dest, layout, [])
+        existing = self._existing(dest, spec)
+        if existing is not None:
+            return 0, dump(c.view(existing), 'json'), ''
+        if self.adapter.image_exists(dest) or self.adapter.trashed_source(dest):
+            raise AlreadyExists("destination image '{}' exists: choose another name or remove "
+                                'it'.format(dest))
+        sizes = {s.label: self.probe(s, self.config_get) for s in source_spec.streams(spec)}
+        size = sizes['head']
+        if req.dry_run:
+            report = {'dry_run': True, 'destination': str(dest), 'ok': True,
+                      'import': source_spec.redact(spec), 'layout': layout.to_json(),
+                      'size_bytes': size, 'stream_sizes': sizes}
+            return 0, dump(report, 'json'), ''
+        now = c.clock()
+        with c.add_lock, self.lock:
+            existing = self._existing(dest, spec)
+            if existing is not None:            # added meanwhile
+                return 0, dump(c.view(existing), 'json'), ''
+            task_id = c._new_id()
+            stored, secrets = source_spec.move_credentials(spec, task_id)
+            task = Task(id=task_id, source=str(dest), destination=str(dest), layout=layout,
+                        manual_commit=req.manual_commit, priority=req.priority,
+                        bandwidth_limit_bytes=limit, size_bytes=size, created=now,
+                        import_spec=source_spec.dumps(stored), version=IMPORT_TASK_VERSION)
+            for key, value in secrets.items():
+                self.set_store(key, value)
+            try:
+                self.worker.put(task)
+            except Exception:
+                for key in secrets:
+                    self.set_store(key, None)
+                raise
+        log.info('added task %s: import %s -> %s', task.id, source_spec.summary(
+            task.import_spec), task.destination)
+        self.worker.kick()
+        return 0, dump(c.view(task), 'json'), ''
+
+    def _existing(self, dest: ImageSpec, spec: Dict[str, Any]) -> Optional[Task]:
+        """The live import of the same spec into ``dest`` (returned again), or
+        a refusal when another task uses the name."""
+        for t in self.worker.naming(str(dest)):
+            if t.done:
+                continue
+            if not self.commands._may(t):
+                raise Busy("'{}' belongs to a task outside the caller's mgr caps: ask an "
+                           'operator'.format(dest))
+            if t.import_spec is not None and t.destination == str(dest):
+                try:
+                    theirs = source_spec.check(json.loads(t.import_spec))
+                except (ValueError, LiveMigrateError):
+                    theirs = {}
+                if _comparable(theirs) == _comparable(spec):
+                    return t
+                raise AlreadyExists("'{}' is already the destination of import task {} (from "
+                                    'another source-spec): cancel it first'.format(dest, t.id))
+            if t.destination == str(dest):
+                raise AlreadyExists("'{}' is already the destination of task {}".format(
+                    dest, t.id))
+            raise Busy("image '{}' is the source of task {}: choose another destination".format(
+                dest, t.id))
+        return None
+
+    # -- credentials ---------------------------------------------------
+
+    def credential_keys(self) -> Dict[str, List[str]]:
+        """Stored credential keys by task id."""
+        out: Dict[str, List[str]] = {}
+        for key in self.get_store_prefix(source_spec.KEY_PREFIX):
+            task_id = source_spec.task_of_key(key)
+            if task_id is not None:
+                out.setdefault(task_id, []).append(key)
+        return out
+
+    def sweep(self) -> None:
+        """Remove the credentials of imports that are over (committed,
+        aborted, or no longer kept); a failed one keeps them for retry."""
+        with self.lock:
+            for task_id, keys in self.credential_keys().items():
+                task = self.worker.find(task_id)
+                if task is not None and not task.terminal:
+                    continue
+                for key in keys:
+                    try:
+                        self.set_store(key, None)
+                    except Exception as e:
+                        log.warning('cannot remove import credential key %s: %s', key, e)
+                        continue
+                log.info('task %s: removed %d stored import credential(s)', task_id, len(keys))
+
+
+def config_key_getter(mon_command: Callable[[Dict[str, Any]], Any]) -> ConfigGet:
+    """``config://`` references as librbd resolves them: ``config-key get``."""
+    def get(key: str) -> Optional[str]:
+        r, out, err = mon_command({'prefix': 'config-key get', 'key': key})
+        if r == -errno.ENOENT:
+            return None
+        if r != 0:
+            raise LiveMigrateError('cannot read config-key {!r}: {}'.format(key, err), -r)
+        return str(out)
+    return get
