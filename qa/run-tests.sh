@@ -30,7 +30,7 @@ if [ -n "$other" ] && [ "${LM_OTHER_TESTS:-}" != none ]; then
     t=qa/standalone/rbd_livemigrate
     tests=${LM_OTHER_TESTS:-"$t/test_lifecycle.py $t/test_faults.py $t/test_caps.py
         $t/test_dashboard.py $t/test_reconcile.py $t/test_security.py $t/test_bad_inputs.py
-        $t/test_verify.py $t/test_cutover.py"}
+        $t/test_verify.py $t/test_cutover.py $t/test_import.py"}
     [ "$tests" = all ] && tests=$t
     # shellcheck disable=SC2086
     LM_RELEASE=$other tox -e integration -- $tests
