@@ -332,8 +332,10 @@ class Adapter(RbdPort):
                     descendants: List[str] = []
                     v1_clones: List[str] = []
                     descendants_error = None
+                    all_snaps = list(image.list_snaps())
                     try:
-                        descendants, v1_clones = _descendants(c, image)
+                        if all_snaps:       # a clone's parent is a snapshot of it
+                            descendants, v1_clones = _descendants(c, image)
                     except (rbd.Error, rados.Error) as e:
                         err = translate(e, 'cannot list its clones')
                         if isinstance(err, Transient):
@@ -341,7 +343,7 @@ class Adapter(RbdPort):
                         descendants_error = str(err)
                     except LiveMigrateError as e:     # a clone's pool is gone
                         descendants_error = str(e)
-                    snaps = [s['name'] for s in image.list_snaps()]
+                    snaps = [s['name'] for s in all_snaps]
                     used = size
                     if with_used and features & rbd.RBD_FEATURE_FAST_DIFF:
                         used = _used_bytes(image, size)
@@ -921,6 +923,9 @@ class Adapter(RbdPort):
             io = c.ioctx(spec.pool, spec.namespace)
             try:
                 with rbd.Image(io, spec.image, read_only=True) as image:
+                    if not list(image.list_snaps()):
+                        # no snapshot, no clone: and listing them reads every pool
+                        return []
                     return ['{}'.format(ImageSpec(d['pool'], d.get('pool_namespace', ''),
                                                   d['image']))
                             for d in image.list_descendants()]
