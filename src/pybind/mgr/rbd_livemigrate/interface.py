@@ -188,10 +188,11 @@ class ClientPool:
 
 class VerifyInputs(NamedTuple):
     """What the comparison plan needs: each side's user snapshots (name,
-    size), oldest first, and the object size of the destination."""
+    size), oldest first, and the destination objects clients wrote since
+    the protective snapshot (None: unknown, or no such snapshot)."""
     src_snaps: List[Tuple[str, int]]
     dst_snaps: List[Tuple[str, int]]
-    object_size: int
+    client_writes: Optional[int]
 
 
 class RbdPort:
@@ -310,8 +311,8 @@ class RbdPort:
         (fast-diff); None when that cannot be told."""
         raise NotImplementedError
 
-    def verify_inputs(self, source: ImageSpec, source_id: str,
-                      dest: ImageSpec) -> 'VerifyInputs':
+    def verify_inputs(self, source: ImageSpec, source_id: str, dest: ImageSpec,
+                      protect: Optional[str]) -> 'VerifyInputs':
         raise NotImplementedError
 
     def compare(self, client: Client, source: ImageSpec, source_id: str, dest: ImageSpec,

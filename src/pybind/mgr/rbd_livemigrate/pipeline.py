@@ -593,8 +593,9 @@ class Runner(RunnerHandle):
         source_id = task.source_image_id
         assert source_id is not None
         protect = task.protect_snap
-        writes = self.adapter.client_writes(dest, protect) if protect is not None else None
-        inputs = self.adapter.verify_inputs(source, source_id, dest)
+        # one look at both sides: their snapshots and what clients wrote
+        inputs = self.adapter.verify_inputs(source, source_id, dest, protect)
+        writes = inputs.client_writes
         cmp = plan_comparison(task.verify, inputs.src_snaps, inputs.dst_snaps, protect, writes)
         first = Verification(task.verify, VerifyResult.RUNNING, task.dest_image_id,
                              [p.label for p in cmp.pairs], cmp.note, started=started,

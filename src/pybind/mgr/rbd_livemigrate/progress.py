@@ -59,14 +59,19 @@ class ProgressReporter:
                 and (task.started is None
                      or time.time() - task.started < BATCH_TASK_BAR_AFTER_SECONDS))
 
-    def update(self, task: Task, force: bool = False) -> None:
-        if self._quiet(task):
-            return
+    def _due(self, key: str, force: bool) -> bool:
+        """Event ``key`` may be updated now (about once a second, or
+        ``force``); if so, it counts as updated now."""
         now = self._clock()
-        last: Optional[float] = self._last.get(task.id)
+        last: Optional[float] = self._last.get(key)
         if not force and last is not None and now - last < UPDATE_INTERVAL_SECONDS:
+            return False
+        self._last[key] = now
+        return True
+
+    def update(self, task: Task, force: bool = False) -> None:
+        if self._quiet(task) or not self._due(task.id, force):
             return
-        self._last[task.id] = now
         self._call('update', event_id(task), message(task), float(task.progress),
                    refs={'origin': 'rbd_livemigrate', 'task_id': task.id,
                          'source': task.source, 'destination': task.destination},
@@ -97,11 +102,8 @@ class ProgressReporter:
         if v is None or self._quiet(task):
             return
         key = verify_event_id(task)
-        now = self._clock()
-        last = self._last.get(key)
-        if not force and last is not None and now - last < UPDATE_INTERVAL_SECONDS:
+        if not self._due(key, force):
             return
-        self._last[key] = now
         frac = v.bytes_compared / v.bytes_total if v.bytes_total else 0.0
         self._call('update', key, 'Verifying RBD image {} against its source {}'.format(
             task.destination, task.source), float(min(1.0, frac)),
@@ -131,11 +133,8 @@ class ProgressReporter:
             self._finished.add(key)
             self._call('fail', ev, 'cancelled')
             return
-        now = self._clock()
-        last = self._last.get(key)
-        if not s['finished'] and last is not None and now - last < UPDATE_INTERVAL_SECONDS:
+        if not self._due(key, bool(s['finished'])):
             return
-        self._last[key] = now
         total = s['tasks'] if batch.state != BatchState.EXPANDING else max(
             s['tasks'], batch.images)
         done = sum(s['by_state'].get(k, 0) for k in ('committed', 'aborted', 'failed'))

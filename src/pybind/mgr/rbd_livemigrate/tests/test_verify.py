@@ -139,9 +139,11 @@ class VerifyingLibrbd(FakeLibrbd):
     def client_writes(self, dest: Any, protect: str) -> Optional[int]:
         return self.writes
 
-    def verify_inputs(self, source: Any, source_id: str, dest: Any) -> VerifyInputs:
+    def verify_inputs(self, source: Any, source_id: str, dest: Any,
+                      protect: Optional[str]) -> VerifyInputs:
         return VerifyInputs([('s1', 1)] + [(n, 1) for n in self.snaps],
-                            [('s1', 1)] + [(n, 1) for n in self.snaps], 4 << 20)
+                            [('s1', 1)] + [(n, 1) for n in self.snaps],
+                            None if protect is None else self.writes)
 
     def compare(self, client: Any, source: Any, source_id: str, dest: Any, pairs: List[Any],
                 on_progress: Any) -> Optional[Tuple[str, int, str]]:
