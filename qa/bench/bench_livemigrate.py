@@ -1089,6 +1089,34 @@ class Bench:
             t.join()
         return time.monotonic() - t0
 
+    def mon_counters(self) -> Dict[str, int]:
+        """The mon's session and paxos counters (admin socket)."""
+        out = self.cluster.command('ceph', '--admin-daemon',
+                                   os.path.join(self.cluster.run_dir, 'mon.a.asok'),
+                                   'perf', 'dump', check=False)
+        try:
+            dump = json.loads(out.stdout)
+        except (ValueError, AttributeError):
+            return {}
+        mon, paxos = dump.get('mon', {}), dump.get('paxos', {})
+        return {'session_add': mon.get('session_add', 0), 'paxos_commit':
+                paxos.get('commit', 0), 'paxos_begin': paxos.get('begin', 0)}
+
+    def daemon_cpu(self) -> Dict[str, float]:
+        """CPU seconds so far of every daemon and of this process (the limit's
+        loop runs here)."""
+        cpu = {name: cpu_seconds(pid) for name, pid in self.cluster.running_daemons().items()}
+        cpu['bench'] = cpu_seconds(os.getpid())
+        return cpu
+
+    def cpu_per_image(self, before: Dict[str, float], images: int) -> Dict[str, float]:
+        """CPU milliseconds per image spent by each kind of daemon since ``before``."""
+        out: Dict[str, float] = {}
+        for name, sec in self.daemon_cpu().items():
+            kind = name.split('.')[0]
+            out[kind] = out.get(kind, 0.0) + sec - before.get(name, sec)
+        return {k: round(v * 1000.0 / max(1, images), 1) for k, v in sorted(out.items())}
+
     def section_fleet(self) -> Dict[str, Any]:
         """``--fleet-images`` empty and as many written small images moved by one
         add-pool at max_concurrent ``--fleet-concurrency``, against the plain
@@ -1109,6 +1137,8 @@ class Bench:
         pid = self.cluster.mgr_pid(self.active_and_standby()[0])
         rss0 = read_rss_kib(pid) if pid else 0
         mgr_cur, mon_cur = self.cursors()
+        cpu0 = self.daemon_cpu()
+        mon0 = self.mon_counters()
         lat: Dict[str, List[float]] = {'ls': [], 'status': []}
         stop = threading.Event()
         box: Dict[str, str] = {}
@@ -1156,6 +1186,11 @@ class Bench:
         writes = store_writes(mon_cur.lines())
         per_task = [len(v) for v in writes.values()]
         res['phases'] = phase_summary(events, writes, sorted(events))
+        res['module_cpu_ms_per_image'] = self.cpu_per_image(cpu0, len(names))
+        res['module_mon_counters'] = {k: v - mon0.get(k, 0)
+                                      for k, v in self.mon_counters().items()}
+        log(f'  CPU ms per image: {res["module_cpu_ms_per_image"]}; mon: '
+            f'{res["module_mon_counters"]}')
         res.update(module_seconds=round(module_s, 2),
                    module_images_per_second=round(len(names) / module_s, 1),
                    slowest_ls_seconds=round(max(lat['ls'] or [0]), 3),
@@ -1167,17 +1202,24 @@ class Bench:
                    if pid else None)
         log(f'  module: {module_s:.1f}s ({res["module_images_per_second"]} images/s), '
             f'add-pool returned in {res["add_pool_return_seconds"]}s, slowest ls '
-            f'{res["slowest_ls_seconds"]}s')
+            f'{res["slowest_ls_seconds"]}s, RSS +{res["mgr_rss_growth_mib"]} MiB, store writes '
+            f'per task {res["store_writes_per_task"]}')
         self.remove_images(DST_POOL, names)
+        if a.fleet_module_only:
+            return res
         # the limit: plain librbd at the same concurrency
         mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
         self.quiesce()
+        cpu0 = self.daemon_cpu()
         limit_s = self.librbd_limit(names, conc)
+        res['limit_cpu_ms_per_image'] = self.cpu_per_image(cpu0, len(names))
         res.update(limit_seconds=round(limit_s, 2),
                    limit_images_per_second=round(len(names) / limit_s, 1),
                    ratio_module_vs_limit=round(module_s / limit_s, 3))
         log(f'  limit: {limit_s:.1f}s ({res["limit_images_per_second"]} images/s); '
             f'module/limit {res["ratio_module_vs_limit"]}')
+        log(f'  CPU ms per image: module {res["module_cpu_ms_per_image"]}, '
+            f'limit {res["limit_cpu_ms_per_image"]}')
         self.remove_images(DST_POOL, names)
         # the sequential CLI loop, on a sample
         sample = names[:a.fleet_cli_sample // 2] + names[n:n + a.fleet_cli_sample // 2]
@@ -1442,6 +1484,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help='scale: threads writing records (default 8)')
     p.add_argument('--fleet-images', type=int, default=10000,
                    help='fleet: empty images, and as many written (default 10000)')
+    p.add_argument('--fleet-module-only', action='store_true',
+                   help='fleet: measure the module only (no limit, no CLI loop)')
     p.add_argument('--fleet-concurrency', type=int, default=8,
                    help='fleet: max_concurrent, and threads of the librbd loop (default 8)')
     p.add_argument('--fleet-cli-sample', type=int, default=200,

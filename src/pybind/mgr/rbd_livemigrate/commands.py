@@ -80,6 +80,9 @@ class Commands:
         self.clock = clock
         self.add_lock = threading.Lock()
         self.orphans: List[MigrationRef] = []
+        # ls --format json: task id -> (record, what ls adds, its text)
+        self._ls_cache: Dict[str, Tuple[Task, Tuple[bool, Optional[str], Optional[str]],
+                                        str]] = {}
 
     # -- helpers -------------------------------------------------------
 
@@ -474,7 +477,7 @@ class Commands:
         return batch
 
     def batch_view(self, batch: Batch) -> Dict[str, Any]:
-        return batch.summary(self.worker.batch_tasks(batch.id))
+        return batch.summary_of(self.worker.batch_state_counts(batch.id))
 
     def _batch_pause(self, batch_id: str, paused: bool) -> CommandResult:
         batch = self.worker.update_batch(self._batch(batch_id).id,
@@ -517,6 +520,9 @@ class Commands:
         self._ready()
         tasks, running, waiting = self.worker.snapshot()
         every = self.unscoped()         # no pool limit: no check per task
+        if fmt == 'json':
+            return 0, self._ls_json([t for t in tasks if every or self._may(t)], running,
+                                    waiting), ''
         views = [self.view(t, running, waiting) for t in tasks if every or self._may(t)]
         views += self.orphan_views()
         if fmt == 'plain':
@@ -534,6 +540,29 @@ class Commands:
                                                else '', b.id)
             return 0, text, ''
         return 0, dump(views, fmt), ''
+
+    def _ls_json(self, tasks: List[Task], running: Set[str], waiting: Dict[str, str]) -> str:
+        """``ls --format json``, each task's text kept until its record or
+        what ls adds to it changes: at 10,000 tasks, polled every second by
+        a dashboard or a script, the module would otherwise spend most of a
+        core re-encoding records that did not change."""
+        block = self.worker.current_block
+        shown = str(block) if block is not None else None
+        cache: Dict[str, Tuple[Task, Tuple[bool, Optional[str], Optional[str]], str]] = {}
+        parts = []
+        for t in tasks:
+            run = t.id in running
+            key = (run, None if run else self.worker.why(t, running, waiting), shown)
+            hit = self._ls_cache.get(t.id)
+            if hit is not None and hit[0] is t and hit[1] == key:
+                text = hit[2]
+            else:
+                text = dump(self.view(t, running, waiting), 'json')
+            cache[t.id] = (t, key, text)
+            parts.append(text)
+        parts += [dump(v, 'json') for v in self.orphan_views()]
+        self._ls_cache = cache
+        return '[' + ', '.join(parts) + ']'
 
     def orphan_views(self) -> List[Dict[str, Any]]:
         known = {t.source_image_id for t in self.worker.all() if not t.terminal}

@@ -684,7 +684,11 @@ class Runner(RunnerHandle):
                               blocked_since=None)
         self._check()
         try:
-            task = self.worker.update(self.task_id, to_committing, wait=False)
+            # not stored on its own (a commit takes a fraction of a second;
+            # the record written once it is done says committed): after a
+            # crash in between, the next runner reads librbd's phase (half
+            # committed: finished) like after any other cut step
+            task = self.worker.update(self.task_id, to_committing, persist=False)
         except _CancelWins:
             return
         self.worker.progress.update(task, force=True)

@@ -121,13 +121,14 @@ class ProgressReporter:
         else:
             self._call('complete', key)
 
-    def batch(self, batch: Batch, tasks: List[Task]) -> None:
+    def batch(self, batch: Batch, counts: Dict[str, int]) -> None:
         """The batch's bar: "Migrating pool a to b: 341/10000 images"; it
-        completes when every task is done, fails if the batch is cancelled."""
+        completes when every task is done, fails if the batch is cancelled.
+        ``counts``: the batch's tasks by state."""
         key = batch.id
         if key in self._finished:
             return
-        s = batch.summary(tasks)
+        s = batch.summary_of(counts)
         ev = 'rbd_livemigrate-{}'.format(batch.id)
         if batch.state == BatchState.CANCELLED and s['finished']:
             self._finished.add(key)

@@ -178,6 +178,9 @@ class ClientFactory(ClientPool):
             if op_timeout:
                 conf['rados_osd_op_timeout'] = str(op_timeout)
                 conf['rados_mon_op_timeout'] = str(op_timeout)
+                # the control client only looks (read-only opens, raw
+                # reads): no cache to set up at every open (~15% of its cost)
+                conf['rbd_cache'] = 'false'
             try:
                 handle = rados.Rados(name=self.name, conf=conf)
                 handle.connect(timeout=30)
@@ -912,6 +915,11 @@ class Adapter(RbdPort):
         def op(c: Client) -> List[str]:
             io = c.ioctx(spec.pool, spec.namespace)
             try:
+                # no snapshot, no clone: one look at the header's snapshot
+                # context (opening the image costs about ten times more)
+                image_id = dir_lookup(io, spec.image)
+                if image_id is not None and snapshot_ids(io, image_id) == []:
+                    return []
                 with rbd.Image(io, spec.image, read_only=True) as image:
                     if not list(image.list_snaps()):
                         # no snapshot, no clone: and listing them reads every pool
@@ -919,7 +927,7 @@ class Adapter(RbdPort):
                     return ['{}'.format(ImageSpec(d['pool'], d.get('pool_namespace', ''),
                                                   d['image']))
                             for d in image.list_descendants()]
-            except rbd.Error as e:
+            except (rbd.Error, rados.Error) as e:
                 raise translate(e, "cannot list the clones of '{}'".format(spec))
             finally:
                 io.close()
@@ -1161,6 +1169,21 @@ def read_header(io: 'rados.Ioctx', image_id: str) -> Optional[MigrationHeader]:
             return None
         raise
     return decode_migration_spec(bytes(out))
+
+
+def snapshot_ids(io: 'rados.Ioctx', image_id: str) -> Optional[List[int]]:
+    """The snapshot ids in the header of format 2 image ``image_id`` (its
+    snapshot context); None if the header is not there."""
+    try:
+        _, out = io.execute('rbd_header.' + image_id, 'rbd', 'get_snapcontext', b'')
+    except rados.ObjectNotFound:
+        return None
+    data = bytes(out)
+    try:
+        count = struct.unpack_from('<I', data, 8)[0]
+        return list(struct.unpack_from('<{}Q'.format(count), data, 12))
+    except struct.error:
+        return None
 
 
 def _omap_get(io: 'rados.Ioctx', oid: str, key: str) -> Optional[bytes]:

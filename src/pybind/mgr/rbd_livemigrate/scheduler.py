@@ -211,6 +211,7 @@ RunnerFactory = Callable[['Worker', str], 'RunnerHandle']
 # before it is abandoned (Pacific's migration_execute can hang forever then)
 ABANDON_AFTER_BLOCKLIST_SECONDS = 10.0
 IDLE_BLOCKLIST_SECONDS = 10.0
+BUSY_BLOCKLIST_SECONDS = 1.0
 HOUSEKEEPING_SECONDS = 1.0
 # ... and sooner after a task changed state, hold or error, but not more often
 HOUSEKEEPING_MIN_SECONDS = 0.2
@@ -300,8 +301,11 @@ class Worker(TaskTable):
         """Interrupt, then abandon, runners whose client the OSD map blocklists."""
         with self.lock:
             runners = list(self.runners.values())
-        if not runners and now - self.blocklist_read_at < IDLE_BLOCKLIST_SECONDS:
-            return                  # idle: the OSD map dump only for idle clients, rarely
+        # the OSD map dump: once a second while copies run (a pass may come
+        # every 50 ms), rarely when idle (only idle clients to drop)
+        if now - self.blocklist_read_at < (BUSY_BLOCKLIST_SECONDS if runners
+                                           else IDLE_BLOCKLIST_SECONDS):
+            return
         self.blocklist_read_at = now
         blocklist = self.blocklisted()
         self.on_blocklist(blocklist)
@@ -379,8 +383,10 @@ class Worker(TaskTable):
         """What looks at every task (history, batches, health): once a second
         at most, however often passes run."""
         with self.lock:
-            tasks = list(self.tasks.values())
-            drop = history_to_drop(tasks, self.options.max_history)
+            # the finished ones only once there are more than the history keeps
+            drop = history_to_drop((self.tasks[i] for i in self.terminal),
+                                   self.options.max_history) \
+                if len(self.terminal) > max(0, self.options.max_history) else []
             gone: Dict[str, List[str]] = {}
             for task_id in drop:
                 t = self.tasks[task_id]
@@ -393,14 +399,16 @@ class Worker(TaskTable):
         if drop:
             self.remove(drop)
         with self.lock:
-            batches = [(b, self.batch_tasks(b.id)) for b in self.batches.values()]
-        for b, members in batches:
-            if b.state != BatchState.EXPANDING and not members and (
+            batches = [(b, dict(self.batch_counts.get(b.id, {})))
+                       for b in self.batches.values()]
+            notable = [self.tasks[i] for i in self.notable]
+        for b, counts in batches:
+            if b.state != BatchState.EXPANDING and not any(counts.values()) and (
                     now - (b.expanded or b.created) > EMPTY_BATCH_KEPT_SECONDS):
                 # its tasks left the history (or it never had any): so does it
                 self.remove_batch(b.id)
             else:
-                self.progress.batch(b, members)
+                self.progress.batch(b, counts)
         if block is None or block.kind.deliberate:
             self.health_block_since = None
         elif self.health_block_since is None:
@@ -412,7 +420,7 @@ class Worker(TaskTable):
             queue_note = 'queue held for {:.0f}s: {}; {} task(s) waiting or paused'.format(
                 held, block, waiting)
         self.set_health(build_checks(
-            tasks, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
+            notable, now, self.options.stall_warn_seconds, self.options.blocked_warn_seconds,
             self.skipped, queue_note))
 
     def fast_watched(self) -> Set[str]:

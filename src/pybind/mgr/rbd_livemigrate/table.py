@@ -65,6 +65,14 @@ class TaskTable:
         self._keys: Dict[str, OrderKey] = {}
         self.cancels: Set[str] = set()
         self.watching: Set[str] = set()
+        # what housekeeping looks at, kept up to date on every change (a
+        # pass must not walk 10,000 records several times a second):
+        # finished tasks (history), tasks health may warn about (failed,
+        # copying, held), and each batch's tasks counted by state
+        self.terminal: Set[str] = set()
+        self.notable: Set[str] = set()
+        self.batch_counts: Dict[str, Dict[str, int]] = {}
+        self._counted: Dict[str, Tuple[str, str]] = {}
         self.skipped: Dict[str, str] = {}
         self.loaded = False
         self.queue_paused = False
@@ -81,6 +89,8 @@ class TaskTable:
             self.by_spec, self.by_batch = {}, {}
             self.live, self.order, self._keys = set(), [], {}
             self.cancels, self.watching = set(), set()
+            self.terminal, self.notable = set(), set()
+            self.batch_counts, self._counted = {}, {}
             for t in tasks:
                 self._index(t)
             self.batches = {b.id: b for b in batches}
@@ -149,11 +159,30 @@ class TaskTable:
         for ids, member in ((self.live, live),
                             (self.cancels, live and task.cancel_requested),
                             (self.watching, live and task.state == State.QUEUED
-                             and task.blocked_kind == HoldKind.WATCHERS.value)):
+                             and task.blocked_kind == HoldKind.WATCHERS.value),
+                            (self.terminal, task.terminal),
+                            (self.notable, task.state in (State.FAILED, State.EXECUTING)
+                             or (bool(task.blocked_reason) and not task.done))):
             if member:
                 ids.add(task.id)
             else:
                 ids.discard(task.id)
+        if task.batch_id:
+            counted = (task.batch_id, task.state.value)
+            before = self._counted.get(task.id)
+            if before != counted:
+                if before is not None:
+                    self._uncount(before)
+                counts = self.batch_counts.setdefault(task.batch_id, {})
+                counts[counted[1]] = counts.get(counted[1], 0) + 1
+                self._counted[task.id] = counted
+
+    def _uncount(self, counted: Tuple[str, str]) -> None:
+        counts = self.batch_counts.get(counted[0])
+        if counts is not None and counts.get(counted[1], 0) > 0:
+            counts[counted[1]] -= 1
+            if not counts[counted[1]]:
+                del counts[counted[1]]
 
     def _drop_key(self, task_id: str, key: OrderKey) -> None:
         i = bisect.bisect_left(self.order, key)
@@ -162,8 +191,11 @@ class TaskTable:
         self._keys.pop(task_id, None)
 
     def _unindex(self, task: Task) -> None:
-        for tracked in (self.live, self.cancels, self.watching):
+        for tracked in (self.live, self.cancels, self.watching, self.terminal, self.notable):
             tracked.discard(task.id)
+        counted = self._counted.pop(task.id, None)
+        if counted is not None:
+            self._uncount(counted)
         old = self._keys.get(task.id)
         if old is not None:
             self._drop_key(task.id, old)
@@ -287,6 +319,11 @@ class TaskTable:
             return [self.tasks[i] for i in sorted(self.by_batch.get(batch_id, ()))
                     if i in self.tasks]
 
+    def batch_state_counts(self, batch_id: str) -> Dict[str, int]:
+        """The batch's tasks in the table, counted by state."""
+        with self.lock:
+            return dict(self.batch_counts.get(batch_id, {}))
+
     def all_batches(self) -> List[Batch]:
         with self.lock:
             return sorted(self.batches.values(), key=lambda b: (b.created, b.id))
@@ -325,6 +362,7 @@ class TaskTable:
         with self.lock:
             self.batches.pop(batch_id, None)
             self.by_batch.pop(batch_id, None)
+            self.batch_counts.pop(batch_id, None)
         with self.store_lock:
             self.store.delete_batch(batch_id)
             self.writes += 1

@@ -171,7 +171,7 @@ def test_progress_counts_done_tasks() -> None:
     assert v['progress'] == 0.75 and v['committed'] == 2 and v['live'] == 1
     events: List[Tuple[Any, ...]] = []
     c.worker.progress._remote = lambda *a, **k: events.append(a)      # type: ignore
-    c.worker.progress.batch(c.worker.get_batch(b['id']), c.worker.batch_tasks(b['id']))
+    c.worker.progress.batch(c.worker.get_batch(b['id']), c.worker.batch_state_counts(b['id']))
     assert events[-1][1] == 'update' and 'Migrating pool a to b: 3/4 images' in events[-1][3]
 
 
@@ -210,3 +210,27 @@ def test_tasks_leaving_the_history_still_count() -> None:
     v = call(c.status, b['id'], 'json')[1]
     assert v['tasks'] == 30 and v['committed'] == 25 and v['progress'] == round(25 / 30, 4)
     assert c.worker.get_batch(b['id']).pruned == {'committed': 20}
+
+
+def test_ls_json_reuses_unchanged_tasks_and_shows_every_change() -> None:
+    """ls --format json keeps each task's text until the record (or what ls
+    adds: running, why it waits) changes; the output is what encoding every
+    view afresh gives."""
+    c = commands(50)
+    r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
+    c._expand(b['id'])
+
+    def fresh() -> str:
+        tasks, running, waiting = c.worker.snapshot()
+        return json.dumps([c.view(t, running, waiting) for t in tasks], sort_keys=True)
+    first = c.ls('json')[1]
+    assert first == fresh() and len(json.loads(first)) == 50
+    task = c.worker.all()[7]
+    c.worker.update(task.id, lambda t: t.evolve(progress=0.5, error='boom'))
+    call(c.pause, c.worker.all()[9].id, True)
+    second = c.ls('json')[1]
+    assert second == fresh() and second != first
+    views = {v['id']: v for v in json.loads(second)}
+    assert views[task.id]['progress'] == 0.5 and views[task.id]['error'] == 'boom'
+    assert views[c.worker.all()[9].id]['waiting_reason'] == 'paused'
+    assert c.ls('json')[1] == second

@@ -96,3 +96,40 @@ def test_a_batch_record_carries_its_cancel_and_pause_over_a_restart() -> None:
     assert not again.get('t2').cancel_requested
     assert again.get('t3').paused
     assert Task.loads(b.kv['task/t1']).cancel_requested
+
+
+def test_housekeeping_indexes_follow_every_change() -> None:
+    """The finished, notable and per-batch counts the table keeps are what
+    walking every task gives, through puts, updates, removals and a reload."""
+    import random
+    rnd = random.Random(7)
+    backing = SlowStore()
+    tab = table(backing, write_behind=False)
+    states = list(State)
+
+    def check() -> None:
+        tasks = list(tab.tasks.values())
+        assert tab.terminal == {t.id for t in tasks if t.terminal}
+        assert tab.notable == {t.id for t in tasks if t.state in (State.FAILED, State.EXECUTING)
+                               or (t.blocked_reason and not t.done)}
+        counts: Dict[str, Dict[str, int]] = {}
+        for t in tasks:
+            if t.batch_id:
+                c = counts.setdefault(t.batch_id, {})
+                c[t.state.value] = c.get(t.state.value, 0) + 1
+        assert {b: c for b, c in tab.batch_counts.items() if c} == counts
+    for i in range(60):
+        tab.put(Task(id='t{}'.format(i), source='a/i{}'.format(i), destination='b/i{}'.format(i),
+                     created=float(i), batch_id=rnd.choice([None, 'b1', 'b2'])))
+    for _ in range(400):
+        task_id = 't{}'.format(rnd.randrange(60))
+        if task_id not in tab.tasks:
+            continue
+        state = rnd.choice(states)
+        reason = rnd.choice([None, 'held'])
+        tab.update(task_id, lambda t: t.evolve(state=state, blocked_reason=reason))
+        if rnd.random() < 0.05:
+            tab.remove([task_id])
+        check()
+    tab.load()
+    check()
