@@ -1211,8 +1211,12 @@ class Bench:
         mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
         self.quiesce()
         cpu0 = self.daemon_cpu()
+        rss_before = read_rss_kib(os.getpid())
         limit_s = self.librbd_limit(names, conc)
         res['limit_cpu_ms_per_image'] = self.cpu_per_image(cpu0, len(names))
+        # what the same copies cost a plain process in memory (its clients
+        # are shut down at the end, like the module's idle ones are not)
+        res['limit_rss_growth_mib'] = round((read_rss_kib(os.getpid()) - rss_before) / 1024, 1)
         res.update(limit_seconds=round(limit_s, 2),
                    limit_images_per_second=round(len(names) / limit_s, 1),
                    ratio_module_vs_limit=round(module_s / limit_s, 3))

@@ -5,7 +5,7 @@ the dashboard's task bars).  One event per task covers execute and commit.
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set
 
 from .batch import Batch, BatchState
 from .source_spec import summary
