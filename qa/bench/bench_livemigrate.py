@@ -1396,13 +1396,26 @@ def report(results: Dict[str, Any]) -> str:
         n = f['images']
         rows.append([f'fleet {n}: add-pool returns', f'{f["add_pool_return_seconds"]:.2f}s',
                      '', '', '< 2 s', verdict(f['add_pool_return_seconds'], 2.0)])
-        rows.append([f'fleet {n}: images/s module / librbd limit (c={f["concurrency"]})',
-                     f'{f["module_images_per_second"]}/s', f'{f["limit_images_per_second"]}/s',
-                     f'{f["ratio_module_vs_limit"]:.2f} (time)', '<= 1.3',
-                     verdict(f['ratio_module_vs_limit'], 1.3)])
-        rows.append([f'fleet {n}: images/s sequential CLI loop', '',
-                     f'{f["cli_images_per_second"]}/s ({f["cli_sample"]} sampled)', '', '-',
-                     ''])
+        if 'limit_images_per_second' in f:
+            rows.append([f'fleet {n}: images/s module / librbd limit (c={f["concurrency"]})',
+                         f'{f["module_images_per_second"]}/s',
+                         f'{f["limit_images_per_second"]}/s',
+                         f'{f["ratio_module_vs_limit"]:.2f} (time)', '<= 1.3',
+                         verdict(f['ratio_module_vs_limit'], 1.3)])
+        else:
+            rows.append([f'fleet {n}: images/s module (--fleet-module-only)',
+                         f'{f["module_images_per_second"]}/s', '', '', '-', ''])
+        for who in ('module', 'limit'):
+            cpu = f.get(f'{who}_cpu_ms_per_image')
+            if cpu:
+                rows.append([f'fleet {n}: {who} CPU ms per image (all daemons)',
+                             f'{sum(cpu.values()):.0f}', ', '.join(
+                                 f'{k} {v:.0f}' for k, v in cpu.items() if v >= 0.5),
+                             '', '-', ''])
+        if 'cli_images_per_second' in f:
+            rows.append([f'fleet {n}: images/s sequential CLI loop', '',
+                         f'{f["cli_images_per_second"]}/s ({f["cli_sample"]} sampled)', '',
+                         '-', ''])
         rows.append([f'fleet {n}: slowest ls / status during the run',
                      f'{f["slowest_ls_seconds"]}s / {f["slowest_status_seconds"]}s', '', '',
                      '< 1 s', verdict(max(f['slowest_ls_seconds'],

@@ -562,9 +562,16 @@ class Commands:
             parts.append(text)
         parts += [dump(v, 'json') for v in self.orphan_views()]
         self._ls_cache = cache
-        return '[' + ', '.join(parts) + ']'
+        if not parts:
+            return '[]'
+        # one allocation of the whole text (megabytes at 10,000 tasks)
+        parts[0] = '[' + parts[0]
+        parts[-1] = parts[-1] + ']'
+        return ', '.join(parts)
 
     def orphan_views(self) -> List[Dict[str, Any]]:
+        if not self.orphans:
+            return []           # the usual case: no walk over every task
         known = {t.source_image_id for t in self.worker.all() if not t.terminal}
         out = []
         for ref in self.orphans:

@@ -519,8 +519,8 @@ class Worker(TaskTable):
             total = MIN_BANDWIDTH_BYTES
         if total > 0:
             with self.lock:
-                copying = sum(1 for t in self.tasks.values()
-                              if t.state == State.EXECUTING and t.id in self.runners) or 1
+                copying = sum(1 for i in self.runners
+                              if i in self.tasks and self.tasks[i].state == State.EXECUTING) or 1
             share = max(1, total // copying)
             limit = share if limit <= 0 else min(limit, share)
         return limit
