@@ -401,7 +401,9 @@ class Worker(TaskTable):
         with self.lock:
             batches = [(b, dict(self.batch_counts.get(b.id, {})))
                        for b in self.batches.values()]
-            notable = [self.tasks[i] for i in self.notable]
+            # in a stable order: the health detail must not reshuffle each pass
+            notable = sorted((self.tasks[i] for i in self.notable),
+                             key=lambda t: (t.created, t.id))
         for b, counts in batches:
             if b.state != BatchState.EXPANDING and not any(counts.values()) and (
                     now - (b.expanded or b.created) > EMPTY_BATCH_KEPT_SECONDS):
