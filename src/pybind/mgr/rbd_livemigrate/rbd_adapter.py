@@ -916,10 +916,12 @@ class Adapter(RbdPort):
         def op(c: Client) -> List[str]:
             io = c.ioctx(spec.pool, spec.namespace)
             try:
-                # no snapshot, no clone: one look at the header's snapshot
-                # context (opening the image costs about ten times more)
+                # a clone needs a snapshot with a child (clone v2) or a
+                # protected one (clone v1): a look at the header's snapshot
+                # records first (opening the image and listing clones, which
+                # reads every pool, costs far more)
                 image_id = dir_lookup(io, spec.image)
-                if image_id is not None and snapshot_ids(io, image_id) == []:
+                if image_id is not None and not _may_have_clones(io, image_id):
                     return []
                 with rbd.Image(io, spec.image, read_only=True) as image:
                     if not list(image.list_snaps()):
@@ -1139,6 +1141,32 @@ def _snapshot_ids(io: 'rados.Ioctx', oid: str) -> List[int]:
         return [int(k[len('snapshot_'):], 16) for k, _ in it]
 
 
+RBD_PROTECTION_STATUS_UNPROTECTED = 0
+
+
+def _may_have_clones(io: 'rados.Ioctx', image_id: str) -> bool:
+    """False only when no snapshot of format 2 image ``image_id`` can have
+    a clone: none has a child (clone v2 counts them in the snapshot record)
+    and none is protected (clone v1 needs a protected snapshot).  True when
+    unsure (unreadable header, more snapshots than one listing returns)."""
+    oid = 'rbd_header.' + image_id
+    try:
+        snap_ids = _snapshot_ids(io, oid)
+        if len(snap_ids) >= 1024:
+            return True
+        for snap_id in snap_ids:
+            arg = struct.pack('<Q', snap_id)
+            _, out = io.execute(oid, 'rbd', 'snapshot_get', arg)
+            if _snapshot_ns_and_children(bytes(out))[1]:
+                return True
+            _, out = io.execute(oid, 'rbd', 'get_protection_status', arg)
+            if bytes(out)[:1] != bytes([RBD_PROTECTION_STATUS_UNPROTECTED]):
+                return True
+    except (rados.Error, struct.error):
+        return True
+    return False
+
+
 def _snapshot_ns_and_children(buf: bytes) -> Tuple[int, int]:
     """cls::rbd::SnapshotInfo: ENCODE_START, id (u64), snapshot_namespace
     (ENCODE_START, type u32, ...), name, image_size (u64), timestamp (utime_t),
@@ -1170,21 +1198,6 @@ def read_header(io: 'rados.Ioctx', image_id: str) -> Optional[MigrationHeader]:
             return None
         raise
     return decode_migration_spec(bytes(out))
-
-
-def snapshot_ids(io: 'rados.Ioctx', image_id: str) -> Optional[List[int]]:
-    """The snapshot ids in the header of format 2 image ``image_id`` (its
-    snapshot context); None if the header is not there."""
-    try:
-        _, out = io.execute('rbd_header.' + image_id, 'rbd', 'get_snapcontext', b'')
-    except rados.ObjectNotFound:
-        return None
-    data = bytes(out)
-    try:
-        count = struct.unpack_from('<I', data, 8)[0]
-        return list(struct.unpack_from('<{}Q'.format(count), data, 12))
-    except struct.error:
-        return None
 
 
 def _omap_get(io: 'rados.Ioctx', oid: str, key: str) -> Optional[bytes]:
