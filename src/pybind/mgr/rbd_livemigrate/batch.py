@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional
 
-from .task import CorruptRecord, State, Task, isoformat
+from .task import CorruptRecord, State, isoformat
 
 BATCH_VERSION = 1
 MAX_REFUSED = 100
@@ -134,23 +134,16 @@ class Batch:
 
     # -- presentation --------------------------------------------------
 
-    def summary(self, tasks: Iterable[Task]) -> Dict[str, Any]:
-        """The batch with its tasks counted by state, as ``status`` shows it."""
-        by_state: Dict[str, int] = {}
-        for t in tasks:
-            by_state[t.state.value] = by_state.get(t.state.value, 0) + 1
-        return self.summary_of(by_state)
-
     def summary_of(self, by_state: Dict[str, int]) -> Dict[str, Any]:
-        """``summary`` from the batch's tasks in the table counted by state
-        (the table keeps these counts: no walk over its tasks)."""
+        """The batch as ``status`` shows it, from its tasks in the table
+        counted by state (the table keeps these counts: no walk over them)."""
         counts: Dict[str, int] = dict(self.pruned)
         live = 0
         for state, n in by_state.items():
             if n <= 0:
                 continue
             counts[state] = counts.get(state, 0) + n
-            live += 0 if State(state).terminal or state == State.FAILED.value else n
+            live += 0 if State(state).done else n
         queued = sum(counts.values())
         committed = counts.get(State.COMMITTED.value, 0)
         total = queued if self.state != BatchState.EXPANDING else max(queued, self.images)

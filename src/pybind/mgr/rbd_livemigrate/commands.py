@@ -335,7 +335,7 @@ class Commands:
         self.start_expansion(batch.id)
         log.info('batch %s: %s -> %s%s', batch.id, src, dst,
                  ' ({})'.format(pattern) if pattern else '')
-        return 0, dump(batch.summary([]), 'json'), ''
+        return 0, dump(batch.summary_of({}), 'json'), ''
 
     def _dry_run_pool(self, src: PoolSpec, dst: PoolSpec, pattern: Optional[str],
                       req: AddRequest) -> CommandResult:

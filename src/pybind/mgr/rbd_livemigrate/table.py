@@ -72,7 +72,6 @@ class TaskTable:
         self.terminal: Set[str] = set()
         self.notable: Set[str] = set()
         self.batch_counts: Dict[str, Dict[str, int]] = {}
-        self._counted: Dict[str, Tuple[str, str]] = {}
         self.skipped: Dict[str, str] = {}
         self.loaded = False
         self.queue_paused = False
@@ -90,7 +89,7 @@ class TaskTable:
             self.live, self.order, self._keys = set(), [], {}
             self.cancels, self.watching = set(), set()
             self.terminal, self.notable = set(), set()
-            self.batch_counts, self._counted = {}, {}
+            self.batch_counts = {}
             for t in tasks:
                 self._index(t)
             self.batches = {b.id: b for b in batches}
@@ -119,7 +118,7 @@ class TaskTable:
                     new = t if t.paused == b.paused else t.evolve(paused=b.paused)
                 if new is not t:
                     self.tasks[task_id] = new
-                    self._track(new)
+                    self._track(new, t)
                     carried.append(task_id)
         return carried
 
@@ -139,14 +138,15 @@ class TaskTable:
             tasks = list(self.tasks.values())
         return sorted(tasks, key=lambda t: (t.created, t.id))
 
-    def _index(self, task: Task) -> None:
-        self._track(task)
+    def _index(self, task: Task, old: Optional[Task] = None) -> None:
+        self._track(task, old)
         for spec in (task.source, task.destination):
             self.by_spec.setdefault(spec, set()).add(task.id)
         if task.batch_id:
             self.by_batch.setdefault(task.batch_id, set()).add(task.id)
 
-    def _track(self, task: Task) -> None:
+    def _track(self, task: Task, before: Optional[Task] = None) -> None:
+        """Keep the indexes right for ``task``, which replaces ``before``."""
         live = task.needs_worker
         key = order_key(task) if live else None
         old = self._keys.get(task.id)
@@ -167,22 +167,21 @@ class TaskTable:
                 ids.add(task.id)
             else:
                 ids.discard(task.id)
-        if task.batch_id:
-            counted = (task.batch_id, task.state.value)
-            before = self._counted.get(task.id)
-            if before != counted:
-                if before is not None:
-                    self._uncount(before)
+        if before is None or (before.batch_id, before.state) != (task.batch_id, task.state):
+            if before is not None:
+                self._uncount(before)
+            if task.batch_id:
                 counts = self.batch_counts.setdefault(task.batch_id, {})
-                counts[counted[1]] = counts.get(counted[1], 0) + 1
-                self._counted[task.id] = counted
+                counts[task.state.value] = counts.get(task.state.value, 0) + 1
 
-    def _uncount(self, counted: Tuple[str, str]) -> None:
-        counts = self.batch_counts.get(counted[0])
-        if counts is not None and counts.get(counted[1], 0) > 0:
-            counts[counted[1]] -= 1
-            if not counts[counted[1]]:
-                del counts[counted[1]]
+    def _uncount(self, task: Task) -> None:
+        """Take ``task`` out of its batch's counts."""
+        counts = self.batch_counts.get(task.batch_id) if task.batch_id else None
+        state = task.state.value
+        if counts is not None and counts.get(state, 0) > 0:
+            counts[state] -= 1
+            if not counts[state]:
+                del counts[state]
 
     def _drop_key(self, task_id: str, key: OrderKey) -> None:
         i = bisect.bisect_left(self.order, key)
@@ -193,9 +192,7 @@ class TaskTable:
     def _unindex(self, task: Task) -> None:
         for tracked in (self.live, self.cancels, self.watching, self.terminal, self.notable):
             tracked.discard(task.id)
-        counted = self._counted.pop(task.id, None)
-        if counted is not None:
-            self._uncount(counted)
+        self._uncount(task)
         old = self._keys.get(task.id)
         if old is not None:
             self._drop_key(task.id, old)
@@ -217,8 +214,9 @@ class TaskTable:
 
     def put(self, task: Task, wait: bool = True) -> Task:
         with self.lock:
+            old = self.tasks.get(task.id)
             self.tasks[task.id] = task
-            self._index(task)
+            self._index(task, old)
             self.dirty = True
             self.cond.notify_all()
         self._save(task.id, wait)
@@ -337,7 +335,7 @@ class TaskTable:
             if new is old:
                 return new
             self.tasks[task_id] = new
-            self._track(new)
+            self._track(new, old)
             if (new.state != old.state or new.blocked_kind != old.blocked_kind
                     or new.error != old.error or new.paused != old.paused):
                 self.dirty = True

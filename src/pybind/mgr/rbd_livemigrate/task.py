@@ -50,6 +50,11 @@ class State(str, enum.Enum):
         return self in (State.COMMITTED, State.ABORTED)
 
     @property
+    def done(self) -> bool:
+        """Nothing more will happen without an operator (history entries)."""
+        return self.terminal or self == State.FAILED
+
+    @property
     def active(self) -> bool:
         """A step that is under way (counts against concurrency limits)."""
         return self in (State.PREPARING, State.EXECUTING, State.COMMITTING, State.ABORTING)
@@ -489,7 +494,7 @@ class Task:
     @property
     def done(self) -> bool:
         """Nothing more will happen without an operator (history entries)."""
-        return self.state.terminal or self.state == State.FAILED
+        return self.state.done
 
     @property
     def awaiting_cutover(self) -> bool:
