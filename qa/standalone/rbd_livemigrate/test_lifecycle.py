@@ -233,6 +233,49 @@ def test_watchers_block_then_proceed(cluster: Cluster, lm: Livemigrate, name: st
     assert rbdtools.checksums(cluster.conf, dst) == before
 
 
+def test_clients_that_open_the_source_after_add_hold_the_task(
+        cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    """The prepare reuses add's look at an unchanged source and lists no
+    clients itself: librbd's prepare refuses one, and the task then waits
+    for it exactly as if add had found it (no error, no attempt spent)."""
+    src, dst = 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
+    before = rbdtools.checksums(cluster.conf, src)
+    release = threading.Event()
+    opened = threading.Event()
+
+    def hold() -> None:
+        # open only: a write would take the exclusive lock, which writes
+        # the header, and the prepare would look in full by itself
+        with rbdtools.opened(cluster.conf, src):
+            opened.set()
+            release.wait(120)
+    lm.ok('pause')
+    th = threading.Thread(target=hold)
+    try:
+        task = lm.add(src, dst)
+        assert not task['blocked_reason']
+        th.start()
+        assert opened.wait(30)
+        lm.ok('resume')
+        t = lm.wait(task['id'], pred=lambda t: t['blocked_kind'] == 'watchers')
+        assert t['state'] == 'queued' and 'open by 1 client' in t['blocked_reason'], t
+        assert t['blocked_kind'] == 'watchers' and t['error'] is None and t['attempts'] == 0
+        assert rbdtools.image_exists(cluster.conf, src)
+        assert not rbdtools.image_exists(cluster.conf, dst)
+    finally:
+        lm.ok('resume')
+        release.set()
+        if th.is_alive():
+            th.join()
+    t = lm.wait(task['id'])
+    assert t['state'] == 'committed' and t['error'] is None and t['attempts'] == 0
+    assert rbdtools.checksums(cluster.conf, dst) == before
+    assert not rbdtools.image_exists(cluster.conf, src)
+    assert name not in rbdtools.trash_names(cluster.conf, 'a')
+    assert name not in rbdtools.trash_names(cluster.conf, 'b')
+
+
 BAD: List[List[str]] = [
     ['add', ''],
     ['add', 'a'],

@@ -14,8 +14,8 @@ from .batch import Batch, BatchState
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
 from .formatting import check_format, dump, status_text, task_rows
-from .preflight import (MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, validate_layout,
-                        watchers_reason)
+from .preflight import (MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, reusable,
+                        validate_layout, watchers_reason)
 from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
 from .hold import HoldKind
 from .planner import Phase, judge, state_of
@@ -250,7 +250,8 @@ class Commands:
                         blocked_since=now if waiting and watch else None)
             # a batch's tasks are written behind: listing again after a crash
             # adds what was not stored
-            self.worker.put(task, wait=batch_id is None)
+            self.worker.put(task, wait=batch_id is None,
+                            seen=None if waiting else reusable(info))
         log.info('added task %s: %s -> %s', task.id, task.source, task.destination)
         return 0, dump(self.view(task), 'json'), ''
 

@@ -141,6 +141,10 @@ class ImageInfo(NamedTuple):
     mirror: Optional[Mirror] = None          # None: mirroring disabled
     v1_clones: List[str] = []                # descendants made with clone format 1
     descendants_error: Optional[str] = None  # listing the descendants failed: why
+    # the version of the image's header object, read before the rest (None:
+    # not known): while it is unchanged, so is everything above but the
+    # watchers and the space used (``RbdPort.header_unchanged``)
+    header_version: Optional[int] = None
 
 
 class OrphanKind(str, enum.Enum):
@@ -222,6 +226,11 @@ class RbdPort:
         raise NotImplementedError
 
     def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        raise NotImplementedError
+
+    def header_unchanged(self, spec: ImageSpec, image_id: str, version: int) -> bool:
+        """``spec`` still names image ``image_id`` and its header object is
+        still at ``version`` (False when unsure: the caller looks in full)."""
         raise NotImplementedError
 
     def size_of(self, spec: ImageSpec) -> Optional[int]:

@@ -376,8 +376,12 @@ class Runner(RunnerHandle):
 
     def _prepare(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
         looked = self._now()
+        # the add's look at the source, while its header is unchanged (no
+        # image opened: one stat); it lists no clients, prepare refuses them
+        seen = self.worker.take_seen(task.id)
         blockers, info = find_blockers(self.adapter, self.pools(), source, dest, task.layout,
-                                       task.allow_descendants)
+                                       task.allow_descendants, seen=seen)
+        reused = seen is not None and info is seen
         if task.source_image_id and info is not None and info.id != task.source_image_id:
             blockers.append(Blocked("'{}' is now another image (id {} instead of {})".format(
                 source, info.id, task.source_image_id), 2))
@@ -418,14 +422,21 @@ class Runner(RunnerHandle):
             protect = None
         try:
             self.adapter.prepare(self._client(), source, dest, task.layout, info)
-        except LiveMigrateError:
+        except LiveMigrateError as e:
             if protect is not None:
                 # nothing was prepared (or the next pass finds what was): the
                 # next prepare takes the snapshot again
                 try:
                     self.adapter.unprotect(self._client(), source, protect, False)
-                except LiveMigrateError as e:
-                    log.warning('task %s: cannot remove snapshot %s: %s', task.id, protect, e)
+                except LiveMigrateError as e2:
+                    log.warning('task %s: cannot remove snapshot %s: %s', task.id, protect, e2)
+            if reused and e.errno == errno.EBUSY:
+                # "image has watchers": refused before it changed anything;
+                # the full look names the clients and the task waits for them
+                log.info('task %s: prepare found %s busy (%s); looking again', task.id,
+                         source, e)
+                self._move(State.QUEUED, persist=False, protect_snap=None)
+                return self._prepare(self.worker.get(self.task_id), source, dest)
             raise
         # the cutover: from the moment the module saw the source without
         # clients (the scheduler's last look, else this preflight's) to the

@@ -141,10 +141,34 @@ def _check_pool(pools: Dict[str, PoolInfo], name: str, role: str,
     return pool
 
 
+def reusable(info: Optional[ImageInfo]) -> Optional[ImageInfo]:
+    """What an add's preflight saw of a source, for the prepare's preflight
+    to reuse while the source's header is unchanged; None when it must look
+    in full.
+
+    Only a plain image qualifies: no snapshot (a clone needs one, and
+    cloning writes the parent's header, but a format 1 clone of a snapshot
+    protected earlier does not), no client (prepare refuses one itself, so
+    the reuse need not list them), not migrating, not mirrored.
+    """
+    if (info is None or info.header_version is None or info.snapshots or info.watchers
+            or info.descendants or info.v1_clones or info.descendants_error is not None
+            or info.migrating or info.mirror is not None):
+        return None
+    return info
+
+
 def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpec,
-                  dest: ImageSpec, layout: Layout,
-                  allow_descendants: bool) -> Tuple[List[Blocked], Optional[ImageInfo]]:
-    """Every blocker found (none: prepare may run), and the source's info."""
+                  dest: ImageSpec, layout: Layout, allow_descendants: bool,
+                  seen: Optional[ImageInfo] = None
+                  ) -> Tuple[List[Blocked], Optional[ImageInfo]]:
+    """Every blocker found (none: prepare may run), and the source's info.
+
+    ``seen``: what an earlier look found (``reusable``); it is the info
+    returned, with no image opened, if the source's header has not changed
+    since.  Its watchers are then not listed again: librbd's prepare
+    refuses a source with clients (EBUSY), and the caller looks in full.
+    """
     blockers: List[Blocked] = []
     if source == dest and layout == Layout():
         blockers.append(Blocked(
@@ -163,7 +187,11 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
                 source.namespace, source.pool), errno.ENOENT))
         else:
             try:
-                info = adapter.image_info(source)
+                if seen is not None and seen.header_version is not None and \
+                        adapter.header_unchanged(source, seen.id, seen.header_version):
+                    info = seen
+                else:
+                    info = adapter.image_info(source)
             except NotFound:
                 blockers.append(Blocked("source image '{}' does not exist: check the "
                                         'spec with rbd ls'.format(source), errno.ENOENT))

@@ -324,11 +324,17 @@ class Adapter(RbdPort):
         def op(c: Client) -> ImageInfo:
             io = c.ioctx(spec.pool, spec.namespace)
             try:
+                # the header's version first: a change made while the rest
+                # is read leaves a version that no later look matches
+                version = _version_by_name(io, spec.image)
                 try:
                     image = rbd.Image(io, spec.image, read_only=True)
                 except rbd.ImageNotFound:
                     raise NotFound("image '{}' does not exist".format(spec))
                 with image:
+                    image_id = image.id()
+                    if version is not None and version[0] != image_id:
+                        version = None          # renamed or replaced meanwhile
                     size = image.size()
                     info = image.stat()
                     features = image.features()
@@ -358,18 +364,36 @@ class Adapter(RbdPort):
                     except rbd.ImageNotFound:
                         has_parent = False
                     return ImageInfo(
-                        id=image.id(), size=size, object_size=1 << info['order'],
+                        id=image_id, size=size, object_size=1 << info['order'],
                         stripe_unit=image.stripe_unit(), stripe_count=image.stripe_count(),
                         features=features, data_pool_id=image.data_pool_id(),
                         watchers=watchers, descendants=descendants, snapshots=snaps,
                         used_bytes=used, migrating=migrating, has_parent=has_parent,
                         mirror=_mirror(image), v1_clones=v1_clones,
-                        descendants_error=descendants_error)
+                        descendants_error=descendants_error,
+                        header_version=version[1] if version is not None else None)
             except rbd.Error as e:
                 raise translate(e, "cannot inspect image '{}'".format(spec))
             finally:
                 io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
+
+    def header_unchanged(self, spec: ImageSpec, image_id: str, version: int) -> bool:
+        """One directory lookup and one stat of the header object.
+
+        Every change librbd makes to an image's metadata (size, features,
+        snapshots and their children, protection, locks, a migration, the
+        parent) writes its header object, which moves its version on; a
+        client that opens the image only watches it, which does not."""
+        def op(c: Client) -> bool:
+            io = _ioctx_or_none(c, spec)
+            if io is None:
+                return False
+            try:
+                return _version_by_name(io, spec.image) == (image_id, version)
+            finally:
+                io.close()
+        return bool(self._with_control(op))
 
     def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
                 dest_id: Optional[str]) -> Observation:
@@ -1185,6 +1209,19 @@ def header_exists(io: 'rados.Ioctx', image_id: str) -> bool:
         return True
     except rados.ObjectNotFound:
         return False
+
+
+def _version_by_name(io: 'rados.Ioctx', name: str) -> Optional[Tuple[str, int]]:
+    """The id ``name`` resolves to and its header object's version (None:
+    not a format 2 image, or not readable now)."""
+    try:
+        image_id = dir_lookup(io, name)
+        if image_id is None:
+            return None
+        io.stat('rbd_header.' + image_id)
+        return image_id, int(io.get_last_version())
+    except rados.Error:
+        return None
 
 
 def read_header(io: 'rados.Ioctx', image_id: str) -> Optional[MigrationHeader]:

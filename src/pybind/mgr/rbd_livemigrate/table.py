@@ -19,6 +19,7 @@ from .batch import Batch, BatchState
 from .errors import NotFound
 from .store import TaskStore
 from .hold import HoldKind
+from .interface import ImageInfo
 from .task import State, Task
 
 OrderKey = Tuple[int, float, str]
@@ -72,6 +73,10 @@ class TaskTable:
         self.terminal: Set[str] = set()
         self.notable: Set[str] = set()
         self.batch_counts: Dict[str, Dict[str, int]] = {}
+        # what the add's preflight saw of a queued task's source, for its
+        # prepare to reuse while the source's header is unchanged (memory
+        # only: after a restart the prepare looks in full)
+        self.seen: Dict[str, ImageInfo] = {}
         self.skipped: Dict[str, str] = {}
         self.loaded = False
         self.queue_paused = False
@@ -90,6 +95,7 @@ class TaskTable:
             self.cancels, self.watching = set(), set()
             self.terminal, self.notable = set(), set()
             self.batch_counts = {}
+            self.seen = {}
             for t in tasks:
                 self._index(t)
             self.batches = {b.id: b for b in batches}
@@ -148,6 +154,8 @@ class TaskTable:
     def _track(self, task: Task, before: Optional[Task] = None) -> None:
         """Keep the indexes right for ``task``, which replaces ``before``."""
         live = task.needs_worker
+        if task.state != State.QUEUED:
+            self.seen.pop(task.id, None)
         key = order_key(task) if live else None
         old = self._keys.get(task.id)
         if old != key:
@@ -190,6 +198,7 @@ class TaskTable:
         self._keys.pop(task_id, None)
 
     def _unindex(self, task: Task) -> None:
+        self.seen.pop(task.id, None)
         for tracked in (self.live, self.cancels, self.watching, self.terminal, self.notable):
             tracked.discard(task.id)
         self._uncount(task)
@@ -205,6 +214,11 @@ class TaskTable:
         if task.batch_id and task.batch_id in self.by_batch:
             self.by_batch[task.batch_id].discard(task.id)
 
+    def take_seen(self, task_id: str) -> Optional[ImageInfo]:
+        """What ``put`` was given as ``seen`` for this task, once."""
+        with self.lock:
+            return self.seen.pop(task_id, None)
+
     def naming(self, *specs: str) -> List[Task]:
         """The tasks whose source or destination is one of ``specs``."""
         with self.lock:
@@ -212,11 +226,15 @@ class TaskTable:
             tasks = [self.tasks[i] for i in ids if i in self.tasks]
         return sorted(tasks, key=lambda t: (t.created, t.id))
 
-    def put(self, task: Task, wait: bool = True) -> Task:
+    def put(self, task: Task, wait: bool = True, seen: Optional[ImageInfo] = None) -> Task:
+        """Add or replace a task; ``seen``: what its preflight saw of the
+        source, if the prepare may reuse it (``preflight.reusable``)."""
         with self.lock:
             old = self.tasks.get(task.id)
             self.tasks[task.id] = task
             self._index(task, old)
+            if seen is not None and task.state == State.QUEUED:
+                self.seen[task.id] = seen
             self.dirty = True
             self.cond.notify_all()
         self._save(task.id, wait)

@@ -8,7 +8,7 @@ cancel lands between the plan and the commit.
 import errno
 from typing import Any, List, Optional
 
-from rbd_livemigrate.errors import LiveMigrateError
+from rbd_livemigrate.errors import LiveMigrateError, Transient
 from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo,
                                        MigrationHeader, MigState, Observation, RbdPort,
                                        TrashSource)
@@ -289,3 +289,90 @@ def test_manual_cutover_waits_then_a_cutover_with_clients_is_refused() -> None:
     t = run(fake, manual_cutover=True, cutover_requested=True)
     assert fake.calls == ['prepare', 'execute', 'list clones', 'commit']
     assert t.state == State.COMMITTED and t.cutover_ms is not None
+
+
+# -- the add's look reused by the prepare ---------------------------------
+
+class Rechecked(FakeLibrbd):
+    """Counts full looks (an image open) and header rechecks (one stat)."""
+
+    def __init__(self, phase: str, version: int = 7) -> None:
+        super().__init__(phase)
+        self.version = version      # the source header's version now
+        self.busy = False           # a client has the source open
+
+    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        self.calls.append('open')
+        return FakeLibrbd.image_info(self, spec)._replace(
+            header_version=self.version, watchers=['127.0.0.1:0/7'] if self.busy else [])
+
+    def header_unchanged(self, spec: ImageSpec, image_id: str, version: int) -> bool:
+        self.calls.append('stat')
+        return image_id == S and version == self.version
+
+    def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Any,
+                info: ImageInfo) -> None:
+        if self.busy:
+            self.calls.append('prepare: EBUSY')
+            raise Transient('prepare failed: image has watchers', errno.EBUSY)
+        super().prepare(client, source, dest, layout, info)
+
+
+def run_seen(fake: Rechecked, seen: Optional[ImageInfo], **task: Any) -> Worker:
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0,
+               source_image_id=S, **task), seen=seen)
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    return w
+
+
+def seen_info(version: int = 7) -> ImageInfo:
+    return FakeLibrbd.image_info(FakeLibrbd('x'), ImageSpec.parse('a/img'))._replace(
+        header_version=version)
+
+
+def test_prepare_reuses_the_adds_look_while_the_header_is_unchanged() -> None:
+    fake = Rechecked('not-prepared')
+    w = run_seen(fake, seen_info())
+    assert fake.calls == ['stat', 'prepare', 'execute', 'list clones', 'commit']
+    assert w.get('t1').state == State.COMMITTED and not w.seen
+
+
+def test_a_changed_header_means_a_full_look() -> None:
+    fake = Rechecked('not-prepared', version=8)      # a snapshot was taken since, say
+    w = run_seen(fake, seen_info(7))
+    assert fake.calls == ['stat', 'open', 'prepare', 'execute', 'list clones', 'commit']
+    assert w.get('t1').state == State.COMMITTED
+
+
+def test_without_a_look_kept_the_prepare_looks_in_full() -> None:
+    fake = Rechecked('not-prepared')
+    run_seen(fake, None)
+    assert fake.calls[:2] == ['open', 'prepare']
+
+
+def test_clients_found_by_prepare_hold_the_task_like_the_full_look() -> None:
+    """The reused look lists no clients: librbd's prepare refuses them
+    (EBUSY, nothing changed), and the full look names them; the task waits
+    for them as if it had found them itself, with no error or attempt."""
+    fake = Rechecked('not-prepared')
+    fake.busy = True
+    w = run_seen(fake, seen_info())
+    t = w.get('t1')
+    assert fake.calls == ['stat', 'prepare: EBUSY', 'open']
+    assert t.state == State.QUEUED and t.blocked_kind == 'watchers', t
+    assert '127.0.0.1:0/7' in (t.blocked_reason or '') and t.error is None
+    assert t.attempts == 0 and 't1' in w.watching
+
+
+def test_the_look_is_kept_only_while_the_task_is_queued() -> None:
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0), seen=seen_info())
+    w.put(Task(id='t2', source='a/i2', destination='b/i2', created=1.0), seen=seen_info())
+    assert set(w.seen) == {'t1', 't2'}
+    w.update('t1', lambda t: t.moved_to(State.FAILED, 2.0, error='x'))
+    w.remove(['t2'])
+    assert w.seen == {}
+    w.put(Task(id='t3', source='a/i3', destination='b/i3', created=1.0,
+               state=State.EXECUTED), seen=seen_info())
+    assert w.seen == {} and w.take_seen('t3') is None

@@ -10,7 +10,8 @@ import pytest
 
 from rbd_livemigrate.errors import InvalidArgument
 from rbd_livemigrate.interface import ImageInfo, Mirror, MirrorMode
-from rbd_livemigrate.preflight import image_blockers, prepare_args, validate_layout
+from rbd_livemigrate.preflight import (PoolInfo, find_blockers, image_blockers, prepare_args,
+                                       reusable, validate_layout)
 from rbd_livemigrate.spec import ImageSpec
 from rbd_livemigrate.task import Layout
 
@@ -113,3 +114,62 @@ def test_flatten_alone_in_place_needs_a_clone() -> None:
     assert errnos(Layout(flatten=True), dest=SRC) == [errno.EINVAL]
     assert errnos(Layout(flatten=True), dest=SRC, has_parent=True) == []
     assert errnos(Layout(flatten=True)) == []              # to another pool: a real move
+
+
+@pytest.mark.parametrize('kw,ok', [
+    ({'header_version': 3}, True),
+    ({}, False),                                              # version not known
+    ({'header_version': 3, 'snapshots': ['s']}, False),       # a clone could appear unseen
+    ({'header_version': 3, 'watchers': ['1.2.3.4:0/1']}, False),
+    ({'header_version': 3, 'descendants': ['a/c']}, False),
+    ({'header_version': 3, 'v1_clones': ['a/c']}, False),
+    ({'header_version': 3, 'descendants_error': 'EIO'}, False),
+    ({'header_version': 3, 'migrating': True}, False),
+    ({'header_version': 3, 'mirror': Mirror(MirrorMode.JOURNAL, True)}, False),
+    ({'header_version': 3, 'has_parent': True}, True),        # a clone moves as it is
+])
+def test_only_a_plain_images_look_is_reused(kw: Dict[str, Any], ok: bool) -> None:
+    i = info(**kw)
+    assert (reusable(i) is i) == ok
+    assert reusable(None) is None
+
+
+class Port:
+    """find_blockers' reads: the header recheck, or a full look."""
+
+    def __init__(self, unchanged: bool) -> None:
+        self.unchanged = unchanged
+        self.calls: List[str] = []
+
+    def namespace_exists(self, pool: str, namespace: str) -> bool:
+        return True
+
+    def image_exists(self, spec: ImageSpec) -> bool:
+        return False
+
+    def trashed_source(self, spec: ImageSpec) -> Optional[str]:
+        return None
+
+    def header_unchanged(self, spec: ImageSpec, image_id: str, version: int) -> bool:
+        self.calls.append('stat {} {} {}'.format(spec, image_id, version))
+        return self.unchanged
+
+    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        self.calls.append('open')
+        return info(id='sid', header_version=4, size=16 * MiB)
+
+
+POOLS = {n: PoolInfo(n, i, True, False, False, None) for i, n in ((1, 'a'), (2, 'b'))}
+
+
+def test_find_blockers_reuses_a_look_only_while_the_header_is_unchanged() -> None:
+    seen = info(header_version=3)
+    port = Port(True)
+    blockers, got = find_blockers(port, POOLS, SRC, DST, Layout(), False,  # type: ignore
+                                  seen=seen)
+    assert blockers == [] and got is seen and port.calls == ['stat a/img sid 3']
+    port = Port(False)
+    blockers, got = find_blockers(port, POOLS, SRC, DST, Layout(), False,  # type: ignore
+                                  seen=seen)
+    assert port.calls == ['stat a/img sid 3', 'open'] and got is not None
+    assert got.size == 16 * MiB and got.header_version == 4
