@@ -80,6 +80,7 @@ class Commands:
         self.clock = clock
         self.add_lock = threading.Lock()
         self.orphans: List[MigrationRef] = []
+        self.listings = 0               # ls calls answered (heap.HeapKeeper's activity)
         # ls --format json: task id -> (record, what ls adds, its text)
         self._ls_cache: Dict[str, Tuple[Task, Tuple[bool, Optional[str], Optional[str]],
                                         str]] = {}
@@ -519,6 +520,7 @@ class Commands:
     def ls(self, fmt: Optional[str]) -> CommandResult:
         fmt = check_format(fmt)
         self._ready()
+        self.listings += 1
         tasks, running, waiting = self.worker.snapshot()
         every = self.unscoped()         # no pool limit: no check per task
         if fmt == 'json':

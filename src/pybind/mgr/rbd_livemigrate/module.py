@@ -15,6 +15,7 @@ from .commands import AddRequest, Commands
 from .compat import ClientRegistry
 from .errors import LiveMigrateError, handle_errors
 from .health import HealthChecks, health_block
+from .heap import HEAP_CHECK_SECONDS, Allocator, HeapKeeper
 from .hold import Hold, HoldKind
 from .importer import SWEEP_SECONDS, Importer, config_key_getter
 from .pipeline import Runner
@@ -65,6 +66,9 @@ class Module(MgrModule):
                runtime=True,
                desc='what add compares before commit without --verify: full (every snapshot '
                     'and the head), auto (the head unless clients wrote to it), off'),
+        Option('release_memory', type='bool', default=True, runtime=True,
+               desc='give memory the mgr process freed back to the OS after migrations and '
+                    'listings, and map large buffers on their own (process-wide)'),
     ]
 
     if TYPE_CHECKING:
@@ -82,6 +86,7 @@ class Module(MgrModule):
         maintenance_window: str
         health_pause_checks: str
         verify_default: str
+        release_memory: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -108,6 +113,9 @@ class Module(MgrModule):
                                  time.time, self.unscoped)
         self.importer = Importer(self.commands, self.set_store, self.get_store_prefix,
                                  config_key_getter(self.mon_command))
+        self.heap = HeapKeeper(Allocator(),
+                               activity=lambda: self.worker.writes + self.commands.listings,
+                               busy=lambda: bool(self.worker.runners))
         self.config_notify()
 
     # -- lifecycle -----------------------------------------------------
@@ -117,6 +125,7 @@ class Module(MgrModule):
             setattr(self, opt['name'], self.get_module_option(opt['name']))
         self.worker.options = Options(**{
             k: getattr(self, k) for k in Options.__dataclass_fields__})
+        self.heap.set_enabled(bool(self.release_memory))
         self.worker.kick()
 
     def serve(self) -> None:
@@ -128,6 +137,7 @@ class Module(MgrModule):
             self.log.exception('orphan scan failed')
         self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.scan_orphans)
         self.worker.add_chore(SWEEP_SECONDS, self.importer.sweep)
+        self.worker.add_chore(HEAP_CHECK_SECONDS, self.heap.tick)
         self.worker.serve()
 
     def shutdown(self) -> None:
