@@ -411,10 +411,14 @@ class Runner(RunnerHandle):
         # written behind like the runner's other changes: after a crash the
         # next runner reads the headers before it does anything
         protect = protect_name(task.id) if task.verify != VerifyMode.OFF else None
-        self._move(State.PREPARING, source_image_id=info.id, size_bytes=info.size,
-                   dest_image_id=None, blocked_reason=None, blocked_kind=None,
-                   blocked_since=None, next_retry=None, error=None, protect_snap=protect,
-                   rollback_source=False, verification=None)
+        # stored only when it names a protective snapshot (which only the
+        # record remembers); otherwise the next write carries it (a copy's
+        # progress within 5 s, or the end), and after a crash the next
+        # runner reads librbd's headers as for every step after this one
+        self._move(State.PREPARING, persist=protect is not None, source_image_id=info.id,
+                   size_bytes=info.size, dest_image_id=None, blocked_reason=None,
+                   blocked_kind=None, blocked_since=None, next_retry=None, error=None,
+                   protect_snap=protect, rollback_source=False, verification=None)
         if protect is not None and not self.adapter.protect_source(self._client(), source,
                                                                    protect):
             self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),

@@ -172,6 +172,23 @@ def test_runner_snapshots_verifies_commits_and_drops_the_snapshot() -> None:
     assert v.dest_image_id == D and v.client_writes == 0
 
 
+def test_the_preparing_record_is_stored_when_it_names_a_protective_snapshot() -> None:
+    """Only the record remembers the protective snapshot: the preparing
+    record naming it is stored, where a task without one is not stored
+    again until it ends."""
+    fake = VerifyingLibrbd('not-prepared')
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0, source_image_id=S,
+               verify=VerifyMode.AUTO))
+    stored: List[Tuple[str, Optional[str]]] = []
+    save = w.store.save
+    w.store.save = lambda t: (stored.append((t.state.value, t.protect_snap)),  # type: ignore
+                              save(t))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    assert stored[0] == ('preparing', P) and stored[-1] == ('committed', None), stored
+    assert w.get('t1').state == State.COMMITTED
+
+
 def test_runner_mismatch_fails_and_cancel_rolls_the_source_back() -> None:
     why = 'snapshot s1 differs at offset 8388608 (object 2)'
     fake = VerifyingLibrbd('not-prepared', difference=('s1', 8 << 20, why))
