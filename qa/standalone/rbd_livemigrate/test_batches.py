@@ -4,6 +4,7 @@ batch is paused, resumed and cancelled as one, and every image ends
 committed (checksums, no trash, the name opens) or restored."""
 
 import json
+import threading
 from typing import Any, Dict, List
 
 from cluster import Cluster, wait_for
@@ -85,3 +86,61 @@ def test_batch_cancel_restores_every_source(cluster: Cluster, lm: Livemigrate,
             assert rbdtools.checksums(cluster.conf, s) == sums[s]
     assert v['by_state'].get('aborted', 0) >= 1
     assert rbdtools.trash_names(cluster.conf, 'c', src_ns) == []
+
+
+def test_a_batch_reads_plain_images_and_finds_clients_at_their_turn(
+        cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    """A batch's listing reads a plain image's header instead of opening it
+    (striped, small objects, written), and opens the rest (a snapshot);
+    every one moves with its layout.  A client that has its source open is
+    not listed then: the image's prepare finds it, and the task waits
+    without an error or a spent attempt until it closes."""
+    src_ns, dst_ns = name + '-s', name + '-d'
+    cluster.rbd('namespace', 'create', 'c/' + src_ns)
+    cluster.rbd('namespace', 'create', 'b/' + dst_ns)
+    base = 'c/{}/'.format(src_ns)
+    rbdtools.create_image(cluster.conf, base + 'plain', 4 * MiB, seed='p')
+    rbdtools.create_image(cluster.conf, base + 'small', 4 * MiB, seed='o', order=20)
+    cluster.rbd('create', base + 'striped', '--size', '8M', '--stripe-unit', '1M',
+                '--stripe-count', '2')
+    rbdtools.create_image(cluster.conf, base + 'snapped', 4 * MiB, seed='s', snaps=1)
+    rbdtools.create_image(cluster.conf, base + 'busy', 4 * MiB, seed='b')
+    specs = [base + n for n in ('plain', 'small', 'striped', 'snapped', 'busy')]
+    sums = {s: rbdtools.checksums(cluster.conf, s) for s in specs}
+    layouts = {s: rbdtools.image_layout(cluster.conf, s) for s in specs}
+    release = threading.Event()
+    opened = threading.Event()
+
+    def hold() -> None:
+        with rbdtools.opened(cluster.conf, base + 'busy'):
+            opened.set()
+            release.wait(180)
+    th = threading.Thread(target=hold)
+    th.start()
+    try:
+        assert opened.wait(30)
+        b = lm.ok('add-pool', 'c/' + src_ns, 'b/' + dst_ns)
+        busy = base + 'busy'
+
+        def held() -> bool:
+            t = [t for t in lm.ls() if t['source'] == busy]
+            return bool(t) and t[0]['blocked_kind'] == 'watchers'
+        wait_for(held, 120, 'the busy image to wait for its client')
+        wait_for(lambda: batch_status(lm, b['id'])['committed'] == 4, 120, 'the others')
+        t = [t for t in lm.ls() if t['source'] == busy][0]
+        assert t['state'] == 'queued' and t['error'] is None and t['attempts'] == 0, t
+        assert 'open by 1 client' in t['blocked_reason']
+        assert rbdtools.image_exists(cluster.conf, busy)
+    finally:
+        release.set()
+        th.join()
+    wait_for(lambda: batch_status(lm, b['id'])['finished'], 120, 'the batch to finish')
+    v = batch_status(lm, b['id'])
+    assert v['committed'] == 5 and v['refused_count'] == 0, v
+    for s in specs:
+        dest = s.replace(base, 'b/{}/'.format(dst_ns))
+        assert rbdtools.checksums(cluster.conf, dest) == sums[s], s
+        assert rbdtools.image_layout(cluster.conf, dest) == layouts[s], s
+        assert not rbdtools.image_exists(cluster.conf, s)
+    assert rbdtools.trash_names(cluster.conf, 'c', src_ns) == []
+    assert rbdtools.trash_names(cluster.conf, 'b', dst_ns) == []

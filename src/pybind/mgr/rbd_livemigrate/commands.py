@@ -196,8 +196,8 @@ class Commands:
     def _add_one(self, source: ImageSpec, dest: ImageSpec, req: AddRequest, layout: Layout,
                  bandwidth_limit: Optional[int], allowed: Allowed,
                  pools: Dict[str, PoolInfo], batch_id: Optional[str] = None,
-                 paused: bool = False, pool_conf: Optional[Dict[str, str]] = None
-                 ) -> CommandResult:
+                 paused: bool = False, pool_conf: Optional[Dict[str, str]] = None,
+                 quick: bool = False) -> CommandResult:
         """One image of add or add-pool: the existing task, a dry-run report,
         or a new task; refusals raise.  The checks run unlocked (a batch
         checks several images at once); ``add_lock`` covers looking for a
@@ -208,7 +208,7 @@ class Commands:
                 raise AlreadyExists('{} already has task {}'.format(source, existing.id))
             return 0, dump(self.view(existing), 'json'), ''
         blockers, info = find_blockers(self.adapter, pools, source, dest, layout,
-                                       req.allow_descendants)
+                                       req.allow_descendants, quick=quick and not req.dry_run)
         if info is not None:
             self._authorize_touched(source, dest, layout, info.descendants, allowed,
                                     pool_conf)
@@ -254,6 +254,8 @@ class Commands:
             self.worker.put(task, wait=batch_id is None,
                             seen=None if waiting else reusable(info))
         log.info('added task %s: %s -> %s', task.id, task.source, task.destination)
+        if quick:
+            return 0, '', ''            # a batch's listing shows no task on its own
         return 0, dump(self.view(task), 'json'), ''
 
     def _authorize_touched(self, source: ImageSpec, dest: ImageSpec, layout: Layout,
@@ -443,8 +445,11 @@ class Commands:
                 if str(s) in seen:
                     continue
                 try:
+                    # a plain image is read, not opened: a source with
+                    # clients is found by its prepare, and then waits
                     self._add_one(s, d, req, layout, limit, allowed, now_pools,
-                                  batch_id=batch_id, paused=batch.paused, pool_conf=conf)
+                                  batch_id=batch_id, paused=batch.paused, pool_conf=conf,
+                                  quick=True)
                 except LiveMigrateError as e:
                     err = e
                     self.worker.update_batch(batch_id, lambda b: b.with_refusal(

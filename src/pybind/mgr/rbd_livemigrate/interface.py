@@ -228,6 +228,11 @@ class RbdPort:
     def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
         raise NotImplementedError
 
+    def plain_image_info(self, spec: ImageSpec) -> Optional[ImageInfo]:
+        """``image_info`` of a plain image from raw reads, clients not
+        listed; None when the image needs the full look."""
+        raise NotImplementedError
+
     def header_unchanged(self, spec: ImageSpec, image_id: str, version: int) -> bool:
         """``spec`` still names image ``image_id`` and its header object is
         still at ``version`` (False when unsure: the caller looks in full)."""

@@ -419,15 +419,16 @@ class Runner(RunnerHandle):
                    size_bytes=info.size, dest_image_id=None, blocked_reason=None,
                    blocked_kind=None, blocked_since=None, next_retry=None, error=None,
                    protect_snap=protect, rollback_source=False, verification=None)
-        if protect is not None and not self.adapter.protect_source(self._client(), source,
-                                                                   protect):
-            self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),
-                               persist=False)
-            protect = None
+        taken = False
         try:
+            if protect is not None:
+                taken = self.adapter.protect_source(self._client(), source, protect)
+                if not taken:
+                    self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),
+                                       persist=False)
             self.adapter.prepare(self._client(), source, dest, task.layout, info)
         except LiveMigrateError as e:
-            if protect is not None:
+            if taken and protect is not None:
                 # nothing was prepared (or the next pass finds what was): the
                 # next prepare takes the snapshot again
                 try:
@@ -435,8 +436,9 @@ class Runner(RunnerHandle):
                 except LiveMigrateError as e2:
                     log.warning('task %s: cannot remove snapshot %s: %s', task.id, protect, e2)
             if reused and e.errno == errno.EBUSY:
-                # "image has watchers": refused before it changed anything;
-                # the full look names the clients and the task waits for them
+                # "image has watchers" (prepare, or the snapshot before it):
+                # refused before anything changed; the full look names the
+                # clients and the task waits for them
                 log.info('task %s: prepare found %s busy (%s); looking again', task.id,
                          source, e)
                 self._move(State.QUEUED, persist=False, protect_snap=None)

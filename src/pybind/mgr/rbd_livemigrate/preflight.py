@@ -160,14 +160,16 @@ def reusable(info: Optional[ImageInfo]) -> Optional[ImageInfo]:
 
 def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpec,
                   dest: ImageSpec, layout: Layout, allow_descendants: bool,
-                  seen: Optional[ImageInfo] = None
+                  seen: Optional[ImageInfo] = None, quick: bool = False
                   ) -> Tuple[List[Blocked], Optional[ImageInfo]]:
     """Every blocker found (none: prepare may run), and the source's info.
 
     ``seen``: what an earlier look found (``reusable``); it is the info
     returned, with no image opened, if the source's header has not changed
-    since.  Its watchers are then not listed again: librbd's prepare
-    refuses a source with clients (EBUSY), and the caller looks in full.
+    since.  ``quick``: a plain source is read raw, not opened (a batch's
+    listing; ``RbdPort.plain_image_info``).  Either way its clients are not
+    listed: librbd's prepare refuses a source with clients (EBUSY), and the
+    caller then looks in full.
     """
     blockers: List[Blocked] = []
     if source == dest and layout == Layout():
@@ -180,6 +182,7 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
     data_pool = None
     if layout.data_pool is not None:
         data_pool = _check_pool(pools, layout.data_pool, 'data', blockers, data=True)
+    space_pool = data_pool or dst_pool
     info: Optional[ImageInfo] = None
     if src_pool is not None:
         if not adapter.namespace_exists(source.pool, source.namespace):
@@ -190,7 +193,13 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
                 if seen is not None and seen.header_version is not None and \
                         adapter.header_unchanged(source, seen.id, seen.header_version):
                     info = seen
-                else:
+                elif quick:
+                    info = adapter.plain_image_info(source)
+                    if info is not None and space_pool is not None and \
+                            space_pool.max_avail is not None and \
+                            info.size > space_pool.max_avail:
+                        info = None         # what it really uses: the full look
+                if info is None:
                     info = adapter.image_info(source)
             except NotFound:
                 blockers.append(Blocked("source image '{}' does not exist: check the "
@@ -222,7 +231,6 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
         blockers.append(Blocked(watchers_reason(str(source), info.watchers), errno.EBUSY,
                                 wait=True))
     blockers += image_blockers(source, dest, layout, info, allow_descendants)
-    space_pool = data_pool or dst_pool
     if (space_pool is not None and space_pool.max_avail is not None
             and info.used_bytes > space_pool.max_avail):
         blockers.append(Blocked(

@@ -378,6 +378,45 @@ class Adapter(RbdPort):
                 io.close()
         return self._with_control(op)  # type: ignore[no-any-return]
 
+    def plain_image_info(self, spec: ImageSpec) -> Optional[ImageInfo]:
+        """A plain image's info read from its directory entry, its header
+        object (one read) and the mirroring object (one read), with no image
+        opened; None when it needs ``image_info``.
+
+        Plain: format 2 with no snapshot, parent, migration or other
+        operation feature, journaling or mirroring entry.  Its clients are
+        not listed (librbd's prepare refuses them, EBUSY), and the space it
+        uses is taken as its size.
+        """
+        def op(c: Client) -> Optional[ImageInfo]:
+            io = _ioctx_or_none(c, spec)
+            if io is None:
+                return None
+            try:
+                image_id = dir_lookup(io, spec.image)
+                if image_id is None:
+                    return None
+                with rados.ReadOpCtx() as rop:
+                    vals, _ = io.get_omap_vals_by_keys(rop, _HEADER_KEYS)
+                    snaps, _ = io.get_omap_vals(rop, '', 'snapshot_', 1)
+                    try:
+                        io.operate_read_op(rop, 'rbd_header.' + image_id)
+                    except rados.ObjectNotFound:
+                        return None
+                    version = int(io.get_last_version())
+                    header = {k: bytes(v) for k, v in vals}
+                    if any(True for _ in snaps):
+                        return None
+                info = _plain_info(image_id, header, int(io.get_pool_id()), version)
+                if info is None or _omap_get(io, 'rbd_mirroring', 'image_' + image_id):
+                    return None
+                return info
+            except (rados.Error, struct.error, IndexError):
+                return None             # the full look says what is wrong
+            finally:
+                io.close()
+        return self._with_control(op)  # type: ignore[no-any-return]
+
     def header_unchanged(self, spec: ImageSpec, image_id: str, version: int) -> bool:
         """One directory lookup and one stat of the header object.
 
@@ -724,6 +763,15 @@ class Adapter(RbdPort):
         io = client.ioctx(source.pool, source.namespace)
         try:
             with rbd.Image(io, source.image) as image:
+                # as prepare would (its preflight may not have listed them):
+                # no snapshot of an image that another client has open
+                mine = getattr(client, 'addr', None)
+                others = [w.get('addr', '?') for w in image.watchers_list()
+                          if client_addr(str(w.get('addr', ''))) != mine]
+                if others:
+                    raise Transient("'{}' has watchers ({}): not snapshotted before "
+                                    'prepare'.format(source, ', '.join(others[:3])),
+                                    errno.EBUSY)
                 # stale: from a prepare undone since (or its removal cut short)
                 _remove_named_snap(image, name)
                 try:
@@ -1209,6 +1257,39 @@ def header_exists(io: 'rados.Ioctx', image_id: str) -> bool:
         return True
     except rados.ObjectNotFound:
         return False
+
+
+# the header keys a plain image's info is read from (cls_rbd's names)
+_HEADER_KEYS = ('size', 'order', 'features', 'stripe_unit', 'stripe_count', 'data_pool_id',
+                'parent', 'migration', 'op_features')
+
+
+def _plain_info(image_id: str, header: Dict[str, bytes], pool_id: int,
+                version: int) -> Optional[ImageInfo]:
+    """``ImageInfo`` from a header's values (``_HEADER_KEYS``), or None if
+    the image is not plain (see ``Adapter.plain_image_info``)."""
+    if any(k not in header for k in ('size', 'order', 'features')):
+        return None
+    if 'parent' in header or 'migration' in header:
+        return None
+    if 'op_features' in header and struct.unpack('<Q', header['op_features'][:8])[0]:
+        return None
+    features = struct.unpack('<Q', header['features'][:8])[0]
+    if features & rbd.RBD_FEATURE_JOURNALING:
+        return None
+    size = struct.unpack('<Q', header['size'][:8])[0]
+    object_size = 1 << header['order'][0]
+    stripe_unit, stripe_count = object_size, 1
+    if features & rbd.RBD_FEATURE_STRIPINGV2 and 'stripe_unit' in header:
+        stripe_unit = struct.unpack('<Q', header['stripe_unit'][:8])[0]
+        stripe_count = struct.unpack('<Q', header['stripe_count'][:8])[0]
+    data_pool_id = pool_id
+    if features & rbd.RBD_FEATURE_DATA_POOL and 'data_pool_id' in header:
+        data_pool_id = struct.unpack('<q', header['data_pool_id'][:8])[0]
+    return ImageInfo(id=image_id, size=size, object_size=object_size, stripe_unit=stripe_unit,
+                     stripe_count=stripe_count, features=features, data_pool_id=data_pool_id,
+                     watchers=[], descendants=[], snapshots=[], used_bytes=size,
+                     migrating=False, has_parent=False, header_version=version)
 
 
 def _version_by_name(io: 'rados.Ioctx', name: str) -> Optional[Tuple[str, int]]:

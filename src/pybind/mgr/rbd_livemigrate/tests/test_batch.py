@@ -31,6 +31,7 @@ class Fleet(RbdPort):
         self.names = ['img{:04d}'.format(i) for i in range(n)]
         self.clones = clones
         self.listed = 0
+        self.opened = 0             # full looks (an image open each)
 
     def pool_exists(self, pool: str) -> bool:
         return pool in POOLS
@@ -52,9 +53,16 @@ class Fleet(RbdPort):
         return {}
 
     def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
+        self.opened += 1
         kids = ['c/kid-' + spec.image] if spec.image in self.clones else []
         return ImageInfo('id-' + spec.image, 1 << 20, 4 << 20, 4 << 20, 1, 1, -1, [], kids,
-                         [], 1 << 20, False, False)
+                         ['s'] if kids else [], 1 << 20, False, False, header_version=1)
+
+    def plain_image_info(self, spec: ImageSpec) -> Optional[ImageInfo]:
+        if spec.image in self.clones:          # it has a snapshot: not plain
+            return None
+        return ImageInfo('id-' + spec.image, 1 << 20, 4 << 20, 4 << 20, 1, 1, -1, [], [],
+                         [], 1 << 20, False, False, header_version=1)
 
 
 def commands(n: int, rights: Set[Tuple[str, str]] = frozenset(),  # type: ignore
@@ -80,6 +88,18 @@ def test_add_pool_returns_a_batch_before_listing() -> None:
     assert v['by_state'] == {'queued': 30} and v['progress'] == 0.0 and not v['finished']
     r, text = call(c.status, b['id'], 'plain')
     assert '30 task(s)' in text
+
+
+
+def test_the_listing_reads_plain_images_and_opens_the_rest() -> None:
+    """Only an image that is not plain (here: one with a snapshot and a
+    clone) is opened; each plain one's look is kept for its prepare."""
+    c = commands(10, clones={'img0003'})
+    r, b = call(c.add_pool, 'a', 'b', None, AddRequest(allow_descendants=True))
+    c._expand(b['id'])
+    assert len(c.worker.all()) == 10 and c.adapter.opened == 1      # type: ignore
+    kept = {c.worker.get(i).source for i in c.worker.seen}
+    assert len(kept) == 9 and 'a/img0003' not in kept
 
 
 def test_refused_images_are_listed_with_their_errno() -> None:

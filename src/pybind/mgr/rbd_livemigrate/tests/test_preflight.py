@@ -173,3 +173,38 @@ def test_find_blockers_reuses_a_look_only_while_the_header_is_unchanged() -> Non
                                   seen=seen)
     assert port.calls == ['stat a/img sid 3', 'open'] and got is not None
     assert got.size == 16 * MiB and got.header_version == 4
+
+
+class QuickPort(Port):
+    """A plain image read raw (``plain_image_info``), or None: not plain."""
+
+    def __init__(self, plain: Optional[ImageInfo]) -> None:
+        super().__init__(False)
+        self.plain = plain
+
+    def plain_image_info(self, spec: ImageSpec) -> Optional[ImageInfo]:
+        self.calls.append('read')
+        return self.plain
+
+
+def test_a_quick_look_reads_a_plain_image_and_opens_the_rest() -> None:
+    plain = info(header_version=9, used_bytes=8 * MiB)
+    port = QuickPort(plain)
+    blockers, got = find_blockers(port, POOLS, SRC, DST, Layout(), False,  # type: ignore
+                                  quick=True)
+    assert blockers == [] and got is plain and port.calls == ['read']
+    port = QuickPort(None)
+    blockers, got = find_blockers(port, POOLS, SRC, DST, Layout(), False,  # type: ignore
+                                  quick=True)
+    assert port.calls == ['read', 'open'] and got is not None and got.size == 16 * MiB
+
+
+def test_a_quick_look_counts_the_size_so_a_tight_pool_gets_the_full_look() -> None:
+    """The raw read takes the space used as the image's size: where that
+    would not fit, the full look measures what the image really uses."""
+    tight = dict(POOLS, b=PoolInfo('b', 2, True, False, False, 10 * MiB))
+    port = QuickPort(info(header_version=9, size=64 * MiB, used_bytes=64 * MiB))
+    blockers, got = find_blockers(port, tight, SRC, DST, Layout(), False,  # type: ignore
+                                  quick=True)
+    assert port.calls == ['read', 'open'] and blockers == [] and got is not None
+    assert got.used_bytes == 8 * MiB
