@@ -306,7 +306,11 @@ class Cluster:
         self.module = os.path.abspath(module) if module else None
         self.pools = list(pools)
         self.conf = os.path.join(self.dir, 'ceph.conf')
-        self.env: Dict[str, str] = dict(os.environ, CEPH_CONF=self.conf)
+        # UNITTEST makes a mgr module's import of mgr_module import 'tests'
+        # (Pacific) and fail: a test process that imports the module's code
+        # sets it, and must not hand it to the daemons
+        self.env: Dict[str, str] = {k: v for k, v in os.environ.items() if k != 'UNITTEST'}
+        self.env['CEPH_CONF'] = self.conf
         self.log_dir = os.path.join(self.dir, 'log')
         self.run_dir = os.path.join(self.dir, 'run')
         self.admin_keyring = os.path.join(self.dir, 'keyring')
@@ -534,7 +538,7 @@ class Cluster:
         # (lib/x86_64-linux-gnu/rados-classes): start them in / as systemd would.
         with open(out_path, 'ab') as out:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                               timeout=120, cwd='/')
+                               timeout=120, cwd='/', env=self.env)
         if p.returncode != 0:
             raise ClusterError(f'{name} failed to start (exit {p.returncode})\n'
                                + tail(out_path) + '\n' + tail(self.log_file(name)))

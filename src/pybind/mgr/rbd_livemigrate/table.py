@@ -54,7 +54,7 @@ class TaskTable:
         self.tasks: Dict[str, Task] = {}
         # image spec -> ids of the tasks naming it (source or destination),
         # batch id -> ids of its tasks: lookups without scanning every task
-        self.by_spec: Dict[str, Set[str]] = {}
+        self.by_spec: Dict[str, Tuple[str, ...]] = {}    # tuples: mostly one id each
         self.by_batch: Dict[str, Set[str]] = {}
         self.batches: Dict[str, Batch] = {}
         # ids of the tasks the worker has something to do for (a scheduler
@@ -147,7 +147,9 @@ class TaskTable:
     def _index(self, task: Task, old: Optional[Task] = None) -> None:
         self._track(task, old)
         for spec in (task.source, task.destination):
-            self.by_spec.setdefault(spec, set()).add(task.id)
+            ids = self.by_spec.get(spec, ())
+            if task.id not in ids:
+                self.by_spec[spec] = ids + (task.id,)
         if task.batch_id:
             self.by_batch.setdefault(task.batch_id, set()).add(task.id)
 
@@ -206,11 +208,11 @@ class TaskTable:
         if old is not None:
             self._drop_key(task.id, old)
         for spec in (task.source, task.destination):
-            ids = self.by_spec.get(spec)
-            if ids is not None:
-                ids.discard(task.id)
-                if not ids:
-                    del self.by_spec[spec]
+            rest = tuple(i for i in self.by_spec.get(spec, ()) if i != task.id)
+            if rest:
+                self.by_spec[spec] = rest
+            else:
+                self.by_spec.pop(spec, None)
         if task.batch_id and task.batch_id in self.by_batch:
             self.by_batch[task.batch_id].discard(task.id)
 
@@ -222,7 +224,7 @@ class TaskTable:
     def naming(self, *specs: str) -> List[Task]:
         """The tasks whose source or destination is one of ``specs``."""
         with self.lock:
-            ids = set().union(*(self.by_spec.get(s, set()) for s in specs))
+            ids = set().union(*(self.by_spec.get(s, ()) for s in specs))
             tasks = [self.tasks[i] for i in ids if i in self.tasks]
         return sorted(tasks, key=lambda t: (t.created, t.id))
 

