@@ -137,8 +137,15 @@ class Module(MgrModule):
             self.log.exception('orphan scan failed')
         self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.scan_orphans)
         self.worker.add_chore(SWEEP_SECONDS, self.importer.sweep)
-        self.worker.add_chore(HEAP_CHECK_SECONDS, self.heap.tick)
+        self.worker.add_chore(HEAP_CHECK_SECONDS, self.tidy)
         self.worker.serve()
+
+    def tidy(self) -> None:
+        """Nothing left to run: close the idle copy clients (a few MiB
+        each; the next copy connects again); then give freed memory back."""
+        if not self.worker.runners and not self.worker.live:
+            self.factory.discard_idle()
+        self.heap.tick()
 
     def shutdown(self) -> None:
         self.worker.shutdown()
