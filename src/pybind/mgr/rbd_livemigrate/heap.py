@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3                # mallopt's parameter (malloc.h)
 MMAP_THRESHOLD = 8 << 20             # allocations this large get their own mapping
-RELEASE_BUSY_SECONDS = 60.0          # trim at most this often while work goes on
+RELEASE_BUSY_SECONDS = 20.0          # trim at most this often while work goes on
 HEAP_CHECK_SECONDS = 2.0             # how often the scheduler asks whether one is due
+SLOW_RELEASE_SECONDS = 0.05          # a release this slow is logged at info
 
 
 class Allocator:
@@ -115,4 +116,6 @@ class HeapKeeper:
         else:
             return
         self.releases += 1
-        log.debug('freed memory given back (%s) in %.3fs', a.name, self.clock() - t0)
+        took = self.clock() - t0
+        (log.info if took >= SLOW_RELEASE_SECONDS else log.debug)(
+            'freed memory given back (%s) in %.3fs', a.name, took)

@@ -1,6 +1,6 @@
 """
 Giving freed memory back: the keeper trims only after work, at most once a
-minute while copies run and once when they stop, and holds the mapping
+interval while copies run and once when they stop, and holds the mapping
 threshold once; nothing is done when turned off or with no known allocator.
 """
 
@@ -62,7 +62,7 @@ def test_the_threshold_is_held_once_and_trims_follow_work() -> None:
     assert trims(lib) == 1
 
 
-def test_while_copies_run_at_most_once_a_minute_then_once_when_they_stop() -> None:
+def test_while_copies_run_at_most_every_interval_then_once_when_they_stop() -> None:
     lib = Glibc()
     k = Keeper(lib)
     k.copying = True
