@@ -1281,6 +1281,7 @@ class Bench:
             self.results['module'] = {'path': a.module}
         log(f'starting cluster in {a.dir} (module {self.module_dir})')
         self.cluster.start()
+        self.started = True         # only a cluster this run started is stopped at the end
         self.results['cluster'] = {'dir': self.cluster.dir, 'boot_seconds':
                                    round(self.cluster.boot_seconds, 1),
                                    'osds': a.osds, 'osd_bytes': a.osd_bytes}
@@ -1572,6 +1573,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.keep:
             log(f'cluster kept: CEPH_CONF={bench.cluster.conf}; stop it with '
                 f'/usr/bin/python3 qa/standalone/cluster.py stop --dir {args.dir} --purge')
+        elif not getattr(bench, 'started', False):
+            log('no cluster was started: nothing to stop (another run may own the one there)')
         else:
             log('stopping the cluster')
             bench.cluster.stop(purge=True)
