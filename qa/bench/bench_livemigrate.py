@@ -1280,8 +1280,11 @@ class Bench:
         else:
             self.results['module'] = {'path': a.module}
         log(f'starting cluster in {a.dir} (module {self.module_dir})')
+        if self.cluster.running_daemons():
+            raise RuntimeError(f'{a.dir} holds a running cluster (another run?): stop it '
+                               'first; it is left alone')
+        self.started = True         # only a cluster this run starts is stopped at the end
         self.cluster.start()
-        self.started = True         # only a cluster this run started is stopped at the end
         self.results['cluster'] = {'dir': self.cluster.dir, 'boot_seconds':
                                    round(self.cluster.boot_seconds, 1),
                                    'osds': a.osds, 'osd_bytes': a.osd_bytes}
