@@ -158,6 +158,11 @@ def reusable(info: Optional[ImageInfo]) -> Optional[ImageInfo]:
     return info
 
 
+def _fits(pool: Optional[PoolInfo], used: int) -> bool:
+    """``used`` bytes fit in what ``pool`` has available (unknown: they do)."""
+    return pool is None or pool.max_avail is None or used <= pool.max_avail
+
+
 def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpec,
                   dest: ImageSpec, layout: Layout, allow_descendants: bool,
                   seen: Optional[ImageInfo] = None, quick: bool = False
@@ -195,9 +200,7 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
                     info = seen
                 elif quick:
                     info = adapter.plain_image_info(source)
-                    if info is not None and space_pool is not None and \
-                            space_pool.max_avail is not None and \
-                            info.size > space_pool.max_avail:
+                    if info is not None and not _fits(space_pool, info.used_bytes):
                         info = None         # what it really uses: the full look
                 if info is None:
                     info = adapter.image_info(source)
@@ -231,8 +234,7 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
         blockers.append(Blocked(watchers_reason(str(source), info.watchers), errno.EBUSY,
                                 wait=True))
     blockers += image_blockers(source, dest, layout, info, allow_descendants)
-    if (space_pool is not None and space_pool.max_avail is not None
-            and info.used_bytes > space_pool.max_avail):
+    if space_pool is not None and not _fits(space_pool, info.used_bytes):
         blockers.append(Blocked(
             "pool '{}' has {} bytes available but the image uses {}: free space or add "
             'OSDs'.format(space_pool.name, space_pool.max_avail, info.used_bytes),

@@ -1268,24 +1268,25 @@ def _plain_info(image_id: str, header: Dict[str, bytes], pool_id: int,
                 version: int) -> Optional[ImageInfo]:
     """``ImageInfo`` from a header's values (``_HEADER_KEYS``), or None if
     the image is not plain (see ``Adapter.plain_image_info``)."""
+    def le64(key: str, fmt: str = '<Q') -> int:
+        return int(struct.unpack(fmt, header[key][:8])[0])
     if any(k not in header for k in ('size', 'order', 'features')):
         return None
     if 'parent' in header or 'migration' in header:
         return None
-    if 'op_features' in header and struct.unpack('<Q', header['op_features'][:8])[0]:
+    if 'op_features' in header and le64('op_features'):
         return None
-    features = struct.unpack('<Q', header['features'][:8])[0]
+    features = le64('features')
     if features & rbd.RBD_FEATURE_JOURNALING:
         return None
-    size = struct.unpack('<Q', header['size'][:8])[0]
+    size = le64('size')
     object_size = 1 << header['order'][0]
     stripe_unit, stripe_count = object_size, 1
     if features & rbd.RBD_FEATURE_STRIPINGV2 and 'stripe_unit' in header:
-        stripe_unit = struct.unpack('<Q', header['stripe_unit'][:8])[0]
-        stripe_count = struct.unpack('<Q', header['stripe_count'][:8])[0]
+        stripe_unit, stripe_count = le64('stripe_unit'), le64('stripe_count')
     data_pool_id = pool_id
     if features & rbd.RBD_FEATURE_DATA_POOL and 'data_pool_id' in header:
-        data_pool_id = struct.unpack('<q', header['data_pool_id'][:8])[0]
+        data_pool_id = le64('data_pool_id', '<q')
     return ImageInfo(id=image_id, size=size, object_size=object_size, stripe_unit=stripe_unit,
                      stripe_count=stripe_count, features=features, data_pool_id=data_pool_id,
                      watchers=[], descendants=[], snapshots=[], used_bytes=size,
