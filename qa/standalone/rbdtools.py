@@ -7,6 +7,7 @@ python3-rados/python3-rbd (run with /usr/bin/python3).
 import contextlib
 import hashlib
 import struct
+import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import rados
@@ -167,3 +168,18 @@ def opened(conf: str, spec: str) -> Iterator[rbd.Image]:
     with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
         with rbd.Image(io, name) as image:
             yield image
+
+
+def holder(conf: str, spec: str) -> Tuple[threading.Thread, threading.Event]:
+    """Hold ``spec`` open in a thread (a VM's client, which only opens it)
+    until the event returned is set; returns once it is open."""
+    opened_, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with opened(conf, spec):
+            opened_.set()
+            release.wait(300)
+    th = threading.Thread(target=hold, daemon=True)
+    th.start()
+    assert opened_.wait(30), 'could not open ' + spec
+    return th, release

@@ -4,7 +4,6 @@ batch is paused, resumed and cancelled as one, and every image ends
 committed (checksums, no trash, the name opens) or restored."""
 
 import json
-import threading
 from typing import Any, Dict, List
 
 from cluster import Cluster, wait_for
@@ -108,17 +107,8 @@ def test_a_batch_reads_plain_images_and_finds_clients_at_their_turn(
     specs = [base + n for n in ('plain', 'small', 'striped', 'snapped', 'busy')]
     sums = {s: rbdtools.checksums(cluster.conf, s) for s in specs}
     layouts = {s: rbdtools.image_layout(cluster.conf, s) for s in specs}
-    release = threading.Event()
-    opened = threading.Event()
-
-    def hold() -> None:
-        with rbdtools.opened(cluster.conf, base + 'busy'):
-            opened.set()
-            release.wait(180)
-    th = threading.Thread(target=hold)
-    th.start()
+    th, release = rbdtools.holder(cluster.conf, base + 'busy')
     try:
-        assert opened.wait(30)
         b = lm.ok('add-pool', 'c/' + src_ns, 'b/' + dst_ns)
         busy = base + 'busy'
 

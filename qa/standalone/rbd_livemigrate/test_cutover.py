@@ -5,27 +5,12 @@ while they hold the source.  No timings are asserted here (the benchmark's
 ``cutover`` section measures them); the data and what ``status`` said are."""
 
 import errno
-import threading
 from typing import Any, Dict, List
 
 from cluster import Cluster
 from conftest import Livemigrate, rbdtools, wait_for
 
 MiB = 1 << 20
-
-
-def _holder(conf: str, spec: str) -> Any:
-    """Hold ``spec`` open in a thread (a VM's client) until ``release`` is set."""
-    opened, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with rbdtools.opened(conf, spec):
-            opened.set()
-            release.wait(300)
-    th = threading.Thread(target=hold, daemon=True)
-    th.start()
-    assert opened.wait(30), 'could not open ' + spec
-    return th, release
 
 
 def _check_done(cluster: Cluster, src: str, dst: str, before: Dict[str, str]) -> None:
@@ -41,7 +26,7 @@ def test_last_client_leaving_starts_the_prepare(cluster: Cluster, lm: Livemigrat
     src, dst = 'a/' + name, 'b/' + name
     rbdtools.create_image(cluster.conf, src, 8 * MiB, seed=name, snaps=1)
     before = rbdtools.checksums(cluster.conf, src)
-    th, release = _holder(cluster.conf, src)
+    th, release = rbdtools.holder(cluster.conf, src)
     try:
         task = lm.add(src, dst)
         t = lm.wait(task['id'], pred=lambda t: 'open by' in (t['blocked_reason'] or ''))
@@ -62,7 +47,7 @@ def test_manual_cutover(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     src, dst = 'a/' + name, 'b/' + name
     rbdtools.create_image(cluster.conf, src, 8 * MiB, seed=name, snaps=2)
     before = rbdtools.checksums(cluster.conf, src)
-    th, release = _holder(cluster.conf, src)
+    th, release = rbdtools.holder(cluster.conf, src)
     seen: List[Dict[str, Any]] = []
     try:
         task = lm.add(src, dst, '--manual-cutover')

@@ -2,7 +2,6 @@
 manual commit, cancel in every state, dry run, blockers, orphans."""
 
 import json
-import threading
 from typing import List
 
 import pytest
@@ -206,17 +205,8 @@ def test_watchers_block_then_proceed(cluster: Cluster, lm: Livemigrate, name: st
     rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
     before = rbdtools.checksums(cluster.conf, src)
     lm.set_option('blocked_warn_seconds', '1')
-    release = threading.Event()
-    opened = threading.Event()
-
-    def hold() -> None:
-        with rbdtools.opened(cluster.conf, src):
-            opened.set()
-            release.wait(120)
-    th = threading.Thread(target=hold)
-    th.start()
+    th, release = rbdtools.holder(cluster.conf, src)
     try:
-        opened.wait(30)
         task = lm.add(src, dst)
         t = lm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
         assert t['state'] == 'queued' and 'open by' in t['blocked_reason']
@@ -241,22 +231,14 @@ def test_clients_that_open_the_source_after_add_hold_the_task(
     src, dst = 'a/' + name, 'b/' + name
     rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
     before = rbdtools.checksums(cluster.conf, src)
-    release = threading.Event()
-    opened = threading.Event()
-
-    def hold() -> None:
-        # open only: a write would take the exclusive lock, which writes
-        # the header, and the prepare would look in full by itself
-        with rbdtools.opened(cluster.conf, src):
-            opened.set()
-            release.wait(120)
     lm.ok('pause')
-    th = threading.Thread(target=hold)
+    release = None
     try:
         task = lm.add(src, dst)
         assert not task['blocked_reason']
-        th.start()
-        assert opened.wait(30)
+        # open only: a write would take the exclusive lock, which writes
+        # the header, and the prepare would look in full by itself
+        th, release = rbdtools.holder(cluster.conf, src)
         lm.ok('resume')
         t = lm.wait(task['id'], pred=lambda t: t['blocked_kind'] == 'watchers')
         assert t['state'] == 'queued' and 'open by 1 client' in t['blocked_reason'], t
@@ -265,8 +247,8 @@ def test_clients_that_open_the_source_after_add_hold_the_task(
         assert not rbdtools.image_exists(cluster.conf, dst)
     finally:
         lm.ok('resume')
-        release.set()
-        if th.is_alive():
+        if release is not None:
+            release.set()
             th.join()
     t = lm.wait(task['id'])
     assert t['state'] == 'committed' and t['error'] is None and t['attempts'] == 0
