@@ -25,7 +25,7 @@ is a workaround for the test harness only; it never ships in the module.
 
 CLI (root needed to build)::
 
-    python3 qa/standalone/release_root.py [--release reef|pacific]   # build if missing, show
+    python3 qa/standalone/release_root.py [--release pacific|reef|tentacle]  # build, show
 """
 
 from __future__ import annotations
@@ -51,12 +51,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 # release -> the Debian suite whose own packages carry it
-RELEASE_SUITES: Dict[str, str] = {'pacific': 'bookworm', 'reef': 'trixie'}
+RELEASE_SUITES: Dict[str, str] = {'pacific': 'bookworm', 'reef': 'trixie',
+                                  'tentacle': 'forky'}
 RELEASES = tuple(RELEASE_SUITES)
 HOST = 'host'
 # /etc/debian_version major (or the codename of a testing system) -> its release
 DEBIAN_RELEASES: Dict[str, str] = {'12': 'pacific', 'bookworm': 'pacific',
-                                   '13': 'reef', 'trixie': 'reef'}
+                                   '13': 'reef', 'trixie': 'reef',
+                                   '14': 'tentacle', 'forky': 'tentacle'}
+# apt options a suite's root needs.  forky is Debian testing: the mirror's Release file
+# has been seen past its Valid-Until date (December 2026), which apt refuses by default.
+# mmdebstrap writes these into the root's apt.conf.d, so later apt runs in it get them too.
+SUITE_APT_OPTIONS: Dict[str, List[str]] = {'forky': ['Acquire::Check-Valid-Until "false"']}
 # what a root holds (the dashboard is always there: roots are built once)
 ROOT_PACKAGES = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'ceph-common', 'python3-rados',
                  'python3-rbd', 'ceph-mgr-dashboard']
@@ -467,6 +473,7 @@ def _mmdebstrap(suite: str, target: str, quiet: bool) -> None:
             '--dpkgopt=path-exclude=/usr/share/locale/*',
             '--dpkgopt=path-exclude=/usr/share/doc/*',
             '--dpkgopt=path-include=/usr/share/doc/*/copyright',
+            *('--aptopt=' + o for o in SUITE_APT_OPTIONS.get(suite, [])),
             suite, target, mirror]
     _note(f'building a Debian {suite} root for the Ceph tests in {target} from {mirror} '
           f'(once; about a minute)')

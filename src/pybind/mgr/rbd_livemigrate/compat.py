@@ -21,11 +21,54 @@ unregister it               ``(addrs)``                 ``(name, addrs)``
 import inspect
 import logging
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
 CLIENT_NAME = 'rbd_livemigrate'
+COMMAND_REGISTRY_NAME = 'RbdLiveMigrateCLICommand'
+
+
+class CommandDecorators(NamedTuple):
+    """How this module declares its commands on the running mgr.
+
+    ``registry``: the class the mgr reads the module's commands from and
+    dispatches them through; set it as the module class's ``CLICommand``
+    (Tentacle's ``MgrModule`` has no default and uses ``cls.CLICommand``;
+    older mgrs use their one global ``CLICommand`` and ignore the
+    attribute).  ``read``/``write``: decorators taking the command prefix.
+    ``per_module``: True where the mgr keeps one registry per module.
+    """
+    registry: Any
+    read: Callable[[str], Callable[[Any], Any]]
+    write: Callable[[str], Callable[[Any], Any]]
+    per_module: bool
+
+
+def command_decorators(mgr_module: Any,
+                       name: str = COMMAND_REGISTRY_NAME) -> CommandDecorators:
+    """Read/write command decorators for the ``mgr_module`` that is loaded.
+
+    Tentacle (20.2) dropped ``CLIReadCommand``/``CLIWriteCommand`` and the
+    global ``CLICommand``: each module makes its own registry with
+    ``CLICommandBase.make_registry_subtype(name)`` and decorates with its
+    ``Read``/``Write``.  Pacific to Squid have only the global
+    ``CLICommand`` with the two decorator functions.  Found by what
+    ``mgr_module`` has, not by its version.
+    """
+    base = getattr(mgr_module, 'CLICommandBase', None)
+    make = getattr(base, 'make_registry_subtype', None)
+    if base is not None and callable(make):
+        registry = make(name)
+
+        def by_perm(perm: str) -> Callable[[str], Callable[[Any], Any]]:
+            method = getattr(registry, 'Read' if perm == 'r' else 'Write', None)
+            if callable(method):
+                return method   # type: ignore[no-any-return]
+            return lambda prefix: registry(prefix, perm)
+        return CommandDecorators(registry, by_perm('r'), by_perm('w'), True)
+    return CommandDecorators(getattr(mgr_module, 'CLICommand', None),
+                             mgr_module.CLIReadCommand, mgr_module.CLIWriteCommand, False)
 
 
 class ClientRegistry:

@@ -9,10 +9,11 @@ import errno
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
-from mgr_module import CLIReadCommand, CLIWriteCommand, MgrModule, NotifyType, Option
+import mgr_module
+from mgr_module import MgrModule, NotifyType, Option
 
 from .commands import AddRequest, Commands
-from .compat import ClientRegistry
+from .compat import ClientRegistry, command_decorators
 from .errors import LiveMigrateError, handle_errors
 from .health import HealthChecks, health_block
 from .heap import HEAP_CHECK_SECONDS, Allocator, HeapKeeper
@@ -30,10 +31,13 @@ from .window import in_window, parse_window
 ORPHAN_SCAN_SECONDS = 300.0
 DEFAULT_HEALTH_PAUSE = ('OSD_FULL,OSD_NEARFULL,OSD_BACKFILLFULL,POOL_FULL,PG_AVAILABILITY,'
                         'HEALTH_ERR')
+# this module's command decorators, in the form the running mgr takes (compat.py)
+CLI = command_decorators(mgr_module)
 
 
 class Module(MgrModule):
     NOTIFY_TYPES: List[NotifyType] = []
+    CLICommand = CLI.registry           # where the mgr finds our commands (Tentacle)
     MODULE_OPTIONS = [
         Option('max_concurrent', type='int', default=2, min=1, max=64, runtime=True,
                desc='migrations in prepare, execute or commit at once'),
@@ -196,7 +200,7 @@ class Module(MgrModule):
             return (-errno.EINVAL, '', 'invalid argument for {}: {}'.format(
                 cmd.get('prefix', '?'), e))
 
-    @CLIWriteCommand('rbd livemigrate add')
+    @CLI.write('rbd livemigrate add')
     @handle_errors
     def add(self, source_spec: str, dest_spec: Optional[str] = None,
             object_size: Optional[str] = None, stripe_unit: Optional[str] = None,
@@ -212,7 +216,7 @@ class Module(MgrModule):
             manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
             manual_cutover, verify))
 
-    @CLIWriteCommand('rbd livemigrate import')
+    @CLI.write('rbd livemigrate import')
     @handle_errors
     def import_image(self, dest_spec: str, object_size: Optional[str] = None,
                      stripe_unit: Optional[str] = None, stripe_count: Optional[int] = None,
@@ -225,7 +229,7 @@ class Module(MgrModule):
             object_size, stripe_unit, stripe_count, features, data_pool, False,
             manual_commit, False, priority, bandwidth_limit, dry_run))
 
-    @CLIWriteCommand('rbd livemigrate add-pool')
+    @CLI.write('rbd livemigrate add-pool')
     @handle_errors
     def add_pool(self, source_pool_spec: str, dest_pool_spec: str,
                  pattern: Optional[str] = None,
@@ -242,55 +246,55 @@ class Module(MgrModule):
             manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
             manual_cutover, verify))
 
-    @CLIReadCommand('rbd livemigrate ls')
+    @CLI.read('rbd livemigrate ls')
     @handle_errors
     def ls(self, format: Optional[str] = 'plain') -> Any:
         """List migration tasks (oldest first) and migrations that have no task"""
         return self.commands.ls(format)
 
-    @CLIReadCommand('rbd livemigrate status')
+    @CLI.read('rbd livemigrate status')
     @handle_errors
     def status(self, task_or_image: str, format: Optional[str] = 'plain') -> Any:
         """Show one task (by task id or image spec) or a batch (by batch id)"""
         return self.commands.status(task_or_image, format)
 
-    @CLIWriteCommand('rbd livemigrate cancel')
+    @CLI.write('rbd livemigrate cancel')
     @handle_errors
     def cancel(self, task_id: str) -> Any:
         """Cancel a task (dequeue it, or abort its migration and restore the source) or every task of a batch"""  # noqa: E501
         return self.commands.cancel(task_id)
 
-    @CLIWriteCommand('rbd livemigrate commit')
+    @CLI.write('rbd livemigrate commit')
     @handle_errors
     def commit(self, task_id: str) -> Any:
         """Commit a --manual-commit task that is executed"""
         return self.commands.commit(task_id)
 
-    @CLIWriteCommand('rbd livemigrate cutover')
+    @CLI.write('rbd livemigrate cutover')
     @handle_errors
     def cutover(self, task_id: str) -> Any:
         """Prepare a queued task now (its clients must have closed the source); returns the task with cutover_ms, or EBUSY naming the clients"""  # noqa: E501
         return self.commands.cutover(task_id)
 
-    @CLIWriteCommand('rbd livemigrate retry')
+    @CLI.write('rbd livemigrate retry')
     @handle_errors
     def retry(self, task_id: str) -> Any:
         """Queue a failed task again"""
         return self.commands.retry(task_id)
 
-    @CLIWriteCommand('rbd livemigrate pause')
+    @CLI.write('rbd livemigrate pause')
     @handle_errors
     def pause(self, task_id: Optional[str] = None) -> Any:
         """Pause one task or batch, or the whole queue without an id"""
         return self.commands.pause(task_id, True)
 
-    @CLIWriteCommand('rbd livemigrate resume')
+    @CLI.write('rbd livemigrate resume')
     @handle_errors
     def resume(self, task_id: Optional[str] = None) -> Any:
         """Resume one task or batch, or the whole queue without an id"""
         return self.commands.pause(task_id, False)
 
-    @CLIWriteCommand('rbd livemigrate adopt')
+    @CLI.write('rbd livemigrate adopt')
     @handle_errors
     def adopt(self, image_spec: str) -> Any:
         """Make a task of a migration (its target image spec) that no task knows"""

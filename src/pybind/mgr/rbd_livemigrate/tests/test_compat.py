@@ -4,7 +4,7 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from rbd_livemigrate.compat import ClientRegistry, prepare_takes_flatten
+from rbd_livemigrate.compat import ClientRegistry, command_decorators, prepare_takes_flatten
 
 
 class Builtin:
@@ -110,3 +110,100 @@ def test_prepare_flatten_detection() -> None:
     assert not prepare_takes_flatten(CythonNoSignature(
         'RBD.migration_prepare(self, ioctx, image_name, dest_ioctx, dest_image_name, '
         'features=None, order=None, stripe_unit=None, stripe_count=None, data_pool=None)'))
+
+
+# -- command registration ----------------------------------------------------
+
+class _Command:
+    """Shared shape of a mgr command decorator object: registers on call."""
+    COMMANDS: dict = {}
+
+    def __init__(self, prefix: str, perm: str = 'rw', poll: bool = False) -> None:
+        self.prefix, self.perm = prefix, perm
+
+    def __call__(self, func: Any) -> Any:
+        self.COMMANDS[self.prefix] = self
+        return func
+
+
+class PacificMgrModule:
+    """Pacific to Squid: one global CLICommand and two decorator functions."""
+
+    class CLICommand(_Command):
+        COMMANDS: dict = {}
+
+    @staticmethod
+    def CLIReadCommand(prefix: str, poll: bool = False) -> Any:
+        return PacificMgrModule.CLICommand(prefix, 'r', poll)
+
+    @staticmethod
+    def CLIWriteCommand(prefix: str, poll: bool = False) -> Any:
+        return PacificMgrModule.CLICommand(prefix, 'w', poll)
+
+
+class TentacleMgrModule:
+    """Tentacle 20.2: no CLIReadCommand/CLIWriteCommand/CLICommand; one
+    registry per module made from CLICommandBase."""
+
+    class CLICommandBase(_Command):
+        @classmethod
+        def Read(cls, prefix: str, poll: bool = False) -> Any:
+            return cls(prefix, 'r', poll)
+
+        @classmethod
+        def Write(cls, prefix: str, poll: bool = False) -> Any:
+            return cls(prefix, 'w', poll)
+
+        @classmethod
+        def make_registry_subtype(cls, name: str) -> Any:
+            return type(name, (cls,), {'COMMANDS': {}})
+
+
+class LaterMgrModule(TentacleMgrModule):
+    """ceph main after Tentacle: the registry and the old names as aliases."""
+    CLICommand = TentacleMgrModule.CLICommandBase
+    CLIReadCommand = TentacleMgrModule.CLICommandBase.Read
+    CLIWriteCommand = TentacleMgrModule.CLICommandBase.Write
+
+
+class RegistryWithoutReadWrite:
+    class CLICommandBase(_Command):
+        @classmethod
+        def make_registry_subtype(cls, name: str) -> Any:
+            return type(name, (cls,), {'COMMANDS': {}})
+
+
+def _declare(cli: Any) -> None:
+    @cli.read('rbd livemigrate ls')
+    def ls(self: Any) -> None:
+        pass
+
+    @cli.write('rbd livemigrate add')
+    def add(self: Any, source_spec: str) -> None:
+        pass
+
+
+def test_commands_global_registry() -> None:
+    cli = command_decorators(PacificMgrModule)
+    assert not cli.per_module
+    assert cli.registry is PacificMgrModule.CLICommand
+    _declare(cli)
+    perms = {p: c.perm for p, c in PacificMgrModule.CLICommand.COMMANDS.items()}
+    assert perms == {'rbd livemigrate ls': 'r', 'rbd livemigrate add': 'w'}
+
+
+@pytest.mark.parametrize('shape', [TentacleMgrModule, LaterMgrModule,
+                                   RegistryWithoutReadWrite])
+def test_commands_per_module_registry(shape: Any) -> None:
+    cli = command_decorators(shape, 'TestRegistry')
+    assert cli.per_module
+    assert cli.registry.__name__ == 'TestRegistry'
+    assert issubclass(cli.registry, shape.CLICommandBase)
+    _declare(cli)
+    perms = {p: c.perm for p, c in cli.registry.COMMANDS.items()}
+    assert perms == {'rbd livemigrate ls': 'r', 'rbd livemigrate add': 'w'}
+    # the base's (shared) table is untouched: other modules do not see ours
+    assert shape.CLICommandBase.COMMANDS == {}
+    # a second module's registry is a different table
+    other = command_decorators(shape, 'Other')
+    assert other.registry.COMMANDS == {}
