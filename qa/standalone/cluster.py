@@ -135,14 +135,28 @@ def parse_bytes(text: str) -> int:
     return int(m.group(1)) << shift
 
 
-def gen_key() -> str:
+# cephx key format (CryptoKey type, secret length) up to Squid: AES-128
+DEFAULT_KEY_FORMAT = (1, 16)
+
+
+def gen_key(key_format: Tuple[int, int] = DEFAULT_KEY_FORMAT) -> str:
     """A fresh cephx secret, as ``ceph-authtool --gen-print-key`` prints it.
 
-    Encoding of CryptoKey: u16 type (1 = AES), utime_t created (u32 sec, u32 nsec),
-    u16 length, then the 16 secret bytes; base64 of that.
+    Encoding of CryptoKey: u16 type (1 = AES, 2 = AES-256-K since Tentacle), utime_t
+    created (u32 sec, u32 nsec), u16 length, then the secret bytes; base64 of that.
     """
-    header = struct.pack('<HIIH', 1, int(time.time()), 0, 16)
-    return base64.b64encode(header + os.urandom(16)).decode()
+    key_type, length = key_format
+    header = struct.pack('<HIIH', key_type, int(time.time()), 0, length)
+    return base64.b64encode(header + os.urandom(length)).decode()
+
+
+def key_format_of(key: str) -> Tuple[int, int]:
+    """(type, secret length) of a base64 cephx secret (see :func:`gen_key`)."""
+    raw = base64.b64decode(key.strip())
+    key_type, _, _, length = struct.unpack_from('<HIIH', raw)
+    if len(raw) != 12 + length:
+        raise ValueError(f'not a cephx secret: {key!r}')
+    return key_type, length
 
 
 def port_is_free(port: int) -> bool:
@@ -310,6 +324,7 @@ class Cluster:
         # (Pacific) and fail: a test process that imports the module's code
         # sets it, and must not hand it to the daemons
         self.env: Dict[str, str] = {k: v for k, v in os.environ.items() if k != 'UNITTEST'}
+        self._key_format: Optional[Tuple[int, int]] = None
         self.env['CEPH_CONF'] = self.conf
         self.log_dir = os.path.join(self.dir, 'log')
         self.run_dir = os.path.join(self.dir, 'run')
@@ -948,6 +963,20 @@ class Cluster:
             out.append('')
         return '\n'.join(out)
 
+    @property
+    def key_format(self) -> Tuple[int, int]:
+        """The cephx key format this release makes (Tentacle's monitors refuse the older
+        AES-128 keys for daemons and clients): what its own ``ceph-authtool`` generates,
+        asked once per cluster."""
+        if self._key_format is None:
+            p = subprocess.run(self.wrap_argv(['ceph-authtool', '--gen-print-key']),
+                               env=self.env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
+            if p.returncode != 0:
+                raise ClusterError(f'ceph-authtool --gen-print-key failed: {p.stderr.strip()}')
+            self._key_format = key_format_of(p.stdout)
+        return self._key_format
+
     def _boot(self) -> None:
         fsid = str(uuid.uuid4())
         _write(self.conf, self._conf_text(fsid))
@@ -959,13 +988,13 @@ class Cluster:
 
         # One keyring seeds the monitor's auth database at mkfs: mon., client.admin and every
         # mgr (saves an `auth get-or-create` round trip per mgr).
-        admin = _keyring_entry('client.admin', gen_key(), ADMIN_CAPS)
+        admin = _keyring_entry('client.admin', gen_key(self.key_format), ADMIN_CAPS)
         _write(self.admin_keyring, admin, 0o600)
-        seed = [_keyring_entry('mon.', gen_key(), {'mon': 'allow *'}), admin]
+        seed = [_keyring_entry('mon.', gen_key(self.key_format), {'mon': 'allow *'}), admin]
         for m in self.mgr_ids:
             name = f'mgr.{m}'
             os.makedirs(self.data_dir(name))
-            entry = _keyring_entry(name, gen_key(), MGR_CAPS)
+            entry = _keyring_entry(name, gen_key(self.key_format), MGR_CAPS)
             _write(os.path.join(self.data_dir(name), 'keyring'), entry, 0o600)
             seed.append(entry)
         seed_path = os.path.join(self.dir, 'mkfs.keyring')
@@ -1066,7 +1095,7 @@ class Cluster:
     def _create_osd(self, osd_id: int) -> None:
         name = f'osd.{osd_id}'
         osd_uuid = str(uuid.uuid4())
-        key = gen_key()
+        key = gen_key(self.key_format)
         os.makedirs(self.data_dir(name))
         _write(os.path.join(self.data_dir(name), 'keyring'),
                _keyring_entry(name, key, {}), 0o600)
