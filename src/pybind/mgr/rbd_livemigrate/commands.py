@@ -248,7 +248,8 @@ class Commands:
                         manual_cutover=req.manual_cutover, verify=self.verify_mode(req),
                         blocked_reason=str(waiting[0]) if waiting and watch else None,
                         blocked_kind=HoldKind.WATCHERS.value if waiting and watch else None,
-                        blocked_since=now if waiting and watch else None)
+                        blocked_since=now if waiting and watch else None,
+                        added_by=self._added_by(batch_id, source, dest))
             # a batch's tasks are written behind: listing again after a crash
             # adds what was not stored
             self.worker.put(task, wait=batch_id is None,
@@ -371,6 +372,14 @@ class Commands:
         if pattern is not None:
             images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
         return images
+
+    def _added_by(self, batch_id: Optional[str], source: ImageSpec, dest: ImageSpec) -> str:
+        """Who asked, as far as the mgr tells a module: the caller's rights
+        (a batch's task: those kept with the batch, its caller is gone)."""
+        batch = self.worker.batches.get(batch_id) if batch_id else None
+        if batch is not None:
+            return caller_text(batch.allowed)
+        return caller_text(self._rights(source.pool_spec, dest.pool_spec))
 
     def _new_batch_id(self) -> str:
         while True:
@@ -809,7 +818,8 @@ class Commands:
                     source_image_id=ref.source_image_id, dest_image_id=obs.dest.image_id,
                     created=now, started=now, adopted=True,
                     verify=self.verify_mode(AddRequest()),
-                    size_bytes=self.adapter.size_of(dest) or self.adapter.size_of(source))
+                    size_bytes=self.adapter.size_of(dest) or self.adapter.size_of(source),
+                    added_by=self._added_by(None, source, dest))
         self.worker.put(task)
         self.orphans = [r for r in self.orphans if r.source_image_id != ref.source_image_id]
         self.worker.kick()
@@ -866,6 +876,13 @@ class Commands:
             log.warning('found %d migration(s) without a task: %s', len(orphans),
                         ', '.join('{} -> {} ({})'.format(r.source, r.destination or '?', r.kind)
                                   for r in orphans))
+
+
+def caller_text(rights: List[str]) -> str:
+    """``added_by``: a caller's rights ('*' or pool[/namespace] entries) in words."""
+    if '*' in rights:
+        return 'a caller with mgr caps on every pool'
+    return 'a caller with mgr caps on {}'.format(', '.join(rights) or 'no pool')
 
 
 def _allowed(rights: List[str]) -> Allowed:

@@ -55,7 +55,7 @@ def status_text(v: Dict[str, Any]) -> str:
             'cancel_requested', 'progress', 'bytes_copied', 'size_bytes',
             'rate_bytes_per_sec', 'eta_seconds', 'priority', 'manual_commit', 'paused',
             'blocked_reason', 'waiting_reason', 'error', 'attempts', 'next_retry', 'created',
-            'started', 'finished', 'layout', 'manual_cutover', 'cutover_ms', 'verify',
+            'started', 'finished', 'added_by', 'layout', 'manual_cutover', 'cutover_ms', 'verify',
             'verification']
     lines = []
     for k in keys:

@@ -20,6 +20,7 @@ from . import source_spec
 from .commands import AddRequest, CommandResult, Commands
 from .errors import AlreadyExists, Busy, InvalidArgument, LiveMigrateError, NotFound
 from .formatting import dump
+from .import_guard import ImportGuard
 from .source_probe import ConfigGet, probe
 from .spec import ImageSpec
 from .task import IMPORT_TASK_VERSION, Task
@@ -44,7 +45,8 @@ def _comparable(spec: Dict[str, Any]) -> Dict[str, Any]:
 class Importer:
     def __init__(self, commands: Commands, set_store: Callable[[str, Optional[str]], None],
                  get_store_prefix: Callable[[str], Dict[str, str]],
-                 config_get: ConfigGet, probe_stream: Probe = probe) -> None:
+                 config_get: ConfigGet, guard: ImportGuard,
+                 probe_stream: Probe = probe) -> None:
         self.commands = commands
         self.worker = commands.worker
         self.adapter = commands.adapter
@@ -52,6 +54,7 @@ class Importer:
         self.get_store_prefix = get_store_prefix
         self.config_get = config_get
         self.probe = probe_stream
+        self.guard = guard
         self.lock = threading.Lock()        # credentials written vs swept
 
     # -- add -----------------------------------------------------------
@@ -77,6 +80,9 @@ class Importer:
             raise NotFound("namespace '{}' does not exist in pool '{}': create it with rbd "
                            'namespace create'.format(dest.namespace, dest.pool))
         c._authorize_touched(dest, dest, layout, [])
+        # what librbd would open inside the mgr, judged before anything is
+        # probed or sent (file paths come back resolved)
+        spec = self.guard.check(spec, dest)
         existing = self._existing(dest, spec)
         if existing is not None:
             return 0, dump(c.view(existing), 'json'), ''
@@ -100,7 +106,8 @@ class Importer:
             task = Task(id=task_id, source=str(dest), destination=str(dest), layout=layout,
                         manual_commit=req.manual_commit, priority=req.priority,
                         bandwidth_limit_bytes=limit, size_bytes=size, created=now,
-                        import_spec=source_spec.dumps(stored), version=IMPORT_TASK_VERSION)
+                        import_spec=source_spec.dumps(stored), version=IMPORT_TASK_VERSION,
+                        added_by=c._added_by(None, dest, dest))
             for key, value in secrets.items():
                 self.set_store(key, value)
             try:

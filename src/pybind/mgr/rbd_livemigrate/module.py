@@ -15,9 +15,11 @@ from mgr_module import MgrModule, NotifyType, Option
 from .commands import AddRequest, Commands
 from .compat import ClientRegistry, command_decorators
 from .errors import LiveMigrateError, handle_errors
-from .health import HealthChecks, health_block
+from .health import HealthChecks, full_pools, health_block, pool_holds
 from .heap import HEAP_CHECK_SECONDS, Allocator, HeapKeeper
 from .hold import Hold, HoldKind
+from .import_guard import ImportGuard
+from .import_policy import Endpoints, Policy, cluster_endpoints, parse_dirs, parse_networks
 from .importer import SWEEP_SECONDS, Importer, config_key_getter
 from .pipeline import Runner
 from .preflight import PoolInfo, pools_from_maps
@@ -70,6 +72,17 @@ class Module(MgrModule):
                runtime=True,
                desc='what add compares before commit without --verify: full (every snapshot '
                     'and the head), auto (the head unless clients wrote to it), off'),
+        Option('import_file_dirs', type='str', default='', runtime=True,
+               desc='comma list of directories on the mgr hosts whose files imports may read '
+                    '(symlinks resolved); empty: no file import'),
+        Option('import_allowed_networks', type='str', default='', runtime=True,
+               desc='comma list of networks (CIDR) that import URLs may reach besides public '
+                    'addresses: loopback, private and link-local ones, and hosts of this '
+                    "cluster's daemons, are refused unless listed here"),
+        Option('import_credential_prefix', type='str', default='', runtime=True,
+               desc='config-key prefix an admin sets aside for import credentials: a '
+                    'source-spec may name config://<prefix><pool>[/<namespace>]/<name> for its '
+                    'destination; empty: no config:// reference is accepted'),
         Option('release_memory', type='bool', default=True, runtime=True,
                desc='give memory the mgr process freed back to the OS after migrations and '
                     'listings, and map large buffers on their own (process-wide)'),
@@ -90,6 +103,9 @@ class Module(MgrModule):
         maintenance_window: str
         health_pause_checks: str
         verify_default: str
+        import_file_dirs: str
+        import_allowed_networks: str
+        import_credential_prefix: str
         release_memory: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -103,12 +119,15 @@ class Module(MgrModule):
             register=registry.register,
             unregister=registry.unregister)
         self.adapter = Adapter(self.factory)
+        guard = ImportGuard(self.import_policy, self.cluster_endpoints)
         self.worker = Worker(
             store=TaskStore(self.get_store_prefix, self.set_store),
             progress=ProgressReporter(self.remote),
-            runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools),
+            runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools,
+                                                     import_gate=guard.check_text),
             set_health=self.set_health,
             cluster_block=self.cluster_block,
+            pool_holds=self.pool_holds,
             blocklisted=self.blocklisted,
             on_blocklist=self.factory.discard_idle,
             watchers=lambda spec: self.adapter.watchers(ImageSpec.parse(spec)),
@@ -116,7 +135,7 @@ class Module(MgrModule):
         self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
                                  time.time, self.unscoped)
         self.importer = Importer(self.commands, self.set_store, self.get_store_prefix,
-                                 config_key_getter(self.mon_command))
+                                 config_key_getter(self.mon_command), guard)
         self.heap = HeapKeeper(Allocator(),
                                activity=lambda: self.worker.writes + self.commands.listings,
                                busy=lambda: bool(self.worker.runners))
@@ -161,6 +180,15 @@ class Module(MgrModule):
     def pools(self) -> Dict[str, PoolInfo]:
         return pools_from_maps(self.get('osd_map'), self.get('df'))
 
+    def import_policy(self) -> Policy:
+        """What the admin lets imports reach (module options; EINVAL if malformed)."""
+        return Policy(parse_dirs(self.import_file_dirs),
+                      parse_networks(self.import_allowed_networks),
+                      self.import_credential_prefix or '')
+
+    def cluster_endpoints(self) -> Endpoints:
+        return cluster_endpoints(self.get('mon_map'), self.get('osd_map'), self.get('mgr_map'))
+
     def set_health(self, checks: HealthChecks) -> None:
         self.set_health_checks(checks)
 
@@ -177,8 +205,15 @@ class Module(MgrModule):
         if not in_window(window, time.time()):
             return Hold(HoldKind.WINDOW_CLOSED, 'outside the maintenance window {} (UTC)'.format(
                 self.maintenance_window))
-        reason = health_block(self.get('health'), self.health_pause_checks)
+        per_pool = bool(full_pools(self.get('osd_map')))
+        reason = health_block(self.get('health'), self.health_pause_checks, per_pool)
         return None if reason is None else Hold(HoldKind.CLUSTER_HEALTH, reason)
+
+    def pool_holds(self) -> Dict[str, Hold]:
+        """Pools whose tasks hold (POOL_FULL of that pool); the rest go on."""
+        why = pool_holds(self.get('health'), self.health_pause_checks,
+                         full_pools(self.get('osd_map')))
+        return {p: Hold(HoldKind.CLUSTER_HEALTH, r) for p, r in why.items()}
 
     def authorized(self, pool: str, namespace: str) -> bool:
         return bool(self.is_authorized({'pool': pool, 'namespace': namespace}))

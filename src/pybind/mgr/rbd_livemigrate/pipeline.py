@@ -49,8 +49,12 @@ _FALLBACK = {State.PREPARING: State.QUEUED, State.EXECUTING: State.PREPARED}
 
 class Runner(RunnerHandle):
     def __init__(self, worker: Worker, task_id: str, adapter: RbdPort,
-                 pools: Callable[[], Dict[str, PoolInfo]]) -> None:
+                 pools: Callable[[], Dict[str, PoolInfo]],
+                 import_gate: Optional[Callable[[str, ImageSpec, str], None]] = None) -> None:
         self.worker = worker
+        # judges an import's stored source-spec again just before librbd
+        # opens its streams (import_guard.ImportGuard.check_text)
+        self.import_gate = import_gate
         self.task_id = task_id
         self.adapter = adapter
         self.pools = pools
@@ -265,6 +269,9 @@ class Runner(RunnerHandle):
                 log.info('task %s: flattened %s', task.id, dest)
             self._finish(action)
             return False
+        if act in (Act.PREPARE, Act.EXECUTE) and task.import_spec is not None \
+                and self.import_gate is not None:
+            self.import_gate(task.import_spec, dest, task.id)
         if act == Act.PREPARE and task.import_spec is not None:
             return self._prepare_import(task, dest) and self._straight_on(dest, dest)
         if act == Act.PREPARE:

@@ -76,6 +76,14 @@ def _pools(t: Task) -> Set[str]:
     return {t.source.split('/')[0], t.destination.split('/')[0]}
 
 
+def task_pool_names(t: Task) -> List[str]:
+    """The pools a task reads or writes: its ends and its data pool."""
+    out = [t.source.split('/')[0], t.destination.split('/')[0]]
+    if t.layout.data_pool:
+        out.append(t.layout.data_pool)
+    return out
+
+
 def why_waiting(t: Task, now: float, opts: Options, cluster_block: Optional[str]) -> str:
     """Why a task that needs the worker has no runner now."""
     if t.paused:
@@ -98,7 +106,8 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
     - a cancel always starts (it frees resources, never uses them);
     - paused, manual-commit-waiting, done and retry-waiting tasks wait;
     - a queued task whose source has clients waits for a cheap recheck;
-    - while the cluster blocks new work, nothing else starts;
+    - while the cluster blocks new work, nothing else starts; a full pool
+      (``pool_blocks``) holds only the tasks that touch it;
     - the rest start by priority (higher first), then age, while the global
       limit and the per-pool limit (source or destination pool) allow.
     """
@@ -111,7 +120,8 @@ def decide(tasks: Iterable[Task], running: Set[str], opts: Options, now: float,
 def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set[str],
                    opts: Options, now: float, cluster_block: Optional[str] = None,
                    cancels: Iterable[Task] = (), watching: Iterable[Task] = (),
-                   detail: Optional[int] = None) -> Decision:
+                   detail: Optional[int] = None,
+                   pool_blocks: Optional[Dict[str, str]] = None) -> Decision:
     """``decide`` over tasks already in queue order (``order_key``).
 
     With ``detail`` the scan stops that many tasks after the last slot is
@@ -169,6 +179,11 @@ def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set
         if cluster_block:
             waiting[t.id] = cluster_block
             continue
+        if pool_blocks:
+            held = next((pool_blocks[p] for p in task_pool_names(t) if p in pool_blocks), None)
+            if held is not None:
+                waiting[t.id] = held
+                continue
         if slots <= 0:
             waiting[t.id] = why_waiting(t, now, opts, None)
             continue
@@ -255,12 +270,14 @@ class Worker(TaskTable):
                  blocklisted: Callable[[], Set[str]] = set,
                  on_blocklist: Callable[[Set[str]], None] = lambda addrs: None,
                  watchers: Callable[[str], List[str]] = lambda spec: [],
-                 write_behind: bool = False) -> None:
+                 write_behind: bool = False,
+                 pool_holds: Callable[[], Dict[str, Hold]] = dict) -> None:
         super().__init__(store, clock, write_behind)
         self.progress = progress
         self.runner_factory = runner_factory
         self.set_health = set_health
         self.cluster_block = cluster_block
+        self.pool_holds = pool_holds
         self.blocklisted = blocklisted
         self.watchers = watchers
         self.on_blocklist = on_blocklist
@@ -274,6 +291,8 @@ class Worker(TaskTable):
         # why new work may not start now (window, health, queue paused); the
         # running copies hold while it is set
         self.current_block: Optional[Hold] = None
+        # pools whose tasks hold (a full pool), the others going on
+        self.pool_blocks: Dict[str, Hold] = {}
         self.health_block_since: Optional[float] = None
         self.chores: List[Chore] = []
 
@@ -347,7 +366,9 @@ class Worker(TaskTable):
         self.run_chores(now)
         self.reap_blocklisted(now)
         block = None if self.stopping else self.cluster_block()
+        held_pools = {} if self.stopping or block else self.pool_holds()
         with self.lock:
+            self.pool_blocks = held_pools
             if self.queue_paused and not block:
                 block = Hold(HoldKind.QUEUE_PAUSED, 'queue paused')
             self.current_block = block
@@ -357,7 +378,8 @@ class Worker(TaskTable):
                                                     if i in tasks],
                 set(self.runners), self.options, now, str(block) if block else None,
                 cancels=[tasks[i] for i in self.cancels],
-                watching=[tasks[i] for i in self.watching], detail=WAITING_DETAIL)
+                watching=[tasks[i] for i in self.watching], detail=WAITING_DETAIL,
+                pool_blocks={p: str(h) for p, h in held_pools.items()})
             waiting_count = len(self.live) - len(self.cancels)
             self.waiting = dict(decision.waiting)
             to_start = [] if self.stopping else decision.start
@@ -532,7 +554,10 @@ class Worker(TaskTable):
         if task.paused:
             return Hold(HoldKind.PAUSED, 'paused')
         with self.lock:
-            return self.current_block
+            if self.current_block is not None or not self.pool_blocks:
+                return self.current_block
+            return next((self.pool_blocks[p] for p in task_pool_names(task)
+                         if p in self.pool_blocks), None)
 
     def why(self, task: Task, running: Set[str], waiting: Dict[str, str]) -> Optional[str]:
         """Why ``task`` has no runner (None: it has one, or nothing to do):

@@ -20,13 +20,26 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .errors import LiveMigrateError, NotAuthorized, NotFound
 from .source_spec import (CONFIG_PREFIX, QCOW_HEADER_BYTES, Stream, qcow_virtual_size,
                           redact_url)
 
 PROBE_TIMEOUT_SECONDS = 5.0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """librbd's http client treats any answer outside 2xx as an error (EIO)
+    and follows no redirect: neither does the probe, so that it never
+    reaches an address the import guard did not judge."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 ConfigGet = Callable[[str], Optional[str]]
 
@@ -97,7 +110,7 @@ def _request(s: Stream, method: str, byte_range: Optional[Tuple[int, int]],
         headers.update(_s3_headers(method, url, s.stream, config_get))
     req = urllib.request.Request(url, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             body = resp.read(QCOW_HEADER_BYTES) if method == 'GET' else b''
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
     except urllib.error.HTTPError as e:
@@ -109,6 +122,10 @@ def _request(s: Stream, method: str, byte_range: Optional[Tuple[int, int]],
                 s.label, shown, e.code, e.reason))
         if e.code in (405, 501) and method == 'HEAD':
             return e.code, {}, b''
+        if 300 <= e.code < 400:
+            raise LiveMigrateError('{} url {} answers {} {} (a redirect): librbd follows no '
+                                   'redirect: give the final url'.format(
+                                       s.label, shown, e.code, e.reason), errno.EINVAL)
         raise LiveMigrateError('{} url {} answers {} {}'.format(s.label, shown, e.code,
                                                                 e.reason), errno.EIO)
     except urllib.error.URLError as e:

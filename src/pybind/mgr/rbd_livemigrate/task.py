@@ -459,6 +459,9 @@ class Task:
     # an import (``ceph rbd livemigrate import``): the source-spec given to
     # librbd, credentials moved out (source_spec.py); source == destination
     import_spec: Optional[str] = None
+    # who asked: the rights the caller proved when it added the task (the
+    # mgr's module interface names no entity; the audit log does)
+    added_by: Optional[str] = None
     version: int = TASK_VERSION
 
     # -- construction --------------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 
 from rbd_livemigrate.commands import AddRequest, Commands
 from rbd_livemigrate.errors import LiveMigrateError
+from rbd_livemigrate.import_guard import ImportGuard
+from rbd_livemigrate.import_policy import Endpoints, Policy, parse_networks
 from rbd_livemigrate.importer import Importer
 from rbd_livemigrate.interface import (End, HeaderType, MigrationHeader, MigState, Observation,
                                        RbdPort)
@@ -215,6 +217,10 @@ S3_STREAM = {'type': 's3', 'url': 'http://127.0.0.1:1/b/k', 'access_key': 'AKID'
 S3: Dict[str, Any] = {'type': 'raw', 'stream': S3_STREAM}
 
 
+# the tests' endpoints are on loopback: the admin allowed it (import_guard)
+LOOPBACK_ALLOWED = Policy(networks=parse_networks('127.0.0.0/8'))
+
+
 def importer(allowed: Any = lambda p, ns: p != 'c') -> Importer:
     w = worker()
     w.load()
@@ -227,7 +233,8 @@ def importer(allowed: Any = lambda p, ns: p != 'c') -> Importer:
             store[k] = v
     c = Commands(w, Cluster(), lambda: {}, allowed, lambda: 5.0, lambda: True)
     i = Importer(c, set_store, lambda p: {k: v for k, v in store.items() if k.startswith(p)},
-                 lambda k: None, probe_stream=lambda s, get: 4 << 20)
+                 lambda k: None, ImportGuard(lambda: LOOPBACK_ALLOWED, Endpoints),
+                 probe_stream=lambda s, get: 4 << 20)
     i.store = store       # type: ignore[attr-defined]
     return i
 

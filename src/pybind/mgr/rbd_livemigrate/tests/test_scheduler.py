@@ -3,7 +3,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from rbd_livemigrate.health import build_checks
 from rbd_livemigrate.progress import ProgressReporter
 from rbd_livemigrate.scheduler import (FAST_RECHECK_SECONDS, FAST_WATCH_TASKS, Options,
-                                       RunnerHandle, Worker, decide, history_to_drop,
+                                       RunnerHandle, Worker, decide, decide_ordered,
+                                       history_to_drop, order_key,
                                        retry_delay)
 from rbd_livemigrate.store import TaskStore
 from rbd_livemigrate.task import State, Task
@@ -80,12 +81,20 @@ def test_history() -> None:
 
 
 def test_health_checks() -> None:
-    tasks = [mk(0, state=State.FAILED, error='boom'),
+    tasks = [mk(0, state=State.FAILED, error='boom /etc/secret'),
              mk(1, state=State.EXECUTING, last_progress_at=NOW - 1000),
-             mk(2, blocked_reason='watchers', blocked_since=NOW - 400)]
+             mk(2, blocked_reason='watchers on img-2', blocked_since=NOW - 400)]
     checks = build_checks(tasks, NOW, 600, 300)
     assert checks['RBD_LIVEMIGRATE_FAILED']['count'] == 1
-    assert 'boom' in checks['RBD_LIVEMIGRATE_FAILED']['detail'][0]
+    # health detail is readable with mon 'allow r': task id and pools only,
+    # never an image name or an error text (status shows those)
+    failed = checks['RBD_LIVEMIGRATE_FAILED']['detail'][0]
+    assert 't0' in failed and 'status t0' in failed
+    every = ' '.join(line for c in checks.values() for line in c['detail'])
+    for t in tasks:
+        assert t.source.split('/', 1)[1] not in every and t.destination.split('/', 1)[1] \
+            not in every
+    assert 'boom' not in every and 'secret' not in every and 'img-2' not in every
     assert checks['RBD_LIVEMIGRATE_STALLED']['count'] == 1
     assert checks['RBD_LIVEMIGRATE_BLOCKED']['count'] == 1
     assert build_checks([mk(3)], NOW, 600, 300) == {}
@@ -290,3 +299,27 @@ def test_ls_words_the_reason_of_tasks_the_pass_did_not_reach() -> None:
     assert 't150' not in waiting
     assert (w.why(w.get('t150'), running, waiting) or '').startswith('waiting for a free slot')
     assert w.why(w.get(FakeRunner.started[0]), running, waiting) is None
+
+
+def test_a_full_pool_holds_only_its_own_tasks() -> None:
+    from rbd_livemigrate.health import full_pools, health_block, pool_holds
+    from rbd_livemigrate.task import Layout
+    osd_map = {'pools': [{'pool_name': 'a', 'flags_names': 'hashpspool'},
+                         {'pool_name': 'full', 'flags_names': 'hashpspool,full_quota'}]}
+    full = full_pools(osd_map)
+    assert list(full) == ['full']
+    health = {'status': 'HEALTH_ERR', 'checks': {
+        'POOL_FULL': {'severity': 'HEALTH_ERR', 'summary': {'message': '1 pool(s) full'}}}}
+    triggers = 'POOL_FULL,HEALTH_ERR'
+    # per pool: the whole queue is not held, the full pool's tasks are
+    assert health_block(health, triggers, per_pool=True) is None
+    assert health_block(health, triggers) is not None          # unknown pools: all held
+    holds = pool_holds(health, triggers, full)
+    assert list(holds) == ['full'] and 'full' in holds['full']
+    assert pool_holds(health, 'OSD_FULL', full) == {}
+    tasks = [mk(0, src='a', dst='b'), mk(1, src='full', dst='b'), mk(2, src='a', dst='full'),
+             mk(3, src='a', dst='b', layout=Layout(data_pool='full'))]
+    d = decide_ordered(sorted(tasks, key=order_key), [], set(), Options(max_concurrent=8), NOW,
+                       pool_blocks=holds)
+    assert d.start == ['t0']
+    assert all('POOL_FULL' in d.waiting[t] for t in ('t1', 't2', 't3'))
