@@ -150,6 +150,25 @@ def gen_key(key_format: Tuple[int, int] = DEFAULT_KEY_FORMAT) -> str:
     return base64.b64encode(header + os.urandom(length)).decode()
 
 
+# CryptoKey type -> the cipher name ``mon set auth_allowed_ciphers`` takes
+CIPHER_NAMES = {1: 'aes', 2: 'aes256k'}
+# health checks a cluster raises while it lets older clients in with AES-128 keys
+LEGACY_KEY_HEALTH = ('AUTH_INSECURE_CLIENT_KEY_TYPE', 'AUTH_INSECURE_KEYS_ALLOWED',
+                     'AUTH_INSECURE_KEYS_CREATABLE')
+
+
+@functools.lru_cache(maxsize=None)
+def host_key_format() -> Tuple[int, int]:
+    """The newest cephx key format the host's own librados reads (the test process and
+    rbdtools connect with it): what the host's ``ceph-authtool`` makes, else AES-128."""
+    tool = shutil.which('ceph-authtool')
+    if tool is None:
+        return DEFAULT_KEY_FORMAT
+    p = subprocess.run([tool, '--gen-print-key'], text=True, stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
+    return key_format_of(p.stdout) if p.returncode == 0 else DEFAULT_KEY_FORMAT
+
+
 def key_format_of(key: str) -> Tuple[int, int]:
     """(type, secret length) of a base64 cephx secret (see :func:`gen_key`)."""
     raw = base64.b64decode(key.strip())
@@ -977,6 +996,28 @@ class Cluster:
             self._key_format = key_format_of(p.stdout)
         return self._key_format
 
+    @property
+    def admin_key_format(self) -> Tuple[int, int]:
+        """client.admin's key format: the release's, unless the host's librados (the test
+        process's own client, e.g. Pacific's beside a Tentacle cluster) cannot read it;
+        then the host's, which the monitors are told to accept (see :meth:`_allow_admin`)."""
+        if self.key_format[0] <= host_key_format()[0]:
+            return self.key_format
+        return host_key_format()
+
+    def _allow_admin(self, seed_keyring: str) -> None:
+        """Let client.admin in with an older key type than the release's default (the
+        ``mon.`` key of the mkfs keyring runs the command), and mute the health checks
+        that says so: the cluster stays HEALTH_OK as the tests expect.  Daemons and the mgr
+        module's own clients keep the release's key type."""
+        ciphers = sorted({CIPHER_NAMES.get(f[0], str(f[0]))
+                          for f in (self.admin_key_format, self.key_format)})
+        self._check_run(['ceph', '-c', self.conf, '-n', 'mon.', '-k', seed_keyring,
+                         'mon', 'set', 'auth_allowed_ciphers', ','.join(ciphers)],
+                        'mon set auth_allowed_ciphers')
+        _parallel([functools.partial(self.ceph, 'health', 'mute', code, '--sticky')
+                   for code in LEGACY_KEY_HEALTH])
+
     def _boot(self) -> None:
         fsid = str(uuid.uuid4())
         _write(self.conf, self._conf_text(fsid))
@@ -988,7 +1029,7 @@ class Cluster:
 
         # One keyring seeds the monitor's auth database at mkfs: mon., client.admin and every
         # mgr (saves an `auth get-or-create` round trip per mgr).
-        admin = _keyring_entry('client.admin', gen_key(self.key_format), ADMIN_CAPS)
+        admin = _keyring_entry('client.admin', gen_key(self.admin_key_format), ADMIN_CAPS)
         _write(self.admin_keyring, admin, 0o600)
         seed = [_keyring_entry('mon.', gen_key(self.key_format), {'mon': 'allow *'}), admin]
         for m in self.mgr_ids:
@@ -1007,6 +1048,8 @@ class Cluster:
         self._check_run(['ceph-mon', '-c', self.conf, '--mkfs', '-i', 'a', '--monmap', monmap,
                          '--keyring', seed_path], 'ceph-mon --mkfs', self.log_file('mon.a'))
         self._start_daemon('mon', 'a')
+        if self.admin_key_format != self.key_format:
+            self._allow_admin(seed_path)
 
         self._step('mon up')
 
