@@ -76,7 +76,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from cluster import Cluster  # noqa: E402
+from cluster import RELEASES, Cluster  # noqa: E402
 import rbdtools  # noqa: E402
 
 import rados  # noqa: E402
@@ -450,7 +450,10 @@ class CliStep:
 
     def __init__(self, cluster: Cluster, args: Sequence[str]) -> None:
         self.args = ['rbd', 'migration'] + list(args)
-        self.proc = subprocess.Popen(self.args, env=cluster.env, stdin=subprocess.DEVNULL,
+        # the release's own rbd (chroot'ed into its root if the host does not carry it;
+        # the same pid either way, so the kill reaches the rbd process itself)
+        self.proc = subprocess.Popen(cluster.wrap_argv(self.args), env=cluster.env,
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.started = time.monotonic()
         self.percent = -1
@@ -509,7 +512,8 @@ class Background:
     def __init__(self, cluster: Cluster, args: Sequence[str]) -> None:
         self.args = ['ceph'] + list(args)
         self.out = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.args, env=cluster.env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cluster.wrap_argv(self.args), env=cluster.env,
+                                     stdin=subprocess.DEVNULL,
                                      stdout=self.out, stderr=subprocess.STDOUT)
 
     def kill(self) -> Optional[int]:
@@ -1312,9 +1316,10 @@ def _close_watcher(watcher: Tuple[rados.Rados, rados.Ioctx, rbd.Image]) -> None:
 # --------------------------------------------------------------------------------------------
 # the cluster
 
-def start_cluster(dir: str) -> Cluster:
-    """Boot a throwaway cluster for the corpus (2 OSDs with 3 GiB memstore, 2 mgrs)."""
-    c = Cluster(dir, osds=2, mgrs=2, osd_bytes=3 << 30, pools=list(POOLS))
+def start_cluster(dir: str, release: Optional[str] = None) -> Cluster:
+    """Boot a throwaway cluster for the corpus (2 OSDs with 3 GiB memstore, 2 mgrs) of
+    ``release`` (None: the host's own packages)."""
+    c = Cluster(dir, osds=2, mgrs=2, osd_bytes=3 << 30, pools=list(POOLS), release=release)
     c.start()
     try:
         for spec in NAMESPACES:
@@ -1402,6 +1407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--dir', default=None, help='cluster directory (default: a new '
                         '/tmp/partial-states-*)')
     parser.add_argument('--keep', action='store_true', help='keep the cluster directory')
+    parser.add_argument('--release', choices=RELEASES, default=None,
+                        help="Ceph release (default: the host's own packages)")
     parser.add_argument('-v', '--verbose', action='store_true', help='log of every case')
     args = parser.parse_args(argv)
 
@@ -1429,7 +1436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     version = module_version()
     print('booting a cluster in {} for {} case(s); module {}'.format(base, len(cases), version),
           flush=True)
-    cluster = start_cluster(base)
+    cluster = start_cluster(base, args.release)
     results: List[Result] = []
     failed = True
     try:

@@ -12,7 +12,7 @@ import pytest
 
 import partial_states
 from cluster import Cluster
-from conftest import destroy_cluster
+from conftest import RELEASE, destroy_cluster
 
 # PARTIAL_STATES_OFFSET shifts the rotation (e.g. a CI build number) to cover other cells
 CASES = partial_states.sample_cases(offset=int(os.environ.get('PARTIAL_STATES_OFFSET', '0')))
@@ -20,7 +20,8 @@ CASES = partial_states.sample_cases(offset=int(os.environ.get('PARTIAL_STATES_OF
 
 @pytest.fixture(scope='module')
 def pscluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = partial_states.start_cluster(tempfile.mkdtemp(prefix='lm-partial-', dir='/tmp'))
+    c = partial_states.start_cluster(tempfile.mkdtemp(prefix='lm-partial-', dir='/tmp'),
+                                     RELEASE)
     yield c
     destroy_cluster(c, request.session.testsfailed > 0)
 
