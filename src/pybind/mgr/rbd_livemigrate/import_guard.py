@@ -11,6 +11,7 @@ was judged, not a link that may be swapped later.
 
 import copy
 import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -20,29 +21,26 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 from . import source_spec
 from .errors import NotAuthorized, NotFound, Transient
 from .import_policy import (Endpoints, IPAddress, Policy, config_refs, judge_address,
-                            judge_config_key, judge_file, plain)
+                            judge_config_key, judge_file_kind, judge_file_place, plain)
 from .spec import ImageSpec
-
-import ipaddress
 
 
 class FileLook(NamedTuple):
-    real: str
     regular: bool
     links: int
 
 
-def look_file(label: str, path: str) -> FileLook:
-    real = os.path.realpath(path)
+def look_file(label: str, real: str) -> FileLook:
+    """What the resolved path ``real`` is (no link is followed any more)."""
     try:
-        st = os.stat(real)
+        st = os.lstat(real)
     except FileNotFoundError:
         raise NotFound("{} file '{}' does not exist on the mgr host: put it where the active "
-                       'mgr can read it'.format(label, path))
+                       'mgr can read it'.format(label, real))
     except OSError as e:
         raise NotAuthorized("{} file '{}' cannot be looked at by the mgr ({}): fix the "
-                            "directories' permissions".format(label, path, e.strerror))
-    return FileLook(real, stat.S_ISREG(st.st_mode), int(st.st_nlink))
+                            "directories' permissions".format(label, real, e.strerror))
+    return FileLook(stat.S_ISREG(st.st_mode), int(st.st_nlink))
 
 
 def resolve(label: str, host: str, port: int) -> List[IPAddress]:
@@ -73,11 +71,13 @@ def url_host_port(url: str) -> Optional[tuple]:
 class ImportGuard:
     def __init__(self, policy: Callable[[], Policy], endpoints: Callable[[], Endpoints],
                  look: Callable[[str, str], FileLook] = look_file,
-                 resolver: Callable[[str, str, int], List[IPAddress]] = resolve) -> None:
+                 resolver: Callable[[str, str, int], List[IPAddress]] = resolve,
+                 realpath: Callable[[str], str] = os.path.realpath) -> None:
         self.policy = policy
         self.endpoints = endpoints
         self.look = look
         self.resolver = resolver
+        self.realpath = realpath
 
     def check(self, spec: Dict[str, Any], dest: ImageSpec,
               task_id: Optional[str] = None) -> Dict[str, Any]:
@@ -85,7 +85,7 @@ class ImportGuard:
         one-line LiveMigrateError for anything it may not reach.  ``task_id``:
         a stored spec, whose own credential keys are allowed."""
         policy = self.policy()
-        policy = policy._replace(file_dirs=tuple(os.path.realpath(d) for d in policy.file_dirs))
+        policy = policy._replace(file_dirs=tuple(self.realpath(d) for d in policy.file_dirs))
         for where, key in config_refs(spec):
             judge_config_key(where, key, dest, policy, task_id)
         out = copy.deepcopy(spec)
@@ -93,10 +93,11 @@ class ImportGuard:
         for s in source_spec.streams(out):
             if s.stream.get('type') == 'file':
                 given = str(s.stream['file_path'])
-                found = self.look(s.label, given)
-                judge_file(s.label, given, found.real, found.regular, found.links,
-                           policy.file_dirs)
-                s.stream['file_path'] = found.real
+                real = self.realpath(given)
+                judge_file_place(s.label, given, real, policy.file_dirs)
+                found = self.look(s.label, real)
+                judge_file_kind(s.label, real, found.regular, found.links)
+                s.stream['file_path'] = real
                 continue
             hp = url_host_port(str(s.stream.get('url', '')))
             if hp is None:

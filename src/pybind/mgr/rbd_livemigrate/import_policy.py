@@ -111,11 +111,11 @@ def under(path: str, directory: str) -> bool:
     return directory == '/' or path == directory or path.startswith(directory + '/')
 
 
-def judge_file(label: str, given: str, real: str, regular: bool, links: int,
-               dirs: Tuple[str, ...]) -> None:
-    """Refuse a file stream (NotAuthorized/InvalidArgument) unless ``real``
-    (``given`` resolved) is a regular file with one name, under an allowed
-    directory (``dirs`` resolved too)."""
+def judge_file_place(label: str, given: str, real: str, dirs: Tuple[str, ...]) -> None:
+    """Refuse (NotAuthorized) a file stream unless ``real`` (``given`` with
+    its links and ``..`` resolved) lies under an allowed directory (``dirs``
+    resolved too).  Judged before the file is looked at, so that a refusal
+    never tells whether a file outside exists."""
     shown = given if given == real else '{} (-> {})'.format(given, real)
     if not dirs:
         raise NotAuthorized('{} file {}: file imports are off: an admin allows a directory with '
@@ -123,12 +123,17 @@ def judge_file(label: str, given: str, real: str, regular: bool, links: int,
     if not any(under(real, d) for d in dirs):
         raise NotAuthorized('{} file {} is outside the directories import_file_dirs allows '
                             '({}): put it there'.format(label, shown, ', '.join(dirs)))
+
+
+def judge_file_kind(label: str, path: str, regular: bool, links: int) -> None:
+    """Refuse a file under an allowed directory that is not a regular file
+    with one name (a hard link may have its other name anywhere)."""
     if not regular:
         raise InvalidArgument('{} file {} is not a regular file (a directory, FIFO, socket or '
-                              'device): name an image file'.format(label, shown))
+                              'device): name an image file'.format(label, path))
     if links > 1:
         raise NotAuthorized('{} file {} has {} hard links (another name may lie outside the '
-                            'allowed directories): import a copy'.format(label, shown, links))
+                            'allowed directories): import a copy'.format(label, path, links))
 
 
 # -- addresses --------------------------------------------------------------

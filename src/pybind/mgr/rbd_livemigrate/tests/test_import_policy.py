@@ -107,20 +107,24 @@ def test_config_keys() -> None:
 
 
 class Guard:
-    def __init__(self, policy: Policy, files: Dict[str, FileLook],
+    def __init__(self, policy: Policy, files: Dict[str, Any],
                  dns: Dict[str, List[str]]) -> None:
+        """``files``: given path -> (resolved path, regular, links)."""
         self.resolved: List[str] = []
         self.looked: List[str] = []
+        real = {k: v[0] for k, v in files.items()}
+        kinds = {v[0]: FileLook(v[1], v[2]) for v in files.values()}
 
         def look(label: str, path: str) -> FileLook:
             self.looked.append(path)
-            return files[path]
+            return kinds[path]
 
         def resolver(label: str, host: str, port: int) -> List[Any]:
             self.resolved.append(host)
             return [addr(a) for a in dns[host]]
 
-        self.guard = ImportGuard(lambda: policy, lambda: CLUSTER, look, resolver)
+        self.guard = ImportGuard(lambda: policy, lambda: CLUSTER, look, resolver,
+                                 lambda p: real.get(p, p))
 
 
 def s3(url: str, key: str) -> Dict[str, Any]:
@@ -143,12 +147,12 @@ def test_every_resolved_address_must_pass() -> None:
 
 
 def test_files_resolved_and_judged() -> None:
-    files = {'/srv/img/ok.raw': FileLook('/srv/img/ok.raw', True, 1),
-             '/srv/img/link': FileLook('/etc/ceph/ceph.client.admin.keyring', True, 1),
-             '/srv/img/../../etc/passwd': FileLook('/etc/passwd', True, 1),
-             '/srv/img/fifo': FileLook('/srv/img/fifo', False, 1),
-             '/srv/img/hard': FileLook('/srv/img/hard', True, 2),
-             '/srv/img/inner': FileLook('/srv/img/ok.raw', True, 1)}
+    files = {'/srv/img/ok.raw': ('/srv/img/ok.raw', True, 1),
+             '/srv/img/link': ('/etc/ceph/ceph.client.admin.keyring', True, 1),
+             '/srv/img/../../etc/passwd': ('/etc/passwd', True, 1),
+             '/srv/img/fifo': ('/srv/img/fifo', False, 1),
+             '/srv/img/hard': ('/srv/img/hard', True, 2),
+             '/srv/img/inner': ('/srv/img/ok.raw', True, 1)}
     g = Guard(Policy(file_dirs=('/srv/img',)), files, {})
 
     def spec(path: str) -> Dict[str, Any]:
@@ -157,6 +161,8 @@ def test_files_resolved_and_judged() -> None:
     # a link inside pointing inside: librbd gets the resolved path
     assert g.guard.check(spec('/srv/img/inner'), A)['stream']['file_path'] == '/srv/img/ok.raw'
     refused(g.guard.check, spec('/srv/img/link'), A)
+    # judged by place before it is looked at: whether it exists is not told
+    assert '/etc/ceph/ceph.client.admin.keyring' not in g.looked
     refused(g.guard.check, spec('/srv/img/../../etc/passwd'), A)
     refused(g.guard.check, spec('/srv/img/fifo'), A, err=errno.EINVAL)
     refused(g.guard.check, spec('/srv/img/hard'), A)
@@ -188,7 +194,9 @@ def test_real_files(tmp_path: Any) -> None:
     refused(guard.check, spec(str(allowed / '..' / 'outside.raw')), A)
     refused(guard.check, spec(str(allowed / 'fifo')), A, err=errno.EINVAL)
     refused(guard.check, spec('/dev/zero'), A)
-    assert look_file('head', str(allowed / 'out')).real == str(outside)
+    refused(guard.check, spec('/no/such/file'), A)              # EACCES, not ENOENT
+    refused(guard.check, spec(str(allowed / 'missing')), A, err=errno.ENOENT)
+    assert look_file('head', str(outside)) == FileLook(True, 1)
 
 
 def test_real_resolver_refuses_localhost() -> None:
