@@ -5,7 +5,7 @@
 #   DEMO_DIR   where the cluster lives      (default /tmp/rbd_livemigrate-demo)
 #   DEMO_MB    MiB of data written          (default 512)
 #   DEMO_RATE  copy rate limit, e.g. 200M   (default 256M, so the bar can be seen)
-#   DEMO_RELEASE  pacific or reef            (default: the host's own packages)
+#   DEMO_RELEASE  pacific, reef or tentacle  (default: the host's own packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${DEMO_DIR:-/tmp/rbd_livemigrate-demo}
@@ -23,6 +23,10 @@ rm -rf "$DIR"
 $PY qa/standalone/cluster.py start --dir "$DIR" --pools pool-a,pool-b --osds 2 \
     --osd-bytes $(( (MB * 3 / 2 + 512) ))M "${REL[@]}"
 export CEPH_CONF=$DIR/ceph.conf
+# the cluster's own release's ceph and rbd (chroot'ed into its root when the host
+# does not carry it; the host's own binaries otherwise)
+ceph() { $PY qa/standalone/cluster.py exec --dir "$DIR" -- ceph "$@"; }
+rbd() { $PY qa/standalone/cluster.py exec --dir "$DIR" -- rbd "$@"; }
 
 echo "== writing $MB MiB of recognisable data into pool-a/vm-disk (plus a snapshot)"
 PYTHONPATH=qa/standalone $PY - "$CEPH_CONF" "$MB" <<'PYEOF'

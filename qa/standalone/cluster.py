@@ -6,10 +6,11 @@ in one directory, so several clusters can run side by side on different director
 
 CLI::
 
-    python3 qa/standalone/cluster.py install [--dashboard] [--release pacific|reef]
-    python3 qa/standalone/cluster.py start --dir DIR [--release pacific|reef] [--port P]
+    python3 qa/standalone/cluster.py install [--dashboard] [--release pacific|reef|tentacle]
+    python3 qa/standalone/cluster.py start --dir DIR [--release R] [--port P]
         [--osds N] [--mgrs M] [--osd-bytes 3G] [--pools a,b] [--module PATH | --no-module]
     python3 qa/standalone/cluster.py status --dir DIR
+    python3 qa/standalone/cluster.py exec --dir DIR -- ceph -s    # the release's own CLI
     python3 qa/standalone/cluster.py stop --dir DIR [--purge]
 
 Library (stdlib only, so it runs before anything is pip installed)::
@@ -1272,6 +1273,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return p.returncode
 
 
+def _cmd_exec(args: argparse.Namespace) -> int:
+    """Replace this process with ``argv`` run under the cluster's release (its root's own
+    ``ceph``/``rbd``/``rados`` for a release the host does not carry), CEPH_CONF set."""
+    cluster = Cluster(args.dir, module=None)
+    if not os.path.exists(cluster.conf):
+        raise ClusterError(f'no cluster in {cluster.dir}')
+    argv = args.argv[1:] if args.argv[:1] == ['--'] else args.argv
+    if not argv:
+        raise ClusterError('exec: no command given')
+    wrapped = cluster.wrap_argv(argv)
+    sys.stdout.flush()
+    os.execvpe(wrapped[0], wrapped, dict(cluster.env, CEPH_CONF=cluster.conf))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
@@ -1306,6 +1321,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = sub.add_parser('status', help='ceph -s')
     p.add_argument('--dir', required=True)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser('exec', help="run a command (e.g. ceph, rbd) with the cluster's "
+                                    "release: python3 cluster.py exec --dir DIR -- ceph -s")
+    p.add_argument('--dir', required=True)
+    p.add_argument('argv', nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_exec)
 
     args = parser.parse_args(argv)
     try:
