@@ -2,20 +2,37 @@
 Differences between Ceph releases, detected from the API, in one place.
 
 Never parse version strings: each difference is found by what the running
-mgr or binding accepts (a call's arity, a keyword, an attribute), once, and
-remembered.  Unit-tested against fakes shaped like each release
-(tests/test_compat.py).
+mgr or binding accepts or has (a call's arity, a keyword, an attribute),
+once, and remembered.  Unit-tested against fakes shaped like each release
+(tests/test_compat.py).  Run on Pacific 16.2.15, Reef 18.2.7 and Tentacle
+20.2.4; Squid 19.2's sources were read, not run.
 
-==========================  ==========================  =========================
-what                        Pacific (16)                Reef (18) and later
-==========================  ==========================  =========================
-register a rados client     ``_ceph_register_client(    ``_ceph_register_client(
-for fencing on failover     addrs)``                    name, addrs, replace)``
-unregister it               ``(addrs)``                 ``(name, addrs)``
-``migration_prepare``       no ``flatten``              ``flatten`` and
-                                                        ``clone_format`` (seen in
-                                                        Reef 18.2.7)
-==========================  ==========================  =========================
+==================  ===================  ==================  ==================
+what                Pacific 16.2         Reef 18.2,          Tentacle 20.2
+                                         Squid 19.2 (read)
+==================  ===================  ==================  ==================
+declaring commands  global ``CLICommand``, the same          one registry per
+                    ``CLIReadCommand``/                      module:
+                    ``CLIWriteCommand``                      ``CLICommandBase.
+                                                             make_registry_
+                                                             subtype(name)``,
+                                                             ``.Read``/``.Write``,
+                                                             set as the class's
+                                                             ``CLICommand``
+register a rados    ``_ceph_register_    ``(name, addrs,     as Reef
+client for fencing  client(addrs)``      replace)``
+unregister it       ``(addrs)``          ``(name, addrs)``   as Reef
+``migration_        no ``flatten``       ``flatten``,        as Reef
+prepare``                                ``clone_format``
+==================  ===================  ==================  ==================
+
+Checked and the same on all three (nothing to detect): ``MgrModule.get``,
+``mon_command``, ``remote``, ``is_authorized``, ``set_health_checks`` and the
+store calls; ``migration_execute/commit/abort/status`` and
+``migration_prepare_import``; the progress callback ``(offset, total)``,
+whose negative return no release honours (``probe_progress_cancel.py``);
+the cls_rbd MigrationSpec (encoding v3) and snapshot namespaces; the OSD
+map's ``blocklist`` (address -> expiry); ``Rados.blocklist_add`` (int expiry).
 """
 
 import inspect
