@@ -13,6 +13,7 @@ so that they are known without the binding.
 """
 
 import enum
+import json
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .spec import ImageSpec, PoolSpec
@@ -89,6 +90,53 @@ class TrashSource(enum.Enum):
     UNKNOWN = -1
 
 
+# the image-meta key (``rbd image-meta get``) that names the task and the
+# step about to be taken, written on the image before each irreversible step
+INTENT_KEY = 'rbd_livemigrate.task'
+INTENT_STEPS = ('prepare', 'commit', 'abort')
+
+
+class Intent(NamedTuple):
+    """What the module wrote on an image just before an irreversible step.
+
+    One OSD write that lives in the image itself: written on the source
+    before ``migration_prepare`` (which copies every image-meta key to the
+    destination it creates), on the destination before ``migration_commit``
+    and on the source before ``migration_abort``.  A destination carrying
+    the source's id here is that migration's destination, whatever the
+    task's record (written behind) or the headers (removed by the step
+    itself) still say.
+    """
+    task_id: str
+    step: str
+    source_id: str
+    dest_id: str = ''
+
+    def dumps(self) -> str:
+        out = {'task': self.task_id, 'step': self.step, 'source_id': self.source_id}
+        if self.dest_id:
+            out['dest_id'] = self.dest_id
+        return json.dumps(out, sort_keys=True, separators=(',', ':'))
+
+    @classmethod
+    def loads(cls, text: str) -> Optional['Intent']:
+        """None for anything that is not one of ours (never raises)."""
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                return None
+            values = [d.get('task'), d.get('step'), d.get('source_id'), d.get('dest_id', '')]
+            if not all(isinstance(v, str) for v in values) or not all(values[:3]) \
+                    or values[1] not in INTENT_STEPS:
+                return None
+            return cls(*(str(v) for v in values))
+        except ValueError:
+            return None
+
+    def names_source(self, source_id: Optional[str]) -> bool:
+        return source_id is not None and self.source_id == source_id
+
+
 class End(NamedTuple):
     """One end of a migration, as librbd holds it now.
 
@@ -103,6 +151,9 @@ class End(NamedTuple):
     header: Optional[MigrationHeader] = None
     trash: Optional[TrashSource] = None      # its trash entry, if any
     pool_id: int = -1
+    # the module's intent key on this image (read where it identifies the
+    # end: a destination found by its name when no id was recorded)
+    intent: Optional[Intent] = None
 
 
 class Observation(NamedTuple):
@@ -298,6 +349,24 @@ class RbdPort:
     def finish_commit(self, client: Client, source: ImageSpec, source_id: str,
                       dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
         """Remove a source an interrupted commit left in the trash."""
+        raise NotImplementedError
+
+    def finish_abort(self, client: Client, source: ImageSpec, source_id: str,
+                     header: Optional[MigrationHeader]) -> None:
+        """Drop the migration header of a source an interrupted abort had
+        already put back (its last step; librbd's own abort fails ENOENT)."""
+        raise NotImplementedError
+
+    def mark_intent(self, client: Client, spec: ImageSpec, image_id: str,
+                    intent: Intent) -> None:
+        """Write ``intent`` on image ``image_id`` (``spec``'s pool and
+        namespace) before an irreversible step; raises if it is not written."""
+        raise NotImplementedError
+
+    def clear_intent(self, client: Client, spec: ImageSpec, image_id: str,
+                     task_id: str) -> bool:
+        """Remove the intent key of image ``image_id`` if it names
+        ``task_id``; False when there was none of that task's."""
         raise NotImplementedError
 
     def restore_source(self, client: Client, source: ImageSpec, source_id: str) -> None:

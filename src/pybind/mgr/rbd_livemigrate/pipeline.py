@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import Blocked, LiveMigrateError, Transient
 from .hold import Hold, HoldKind
-from .interface import Client, Observation, RbdPort
+from .interface import Client, Intent, Observation, RbdPort
 from .planner import Act, Action, import_dest_id, plan
 from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
@@ -224,9 +224,12 @@ class Runner(RunnerHandle):
         if task.source_image_id is None and obs.source.image_id is not None:
             changes['source_image_id'] = obs.source.image_id
         header = obs.source.header
-        if (task.dest_image_id is None and header is not None
-                and obs.dest.image_id == header.image_id):
-            changes['dest_image_id'] = header.image_id
+        intent = obs.dest.intent
+        if task.dest_image_id is None and obs.dest.image_id is not None and (
+                (header is not None and obs.dest.image_id == header.image_id)
+                or (intent is not None and intent.names_source(
+                    task.source_image_id or obs.source.image_id))):
+            changes['dest_image_id'] = obs.dest.image_id
         if not changes:
             return task
         # the destination's id stays readable in the source's header until the
@@ -299,7 +302,7 @@ class Runner(RunnerHandle):
         if act == Act.COMMIT:
             if not self._clones_allowed(task, dest):
                 return False
-            self._commit(dest)
+            self._commit(task, dest)
             return True
         if act == Act.FINISH_COMMIT:
             task = self._move(State.COMMITTING)
@@ -309,6 +312,13 @@ class Runner(RunnerHandle):
                         task.id, source, task.source_image_id)
             self.adapter.finish_commit(self._client(), source, task.source_image_id, dest,
                                        obs.source.header)
+            return True
+        if act == Act.FINISH_ABORT:
+            if action.state is not None and task.state != action.state:
+                task = self._move(action.state)
+            assert task.source_image_id is not None
+            self.adapter.finish_abort(self._client(), source, task.source_image_id,
+                                      obs.source.header)
             return True
         if act == Act.RESTORE_SOURCE:
             assert action.state is not None and task.source_image_id is not None
@@ -340,6 +350,9 @@ class Runner(RunnerHandle):
                 self.worker.update(self.task_id, lambda t: t.evolve(rollback_source=safe))
         log.info('task %s: aborting through %s%s', task.id, target,
                  ' ({})'.format(action.detail) if action.detail else '')
+        if task.source_image_id is not None and obs.source.exists:
+            self._mark(source, task.source_image_id, Intent(
+                task.id, 'abort', task.source_image_id, obs.dest.image_id or ''))
         self._abort(target)
         if action.retry:
             raise Transient(action.detail)
@@ -426,6 +439,10 @@ class Runner(RunnerHandle):
                    size_bytes=info.size, dest_image_id=None, blocked_reason=None,
                    blocked_kind=None, blocked_since=None, next_retry=None, error=None,
                    protect_snap=protect, rollback_source=False, verification=None)
+        # the durable intent, before the trash move: prepare copies it to the
+        # destination it creates, where it names this task and source whatever
+        # the record (written behind) and the headers (gone after a commit) say
+        self._mark(source, info.id, Intent(task.id, 'prepare', info.id))
         taken = False
         try:
             if protect is not None:
@@ -600,7 +617,7 @@ class Runner(RunnerHandle):
                 return True
         if not self._clones_allowed(task, dest):
             return False
-        self._commit(dest)
+        self._commit(task, dest)
         task = self.worker.get(self.task_id)
         if task.state != State.COMMITTING:
             return True                       # a cancel came first: plan again
@@ -696,10 +713,17 @@ class Runner(RunnerHandle):
             self._now() + self.worker.options.blocked_recheck_seconds)
         return False
 
-    def _commit(self, dest: ImageSpec) -> None:
+    def _mark(self, spec: ImageSpec, image_id: str, intent: Intent) -> None:
+        """Make the step about to be taken durable in the image (one OSD
+        write; see ``interface.Intent``).  A failure stops the step."""
+        self._check()
+        self.adapter.mark_intent(self._client(), spec, image_id, intent)
+
+    def _commit(self, task: Task, dest: ImageSpec) -> None:
         """Commit, unless a cancel was accepted first (checked under the table lock:
         a cancel accepted after this point answers EBUSY instead)."""
         now = self._now()
+        dest_id = task.dest_image_id or self.adapter.image_id(dest)
 
         def to_committing(t: Task) -> Task:
             if t.cancel_requested:
@@ -715,6 +739,9 @@ class Runner(RunnerHandle):
             task = self.worker.update(self.task_id, to_committing, persist=False)
         except _CancelWins:
             return
+        if dest_id is not None and task.source_image_id is not None:
+            self._mark(dest, dest_id, Intent(task.id, 'commit', task.source_image_id,
+                                             dest_id))
         self.worker.progress.update(task, force=True)
 
         def on_progress(offset: int, total: int) -> None:

@@ -23,12 +23,23 @@ both headers EXECUTED                     verify (unless --verify off, or
                                           manual commit)
 either header ABORTING, or the            abort again (by destination, or
 destination gone under a source header    by source once it is gone)
+source back under its name, out of the    finish the abort: drop the
+trash, still ABORTING, destination gone   source's header (``finish_abort``;
+(an abort cut at its last step)           librbd's abort fails ENOENT)
 destination without header, source        finish the commit: remove the
 still in its trash (a cut commit)         source (``finish_commit``)
+source's trash entry without its header   finish the commit: drop the entry
+object (a commit cut at its last step)    (whatever the destination: the
+                                          source's data is gone)
 source gone, destination live             drop the protective snapshot,
                                           then committed
 a name now resolving to another id        fail: never touch that image
 ========================================  ================================
+
+The destination is known by its id: recorded by the task, read from the
+source's header, or (both headers gone, the record behind) from the intent
+key the module wrote on the source before prepare, which prepare copies to
+the destination (``interface.Intent``; the adapter's ``observe`` reads it).
 
 A cancel turns every live phase into an abort; once librbd has removed
 the destination's header (a commit under way) nothing can be aborted and
@@ -56,6 +67,7 @@ class Phase(enum.Enum):
     EXECUTED = 'executed'
     ERROR = 'error'
     ABORTING = 'aborting'
+    HALF_ABORTED = 'half-aborted'
     HALF_COMMITTED = 'half-committed'
     COMMITTED = 'committed'
     # nothing to do but tell the operator
@@ -144,6 +156,11 @@ def judge(obs: Observation, source: ImageSpec, dest: ImageSpec) -> Verdict:
                        'cut short); the destination may hold the only current data: check '
                        'it with rbd info and rbd du {} before removing anything'.format(
                            source, dest, did, dest))
+    if (sh.state == MigState.ABORTING and dh is None and not d.exists
+            and s.exists and s.trash is None and s.name_id == sid):
+        # librbd's abort put the source back and was cut before its last
+        # write (the source's header); its own abort now fails ENOENT
+        return Verdict(Phase.HALF_ABORTED)
     if sh.state == MigState.ABORTING or (dh is not None and dh.state == MigState.ABORTING):
         return Verdict(Phase.ABORTING)
     if dh is not None:
@@ -191,6 +208,12 @@ def _judge_no_headers(s: End, d: End, source: ImageSpec, dest: ImageSpec) -> Ver
         if s.trash != TrashSource.MIGRATION:
             return Verdict(Phase.SOURCE_IN_TRASH, "source '{}' (id {}) was moved to the trash: "
                            'restore it with rbd trash restore'.format(source, sid))
+        if not s.exists:
+            # a prepare adds the trash entry while the header object exists;
+            # only a commit removes that object (with the source's data and
+            # snapshots) before the entry, its last write: nothing is left
+            # to go back to, whatever the destination
+            return Verdict(Phase.HALF_COMMITTED)
         if did is not None and d.exists and d.name_id == did:
             # a commit (librbd's, or our finish of one) removed the source's
             # migration header or its header object, not yet its trash entry;
@@ -226,6 +249,7 @@ class Act(enum.Enum):
     COMMIT = 'commit'
     ABORT = 'abort'
     FINISH_COMMIT = 'finish commit'
+    FINISH_ABORT = 'finish abort'            # an abort cut at its last step
     DISCARD_DEST = 'discard destination'   # a prepare cut before the header
     RESTORE_SOURCE = 'restore source'      # a prepare cut before any header
     FLATTEN = 'flatten'
@@ -297,6 +321,10 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
     if phase == Phase.HALF_COMMITTED:
         # librbd removed the destination's header: the source cannot come back
         return Action(Act.FINISH_COMMIT, State.COMMITTING)
+    if phase == Phase.HALF_ABORTED:
+        # the destination is gone: the abort can only be finished (the intent
+        # it shows, like ABORTING below; a cancel's record says aborting)
+        return Action(Act.FINISH_ABORT, State.ABORTING if cancel else None)
     if cancel:
         if phase in _NOTHING_TO_UNDO:
             before_prepare = task.state in (State.QUEUED, State.PREPARING) or (
@@ -386,6 +414,7 @@ def state_of(phase: Phase) -> Optional[State]:
     return {Phase.PREPARED: State.PREPARED, Phase.EXECUTING: State.PREPARED,
             Phase.EXECUTED: State.EXECUTED, Phase.HALF_COMMITTED: State.COMMITTING,
             Phase.ABORTING: State.ABORTING, Phase.HALF_PREPARED: State.ABORTING,
+            Phase.HALF_ABORTED: State.ABORTING,
             Phase.STRANDED: State.ABORTING,
             Phase.ERROR: State.PREPARED}.get(phase)
 

@@ -28,8 +28,8 @@ import rbd
 from .compat import prepare_takes_flatten
 from .errors import (AlreadyExists, Interrupted, InvalidArgument, LiveMigrateError,
                      NotFound, Transient, TryAgain)
-from .interface import (FEATURES, ClientPool, End, HeaderType, ImageInfo, MigrationHeader,
-                        Mirror, MirrorMode,
+from .interface import (FEATURES, INTENT_KEY, ClientPool, End, HeaderType, ImageInfo, Intent,
+                        MigrationHeader, Mirror, MirrorMode,
                         MigrationRef, MigState, Observation, OrphanKind, ProgressCallback,
                         RbdPort, TrashSource, VerifyInputs)
 from .interface import Client as ClientBase
@@ -458,11 +458,21 @@ class Adapter(RbdPort):
                     did = s_end.header.image_id
                 d_name = s_name if source == dest else (
                     dir_lookup(dst_io, dest.image) if dst_io else None)
+                intent = None
                 if did is None and d_name is not None and d_name != sid and dst_io:
                     h = read_header(dst_io, d_name)
                     if h is not None and h.kind == HeaderType.DST and h.image_id == sid:
                         did = d_name
-                return Observation(s_end, read_end(dst_io, did, d_name))
+                    elif h is None:
+                        # both headers gone (a commit at its end): the intent
+                        # key prepare copied from the source still names it
+                        intent = read_intent(dst_io, d_name)
+                        if intent is not None and intent.names_source(sid):
+                            did = d_name
+                d_end = read_end(dst_io, did, d_name)
+                if intent is not None and did == d_name:
+                    d_end = d_end._replace(intent=intent)
+                return Observation(s_end, d_end)
             except rados.Error as e:
                 raise translate(e, "cannot read the migration state of '{}' -> '{}'".format(
                     source, dest))
@@ -666,6 +676,78 @@ class Adapter(RbdPort):
             io.close()
         if header is not None and header.mirroring:
             self._enable_mirroring(client, dest, header.mirror_image_mode)
+
+    def finish_abort(self, client: ClientBase, source: ImageSpec, source_id: str,
+                     header: Optional[MigrationHeader]) -> None:
+        """Finish an abort cut at its last step.
+
+        librbd's abort marks both headers aborting, removes the destination,
+        puts the source back under its name (the trash entry goes last),
+        re-enables mirroring, and only then removes the source's migration
+        header.  Cut after the source is back, a new ``migration_abort``
+        fails ENOENT (it looks for the trash entry) and the source cannot be
+        opened (EROFS: it still has its header).  What is left is that last
+        write, ``migration_remove``: checked right before that the source is
+        named again, out of the trash and still marked aborting.
+        """
+        io = client.ioctx(source.pool, source.namespace)
+        oid = 'rbd_header.' + source_id
+        try:
+            h = read_header(io, source_id)
+            if h is None:
+                return                                    # done meanwhile
+            if (h.kind != HeaderType.SRC or h.state != MigState.ABORTING
+                    or dir_lookup(io, source.image) != source_id
+                    or trash_source(io, source_id) is not None):
+                raise Transient("'{}' (id {}) changed while its abort was being finished; "
+                                'looking again'.format(source, source_id))
+            log.warning("finishing an interrupted abort: removing the migration header of "
+                        "'%s' (id %s)", source, source_id)
+            io.execute(oid, 'rbd', 'migration_remove', b'')
+        except rados.Error as e:
+            raise translate(e, "cannot finish the abort of '{}' (id {})".format(
+                source, source_id))
+        finally:
+            io.close()
+        if header is not None and header.mirroring:
+            self._enable_mirroring(client, source, header.mirror_image_mode)
+
+    def mark_intent(self, client: ClientBase, spec: ImageSpec, image_id: str,
+                    intent: Intent) -> None:
+        """``rbd image-meta set`` of the intent key, done as one write op on
+        the header object that fails (ENOENT) instead of creating it when
+        the image is gone (cls ``metadata_set`` alone would create it)."""
+        io = client.ioctx(spec.pool, spec.namespace)
+        try:
+            with rados.WriteOpCtx() as op:
+                op.execute('rbd', 'get_features', struct.pack('<QB', CEPH_NOSNAP, 1))
+                op.execute('rbd', 'metadata_set', struct.pack('<I', 1) + _encode_str(
+                    INTENT_KEY) + _encode_str(intent.dumps()))
+                io.operate_write_op(op, 'rbd_header.' + image_id)
+        except rados.Error as e:
+            raise translate(e, "cannot mark '{}' (id {}) before the {}".format(
+                spec, image_id, intent.step))
+        finally:
+            io.close()
+
+    def clear_intent(self, client: ClientBase, spec: ImageSpec, image_id: str,
+                     task_id: str) -> bool:
+        io = client.ioctx(spec.pool, spec.namespace)
+        try:
+            intent = read_intent(io, image_id)
+            if intent is None or intent.task_id != task_id:
+                return False
+            with rados.WriteOpCtx() as op:
+                op.execute('rbd', 'get_features', struct.pack('<QB', CEPH_NOSNAP, 1))
+                op.execute('rbd', 'metadata_remove', _encode_str(INTENT_KEY))
+                io.operate_write_op(op, 'rbd_header.' + image_id)
+            return True
+        except rados.ObjectNotFound:
+            return False
+        except rados.Error as e:
+            raise translate(e, "cannot clear the mark on '{}' (id {})".format(spec, image_id))
+        finally:
+            io.close()
 
     def restore_source(self, client: ClientBase, source: ImageSpec, source_id: str) -> None:
         """Put back a source a prepare moved to the trash before it wrote the
@@ -1317,6 +1399,23 @@ def read_header(io: 'rados.Ioctx', image_id: str) -> Optional[MigrationHeader]:
             return None
         raise
     return decode_migration_spec(bytes(out))
+
+
+CEPH_NOSNAP = (1 << 64) - 2
+
+
+def read_intent(io: 'rados.Ioctx', image_id: str) -> Optional[Intent]:
+    """The module's intent key on image ``image_id`` (None: none, not ours,
+    or no such image)."""
+    try:
+        _, out = io.execute('rbd_header.' + image_id, 'rbd', 'metadata_get',
+                            _encode_str(INTENT_KEY))
+        text, _ = _read_string(bytes(out), 0)
+    except rados.ObjectNotFound:
+        return None
+    except struct.error:
+        return None
+    return Intent.loads(text)
 
 
 def _omap_get(io: 'rados.Ioctx', oid: str, key: str) -> Optional[bytes]:

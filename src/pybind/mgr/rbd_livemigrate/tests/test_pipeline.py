@@ -6,10 +6,10 @@ cancel lands between the plan and the commit.
 """
 
 import errno
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from rbd_livemigrate.errors import LiveMigrateError, Transient
-from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo,
+from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo, Intent,
                                        MigrationHeader, MigState, Observation, RbdPort,
                                        TrashSource)
 from rbd_livemigrate.pipeline import Runner
@@ -50,6 +50,7 @@ class FakeLibrbd(RbdPort):
         self.on_observe: Optional[Any] = None
         self.did = D                # the destination id librbd gave the migration
         self.clones: List[str] = []  # clones of the destination (list_descendants)
+        self.marks: List[Tuple[int, str, str, Intent]] = []
 
     def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
                 dest_id: Optional[str]) -> Observation:
@@ -77,6 +78,19 @@ class FakeLibrbd(RbdPort):
         if p == 'half-committed':
             return Observation(End(S, None, True, sh(MigState.EXECUTED), trashed, 1),
                                End(D, D, True, None, None, 2))
+        if p == 'half-aborted':            # the source back under its name, still aborting
+            return Observation(End(S, S, True, sh(MigState.ABORTING), None, 1),
+                               End(D, None, False, None, None, 2))
+        if p in ('commit-last-step', 'committed-unrecorded'):
+            # both headers gone; the destination known only by what the
+            # adapter reads: the recorded id, else the intent key it carries
+            gone = End(S, None, False, None, trashed if p == 'commit-last-step' else None, 1)
+            if dest_id is None:
+                found = [m[3] for m in self.marks if m[1] == 'a/img' and m[3].step == 'prepare']
+                if found and found[-1].names_source(source_id):
+                    return Observation(gone, End(D, D, True, None, None, 2, found[-1]))
+                return Observation(gone, End(None, D, pool_id=2))
+            return Observation(gone, End(D, D, True, None, None, 2))
         assert p == 'committed', p
         return Observation(End(S, None, False, None, None, 1), End(D, D, True, None, None, 2))
 
@@ -121,11 +135,21 @@ class FakeLibrbd(RbdPort):
     def finish_commit(self, client: Client, source: ImageSpec, source_id: str,
                       dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
         self.calls.append('finish commit of ' + source_id)
-        self.phase = 'committed'
+        self.phase = 'committed-unrecorded' if self.phase == 'commit-last-step' else 'committed'
+
+    def finish_abort(self, client: Client, source: ImageSpec, source_id: str,
+                     header: Optional[MigrationHeader]) -> None:
+        self.calls.append('finish abort of ' + source_id)
+        self.phase = 'not-prepared'
 
     def flatten(self, client: Client, dest: ImageSpec) -> bool:
         self.calls.append('flatten')
         return False
+
+    def mark_intent(self, client: Client, spec: ImageSpec, image_id: str,
+                    intent: Intent) -> None:
+        # kept apart from ``calls``: (steps done before it, spec, image id, intent)
+        self.marks.append((len(self.calls), str(spec), image_id, intent))
 
 
 def worker() -> Worker:
@@ -380,3 +404,62 @@ def test_the_look_is_kept_only_while_the_task_is_queued() -> None:
     w.put(Task(id='t3', source='a/i3', destination='b/i3', created=1.0,
                state=State.EXECUTED), seen=seen_info())
     assert w.seen == {} and w.take_seen('t3') is None
+
+
+def test_intent_is_marked_before_prepare_and_commit() -> None:
+    """Issue 21: before the trash move the source carries the task and its id
+    (prepare copies it to the destination); before the commit the
+    destination carries both ids and the step."""
+    fake = FakeLibrbd('not-prepared')
+    t = run(fake)
+    assert t.state == State.COMMITTED
+    assert [(at, spec, iid, i.step) for at, spec, iid, i in fake.marks] == [
+        (0, 'a/img', S, 'prepare'), (3, 'b/img', D, 'commit')]
+    assert fake.calls[:1] == ['prepare'] and fake.calls[3] == 'commit'
+    assert fake.marks[0][3] == Intent('t1', 'prepare', S)
+    assert fake.marks[1][3] == Intent('t1', 'commit', S, D)
+
+
+def test_intent_is_marked_on_the_source_before_an_abort() -> None:
+    fake = FakeLibrbd('executed')
+    t = run(fake, state=State.EXECUTED, cancel_requested=True, dest_image_id=D)
+    assert t.state == State.ABORTED
+    assert [(at, spec, i.step) for at, spec, _, i in fake.marks] == [(0, 'a/img', 'abort')]
+    assert fake.calls == ['abort via b/img']
+
+
+def test_a_commit_cut_at_its_last_step_with_the_record_behind_ends_committed() -> None:
+    """Issue 21: the record says dest_image_id null (written behind), librbd's
+    commit was cut before it removed the source's trash entry, and both
+    headers are gone: the entry is removed and the destination is known by
+    the intent key prepare copied to it."""
+    fake = FakeLibrbd('not-prepared')
+    fake.marks.append((0, 'a/img', S, Intent('t1', 'prepare', S)))
+    fake.phase = 'commit-last-step'
+    t = run(fake, state=State.PREPARING)
+    assert fake.calls == ['finish commit of ' + S]
+    assert t.state == State.COMMITTED and t.dest_image_id == D and t.error is None, t
+
+
+def test_a_destination_without_mark_is_never_claimed() -> None:
+    """Without the intent key (a migration made before it, by hand) the
+    destination's name is not enough: the task fails naming both images."""
+    fake = FakeLibrbd('committed-unrecorded')
+    t = run(fake, state=State.EXECUTED)
+    assert t.state == State.FAILED
+    assert S in (t.error or '') and D in (t.error or '')
+    assert fake.calls == []
+
+
+def test_an_abort_cut_at_its_last_step_is_finished() -> None:
+    """librbd's abort put the source back and was cut before it removed the
+    source's header (its own abort then fails ENOENT): the module removes it."""
+    fake = FakeLibrbd('half-aborted')
+    t = run(fake, state=State.ABORTING, cancel_requested=True, dest_image_id=D)
+    assert fake.calls == ['finish abort of ' + S]
+    assert t.state == State.ABORTED and not t.cancel_requested
+    # the planner's own abort (an error state): finished, then prepared again
+    fake = FakeLibrbd('half-aborted')
+    t = run(fake, state=State.QUEUED, dest_image_id=D)
+    assert fake.calls == ['finish abort of ' + S, 'prepare', 'execute', 'list clones', 'commit']
+    assert t.state == State.COMMITTED
