@@ -7,7 +7,7 @@ rbd_livemigrate, starts a throttled migration, logs in to the dashboard with
 headless Chromium, opens "Tasks and Notifications" (the running task's
 progress bar) and saves a PNG; then stops the cluster.
 
-    /usr/bin/python3 qa/dashboard_screenshot.py [PNG] [--release pacific|reef]
+    /usr/bin/python3 qa/dashboard_screenshot.py [PNG] [--release pacific|reef|tentacle]
         [--dir DIR] [--keep]
 
 PNG defaults to /tmp/rbd_livemigrate-dashboard.png.  Installs
@@ -256,6 +256,12 @@ def take_screenshot(url: str, user: str, password: str, png: str, expect: str,
             'return [arguments[0].innerText, arguments[1].getAttribute("style")]',
             task, task.find_element(By.CSS_SELECTOR, '.progress-bar'))
         shown_in_dom = {'text': text, 'style': style or ''}
+        # Tentacle's overview pops error toasts over the sidebar on a cluster like ours (its
+        # Prometheus queries answer 404, /api/mgr/module/cephadm 500 without cephadm); they
+        # are the page's, not the migration's: take them off right before the picture
+        shown_in_dom['toasts_removed'] = str(browser.execute_script(
+            "var t = document.querySelectorAll('.toast-container .ngx-toastr');"
+            "t.forEach(function (e) { e.remove(); }); return t.length;"))
         browser.save_screenshot(png)
         return shown_in_dom
     finally:
@@ -268,7 +274,7 @@ def take_screenshot(url: str, user: str, password: str, png: str, expect: str,
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().split('\n')[0])
     parser.add_argument('png', nargs='?', default='/tmp/rbd_livemigrate-dashboard.png')
-    parser.add_argument('--release', help='pacific or reef (default: the host\'s own)')
+    parser.add_argument('--release', help='pacific, reef or tentacle (default: the host\'s own)')
     parser.add_argument('--dir', help='cluster directory (default: a new /tmp/lm-dash-*)')
     parser.add_argument('--keep', action='store_true', help='leave the cluster running')
     parser.add_argument('--size-mb', type=int, default=64)
