@@ -24,12 +24,18 @@ Library (stdlib only, so it runs before anything is pip installed)::
     c.stop(purge=True)
 
 Releases: the default is the one the host's own packages give (Debian 12: pacific, Debian 13:
-reef).  The other one runs from a Debian root built once with mmdebstrap and cached (see
+reef).  The others (pacific, reef, tentacle) run from Debian roots built once with mmdebstrap
+and cached (see
 release_root.py): every ceph/rbd/rados/daemon command, and ``python_argv``, then runs chroot'ed
 into it, with /proc, /sys, /dev, /tmp, the project tree, DIR and the module folder
 bind-mounted at their own paths in a private mount namespace per command (nothing is mounted
 on the host, so nothing needs unmounting).  ``cluster.release`` says which release runs;
 ``wrap_argv()`` turns any command line into one that runs under it.
+
+Keys: daemons get the key type the release's own ``ceph-authtool`` makes (AES-256-K from
+Tentacle on); ``client.admin``, which the test process's own (host) librados also uses, gets
+one the host's librados reads; where that is older, the monitors are told to accept it and the
+resulting AUTH_INSECURE_* checks are muted (see ``Cluster.admin_key_format``).
 
 Daemons fork into the background (so they outlive the process that started them).  DIR/pids
 records ``name pid`` for every daemon we started; a mgr that respawns (e.g. on

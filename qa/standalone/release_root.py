@@ -2,8 +2,10 @@
 """Which Ceph release a test cluster runs, and where its binaries come from.
 
 The host's own Debian packages give one release (Debian 12 bookworm: Pacific 16.2,
-Debian 13 trixie: Reef 18.2).  The other release runs from a Debian root built with
-``mmdebstrap`` from the mirror apt already uses, cached under ``LM_ROOT_CACHE``
+Debian 13 trixie: Reef 18.2; forky, Debian testing, carries Tentacle 20.2).  Any other
+release runs from a Debian root of its suite built with ``mmdebstrap`` from the mirror apt
+already uses (forky with ``Acquire::Check-Valid-Until "false"``: the mirror's Release file
+has been seen past its Valid-Until date), cached under ``LM_ROOT_CACHE``
 (default ``/var/cache/rbd_livemigrate/roots``) as ``<cache>/<suite>``, built once, atomically
 (into a temporary directory that is renamed when complete) and reused.
 
@@ -16,12 +18,13 @@ namespace, so there is nothing to unmount when a cluster stops, and two clusters
 never fight over shared mounts.  A chroot'ed daemon is a normal host process: its pid,
 ``/proc/<pid>/cmdline`` and signals work from the host as for a host daemon.
 
-Debian 13's ceph-mgr loads no Python module: ``mgr_util`` imports ``bcrypt``, and trixie's
-python3-bcrypt is built with PyO3, which refuses sub-interpreters.  Wherever the mgr's
-bcrypt is such a build (detected by looking at the extension, not by version), a cffi-based
-``bcrypt==3.2.2`` wheel (abi3) is unpacked next to the release's files and linked as
-``bcrypt`` into the mgr's module path (which comes first on the mgr's ``sys.path``).  That
-is a workaround for the test harness only; it never ships in the module.
+Debian 13's (and forky's) ceph-mgr loads no Python module: ``mgr_util`` imports ``bcrypt``,
+and their python3-bcrypt is built with PyO3, which refuses sub-interpreters.  Wherever the
+mgr's bcrypt is such a build (detected by looking at the extension, not by version), a
+cffi-based ``bcrypt==3.2.2`` wheel (abi3, for the root's own Python version) is unpacked next
+to the release's files and linked as ``bcrypt`` into the mgr's module path (which comes first
+on the mgr's ``sys.path``).  That is a workaround for the test harness only; it never ships
+in the module.
 
 CLI (root needed to build)::
 
