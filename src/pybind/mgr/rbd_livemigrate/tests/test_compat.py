@@ -28,6 +28,8 @@ class Builtin:
 @pytest.mark.parametrize('release,reg_arity,unreg_arity,named', [
     ('pacific', 1, 1, False),        # _ceph_register_client(addrs)
     ('reef', 3, 2, True),            # _ceph_register_client(name, addrs, replace)
+    ('squid', 3, 2, True),           # the same (read in Squid's mgr_module.py)
+    ('tentacle', 3, 2, True),        # the same (Tentacle 20.2.4)
 ])
 def test_registry_builtins(release: str, reg_arity: int, unreg_arity: int,
                            named: bool) -> None:
@@ -110,6 +112,11 @@ def test_prepare_flatten_detection() -> None:
     assert not prepare_takes_flatten(CythonNoSignature(
         'RBD.migration_prepare(self, ioctx, image_name, dest_ioctx, dest_image_name, '
         'features=None, order=None, stripe_unit=None, stripe_count=None, data_pool=None)'))
+    # Tentacle 20.2.4's binding: the same line as Reef's
+    assert prepare_takes_flatten(CythonNoSignature(
+        'RBD.migration_prepare(self, ioctx, image_name, dest_ioctx, dest_image_name, '
+        'features=None, order=None, stripe_unit=None, stripe_count=None, data_pool=None, '
+        'clone_format=None, flatten=False)'))
 
 
 # -- command registration ----------------------------------------------------
