@@ -10,10 +10,11 @@ stops the module.  The kill -9 grid is ``test_partial_states.py``.
 import datetime
 import json
 import struct
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import rados
+import rbd
 
 from cluster import Cluster
 from conftest import Livemigrate, destroy_cluster, make_cluster, rbdtools, wait_for
@@ -344,3 +345,149 @@ def test_bad_record_never_stops_the_module(rcluster: Cluster, rlm: Livemigrate,
         assert rbdtools.checksums(rcluster.conf, 'b/' + name) == before
     finally:
         rcluster.ceph('config-key', 'rm', key)
+
+
+# -- issue 21: the last write of each step, with the record behind ------------
+#
+# The states librbd leaves when its commit or abort is cut at its very last
+# write, made exactly: every earlier write of the step is done (with the same
+# rbd class calls and librbd removals), the last one is not.  The task's
+# record is then put back to what a record written behind can say (no
+# destination id, state preparing) with every mgr down, as after a kill -9.
+
+LAYOUTS = [('a/{}', 'b/{}'), ('a/ns1/{}', 'b/ns2/{}'), ('a/{}', 'a/{}')]
+LAYOUT_IDS = ['cross-pool', 'namespace', 'in-place']
+TASK_KEY = 'mgr/rbd_livemigrate/task/'
+
+
+def executed_task(c: Cluster, lm: Livemigrate, src: str, dst: str
+                  ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """A module task, executed and held (--manual-commit, paused)."""
+    rbdtools.create_image(c.conf, src, 16 * MiB, seed=src, snaps=2)
+    before = rbdtools.checksums(c.conf, src)
+    args = [src, '--manual-commit'] + (['--object-size', '8M'] if src == dst else [dst])
+    task = lm.add(*args)
+    lm.wait(task['id'], ('executed',))
+    lm.ok('pause', task['id'])
+    t = lm.status(task['id'])
+    assert t['dest_image_id'] and t['source_image_id']
+    return t, before
+
+
+def remove_snaps(io: rados.Ioctx, image_id: str) -> None:
+    with rbd.Image(io, image_id=image_id) as image:
+        for snap in image.list_snaps():
+            if image.is_protected_snap(snap['name']):
+                image.unprotect_snap(snap['name'])
+            image.remove_snap(snap['name'])
+
+
+def cut_commit(c: Cluster, src: str, sid: str, dst: str, did: str, last: bool) -> None:
+    """librbd's commit: the destination's header, then the source's snapshots,
+    objects and header object, then (``last``: not done) its trash entry."""
+    cls_exec(c, dst, did, 'migration_remove')
+    with rbdtools.connect(c.conf) as cluster:
+        with rbdtools.ioctx(cluster, src) as (io, _):
+            entry = io_omap(io, 'rbd_trash', 'id_' + sid)
+            io.execute('rbd_header.' + sid, 'rbd', 'migration_remove', b'')
+            remove_snaps(io, sid)
+            rbd.RBD().trash_remove(io, sid, force=True)
+            assert not header_object(io, sid)
+            if last:
+                with rados.WriteOpCtx() as op:
+                    io.set_omap(op, ('id_' + sid,), (entry,))
+                    io.operate_write_op(op, 'rbd_trash')
+
+
+def cut_abort(c: Cluster, src: str, sid: str, dst: str, did: str) -> None:
+    """librbd's abort: both headers aborting, the destination removed, the
+    source put back under its name and out of the trash; not its last write
+    (the source's migration header)."""
+    set_aborting(c, src, sid)
+    set_aborting(c, dst, did)
+    cls_exec(c, dst, did, 'migration_remove')
+    _, _, name = rbdtools.split(src)
+    with rbdtools.connect(c.conf) as cluster:
+        with rbdtools.ioctx(cluster, dst) as (io, _):
+            remove_snaps(io, did)
+            rbd.RBD().remove(io, name)
+        with rbdtools.ioctx(cluster, src) as (io, _):
+            with rados.WriteOpCtx() as op:
+                op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+                op.execute('rbd', 'set_id', _encode(sid))
+                io.operate_write_op(op, 'rbd_id.' + name)
+            io.execute('rbd_directory', 'rbd', 'dir_add_image', _encode(name) + _encode(sid))
+            io.execute('rbd_trash', 'rbd', 'trash_remove', _encode(sid))
+
+
+def io_omap(io: rados.Ioctx, oid: str, key: str) -> bytes:
+    with rados.ReadOpCtx() as op:
+        it, _ = io.get_omap_vals_by_keys(op, (key,))
+        io.operate_read_op(op, oid)
+        values = [bytes(v) for _, v in it]
+    assert values, '{} has no {}'.format(oid, key)
+    return values[0]
+
+
+def header_object(io: rados.Ioctx, image_id: str) -> bool:
+    try:
+        io.stat('rbd_header.' + image_id)
+        return True
+    except rados.ObjectNotFound:
+        return False
+
+
+def record_behind(c: Cluster, task_id: str, **changes: Any) -> None:
+    """Every mgr down (kill -9), the task's stored record changed, mgrs back."""
+    for m in c.mgr_ids:
+        if c.mgr_pid(m) is not None:
+            c.kill_mgr(m)
+    key = TASK_KEY + task_id
+    record = json.loads(c.ceph('config-key', 'get', key).stdout)
+    record.update(changes)
+    c.ceph('config-key', 'set', key, json.dumps(record))
+    for m in c.mgr_ids:
+        c.start_mgr(m)
+    c.wait_module_ready(timeout=120)
+
+
+@pytest.mark.parametrize('last', [True, False], ids=['trash-entry-left', 'source-gone'])
+@pytest.mark.parametrize('src,dst', LAYOUTS, ids=LAYOUT_IDS)
+def test_commit_cut_at_its_last_step_with_the_record_behind(
+        rcluster: Cluster, rlm: Livemigrate, name: str, src: str, dst: str,
+        last: bool) -> None:
+    """Issue 21: the record says dest_image_id null; librbd's commit removed
+    both headers (and the source's header object), and either not yet its
+    trash entry, or that too.  The destination is known by the intent key
+    the module wrote before prepare; the task ends committed."""
+    src, dst = src.format(name), dst.format(name)
+    t, before = executed_task(rcluster, rlm, src, dst)
+    sid, did = t['source_image_id'], t['dest_image_id']
+    cut_commit(rcluster, src, sid, dst, did, last)
+    assert trash_empty(rcluster, src, src.rsplit('/', 1)[0]) is not last
+    record_behind(rcluster, t['id'], dest_image_id=None, state='preparing', paused=False)
+    done = poll_truthful(rcluster, rlm, t['id'], src, dst, 'committed')
+    assert done['dest_image_id'] == did and done['error'] is None
+    assert rbdtools.checksums(rcluster.conf, dst) == before
+    assert trash_empty(rcluster, src, src.rsplit('/', 1)[0], dst.rsplit('/', 1)[0])
+    if src != dst:
+        assert not rbdtools.image_exists(rcluster.conf, src)
+
+
+@pytest.mark.parametrize('src,dst', LAYOUTS, ids=LAYOUT_IDS)
+def test_abort_cut_at_its_last_step(rcluster: Cluster, rlm: Livemigrate, name: str,
+                                    src: str, dst: str) -> None:
+    """Issue 21: an abort cut after it put the source back (a migration header
+    and no trash entry): librbd's own abort now fails ENOENT and the source
+    opens EROFS.  The cancelled task finishes it: aborted, source as before."""
+    src, dst = src.format(name), dst.format(name)
+    t, before = executed_task(rcluster, rlm, src, dst)
+    sid, did = t['source_image_id'], t['dest_image_id']
+    cut_abort(rcluster, src, sid, dst, did)
+    rlm.ok('cancel', t['id'])
+    done = poll_truthful(rcluster, rlm, t['id'], src, dst, 'aborted')
+    assert done['source_image_id'] == sid
+    assert rbdtools.checksums(rcluster.conf, src) == before
+    assert trash_empty(rcluster, src, src.rsplit('/', 1)[0], dst.rsplit('/', 1)[0])
+    if src != dst:
+        assert not rbdtools.image_exists(rcluster.conf, dst)
