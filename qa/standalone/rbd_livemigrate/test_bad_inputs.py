@@ -139,6 +139,37 @@ RAW: List[Tuple[Dict[str, Any], int]] = [
 ]
 
 
+# imports that would make the mgr read past the caller's rights (issue 20), at
+# the options' defaults: no directory, no network, no credential prefix
+# allowed; {keyring} is the active mgr's keyring, {mon} the monitor's port
+def _http(url: str) -> Dict[str, Any]:
+    return {'type': 'raw', 'stream': {'type': 'http', 'url': url}}
+
+
+def _s3(url: str, access: str) -> Dict[str, Any]:
+    return {'type': 'raw', 'stream': {'type': 's3', 'url': url, 'access_key': access,
+                                      'secret_key': 'x'}}
+
+
+IMPORTS: List[Tuple[Dict[str, Any], int]] = [
+    ({'type': 'raw', 'stream': {'type': 'file', 'file_path': '{keyring}'}}, E.EACCES),
+    ({'type': 'raw', 'stream': {'type': 'file', 'file_path': '/etc/ceph/ceph.conf'}}, E.EACCES),
+    ({'type': 'raw', 'stream': {'type': 'file', 'file_path': '/tmp/../etc/passwd'}}, E.EACCES),
+    ({'type': 'raw', 'stream': {'type': 'file', 'file_path': '/dev/zero'}}, E.EACCES),
+    (_http('http://127.0.0.1:{mon}/'), E.EACCES),
+    (_http('http://localhost/'), E.EACCES),
+    (_http('http://[::1]/'), E.EACCES),
+    (_http('http://0.0.0.0/'), E.EACCES),
+    (_http('http://127.0.0.2/'), E.EACCES),
+    (_http('http://169.254.169.254/latest/meta-data/'), E.EACCES),
+    (_s3('http://127.0.0.1/bucket/key', 'AKIA'), E.EACCES),
+    (_s3('http://192.0.2.1/bucket/key', 'config://mgr/dashboard/key'), E.EACCES),
+    (_s3('http://192.0.2.1/bucket/key', 'config://secret/db-password'), E.EACCES),
+    (_s3('http://192.0.2.1/bucket/key', 'config://mgr/rbd_livemigrate/import/0123/head/x'),
+     E.EACCES),
+]
+
+
 def raw_command(cluster: Cluster, cmd: Dict[str, Any], name: str) -> Tuple[int, str]:
     def fill(v: Any) -> Any:
         return v.format(n=name) if isinstance(v, str) else (
@@ -178,6 +209,18 @@ def test_bad_input_matrix(cluster: Cluster, lm: Livemigrate, name: str,
                                            ensure_ascii=False)[:60], want, rc, line))
         if (rc != want or not line or '\n' in line or 'Traceback' in line
                 or any(ord(ch) < 32 or ord(ch) == 0x7f for ch in line)):
+            wrong.append(rows[-1])
+    spec_path = os.path.join(cluster.dir, 'bad-import.json')
+    keyring = os.path.join(cluster.data_dir('mgr.' + cluster.mgr_ids[0]), 'keyring')
+    for spec, want in IMPORTS:
+        text = json.dumps(spec).replace('{keyring}', keyring).replace('{mon}',
+                                                                      str(cluster.port))
+        with open(spec_path, 'w') as f:
+            f.write(text)
+        rc, out, err = lm.run('import', 'b/x', '-i', spec_path)
+        line = err.strip()
+        rows.append(('(import) ' + text[text.index('"stream"') + 10:][:60], want, rc, line))
+        if rc != want or not line or '\n' in line or 'Traceback' in line:
             wrong.append(rows[-1])
     with capsys.disabled():
         print('\n{:<72} {:>9} {:>9}  {}'.format('input', 'expected', 'got', 'message'))

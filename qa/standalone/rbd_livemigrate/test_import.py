@@ -25,6 +25,26 @@ from conftest import Livemigrate, rbdtools
 MiB = 1 << 20
 
 
+@pytest.fixture(scope='module', autouse=True)
+def import_grants(cluster: Cluster) -> Iterator[None]:
+    """An admin lets imports read files under /tmp and reach loopback
+    (these tests' files and servers are there); off again afterwards."""
+    lm = Livemigrate(cluster)
+    probe = tempfile.mkdtemp(prefix='lm-import-grant-', dir='/tmp')
+    path = make_file(os.path.join(probe, 'probe.raw'), MiB, 'grant')
+    spec = os.path.join(probe, 'spec.json')
+    with open(spec, 'w') as f:
+        json.dump({'type': 'raw', 'stream': file_stream(path)}, f)
+    lm.set_option('import_file_dirs', '/tmp')
+    lm.set_option('import_allowed_networks', '127.0.0.1/32')
+    wait_for(lambda: lm.run('import', 'b/lm-grant-probe', '-i', spec, '--dry-run')[0] == 0,
+             30, 'the import options taken')
+    yield
+    for opt in ('import_file_dirs', 'import_allowed_networks'):
+        lm.rm_option(opt)
+    shutil.rmtree(probe, ignore_errors=True)
+
+
 @pytest.fixture
 def workdir() -> Iterator[str]:
     d = tempfile.mkdtemp(prefix='lm-import-', dir='/tmp')
