@@ -165,11 +165,9 @@ def judge_address(label: str, host: str, addr: IPAddress, port: int, policy: Pol
     allowed = any(addr in n for n in policy.networks if n.version == addr.version)
     if allowed:
         return
-    if addr in cluster.hosts:
-        raise NotAuthorized('{}, a host of this cluster\'s daemons: an admin may allow its '
-                            'network with {}'.format(where,
-                                                     OPT.format('import_allowed_networks')))
     kind = _kind(addr)
+    if kind is None and addr in cluster.hosts:
+        kind = "a host of this cluster's daemons"
     if kind is not None:
         raise NotAuthorized('{}, {}: imports only reach public addresses unless an admin '
                             'allows the network with {}'.format(
@@ -178,16 +176,17 @@ def judge_address(label: str, host: str, addr: IPAddress, port: int, policy: Pol
 
 # -- config-key references ----------------------------------------------------
 
-def config_refs(node: Any, where: str = 'the spec') -> Iterator[Tuple[str, str]]:
-    """Every ``config://`` reference anywhere in a spec: (where, key)."""
+def config_refs(node: Any, where: str = '') -> Iterator[Tuple[str, str]]:
+    """Every ``config://`` reference anywhere in a spec: (where, key), where
+    reads like ``stream.access_key`` or ``snapshots[1].stream.secret_key``."""
     if isinstance(node, dict):
         for k, v in node.items():
-            yield from config_refs(v, '{} "{}"'.format(where, k))
+            yield from config_refs(v, '{}.{}'.format(where, k) if where else str(k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            yield from config_refs(v, '{} #{}'.format(where, i + 1))
+            yield from config_refs(v, '{}[{}]'.format(where, i + 1))
     elif isinstance(node, str) and node.startswith(CONFIG_PREFIX):
-        yield where, node[len(CONFIG_PREFIX):]
+        yield where or 'the spec', node[len(CONFIG_PREFIX):]
 
 
 def judge_config_key(where: str, key: str, dest: ImageSpec, policy: Policy,
