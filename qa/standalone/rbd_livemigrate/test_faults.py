@@ -212,3 +212,36 @@ def test_nearfull_osd_pauses_queue(fcluster: Cluster, flm: Livemigrate, name: st
     assert rbdtools.checksums(fcluster.conf, 'b/' + name) == before
     wait_for(lambda: 'RBD_LIVEMIGRATE_BLOCKED' not in fcluster.ceph_json(
              'health', 'detail').get('checks', {}), 30, 'RBD_LIVEMIGRATE_BLOCKED cleared')
+
+
+def test_full_pool_holds_only_its_own_tasks(fcluster: Cluster, flm: Livemigrate,
+                                            name: str) -> None:
+    """A pool at its quota (POOL_FULL) holds the tasks that read or write it;
+    another tenant's task between other pools goes on, and ``ceph health
+    detail`` names neither image."""
+    fcluster.ceph('osd', 'pool', 'create', 'quota', '8')
+    fcluster.rbd('pool', 'init', 'quota')
+    held, free = 'quota/' + name, 'a/' + name + '-free'
+    rbdtools.create_image(fcluster.conf, held, 4 * MiB, written=4 * MiB, seed=name)
+    rbdtools.create_image(fcluster.conf, free, 4 * MiB, written=4 * MiB, seed=name + 'f')
+    sums = {s: rbdtools.checksums(fcluster.conf, s) for s in (held, free)}
+    fcluster.ceph('osd', 'pool', 'set-quota', 'quota', 'max_objects', '1')
+    flm.set_option('blocked_warn_seconds', '1')
+    try:
+        wait_for(lambda: 'POOL_FULL' in fcluster.ceph_json('health').get('checks', {}),
+                 90, 'POOL_FULL')
+        t_held = flm.add(held, 'b/' + name)
+        t_free = flm.add(free, 'b/' + name + '-free')
+        flm.wait(t_free['id'], timeout=120)
+        t = flm.wait(t_held['id'], ('queued',), pred=lambda t: 'POOL_FULL' in str(
+            t.get('waiting_reason') or t.get('blocked_reason')))
+        assert t['state'] == 'queued'
+        detail = json.dumps(fcluster.ceph_json('health', 'detail'))
+        assert name not in detail
+    finally:
+        fcluster.ceph('osd', 'pool', 'set-quota', 'quota', 'max_objects', '0')
+        flm.rm_option('blocked_warn_seconds')
+    flm.wait(t_held['id'], timeout=120)
+    assert rbdtools.checksums(fcluster.conf, 'b/' + name) == sums[held]
+    assert rbdtools.checksums(fcluster.conf, 'b/' + name + '-free') == sums[free]
+    assert rbdtools.trash_names(fcluster.conf, 'quota') == []
