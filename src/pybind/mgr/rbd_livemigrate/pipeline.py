@@ -432,10 +432,18 @@ class Runner(RunnerHandle):
         # next runner reads the headers before it does anything
         protect = protect_name(task.id) if task.verify != VerifyMode.OFF else None
         # stored only when it names a protective snapshot (which only the
-        # record remembers); otherwise the next write carries it (a copy's
-        # progress within 5 s, or the end), and after a crash the next
-        # runner reads librbd's headers as for every step after this one
-        self._move(State.PREPARING, persist=protect is not None, source_image_id=info.id,
+        # record remembers), and then waited for: a snapshot taken under a
+        # name no stored record holds would stay on the destination after a
+        # kill -9.  A batch's task is waited for too: its record was written
+        # behind at add, and a source prepared for a task no stored record
+        # knows would be found by no one after a crash (a config-key write
+        # takes a few ms; the snapshot then waits up to a paxos interval).
+        # Otherwise the next write carries it (a copy's progress within 5 s,
+        # or the end), and after a crash the next runner reads librbd's
+        # headers and the intent key (``_mark``) as for every later step
+        self._move(State.PREPARING, persist=protect is not None or task.batch_id is not None,
+                   wait=protect is not None or task.batch_id is not None,
+                   source_image_id=info.id,
                    size_bytes=info.size, dest_image_id=None, blocked_reason=None,
                    blocked_kind=None, blocked_since=None, next_retry=None, error=None,
                    protect_snap=protect, rollback_source=False, verification=None)

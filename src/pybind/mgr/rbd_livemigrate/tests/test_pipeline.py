@@ -463,3 +463,20 @@ def test_an_abort_cut_at_its_last_step_is_finished() -> None:
     t = run(fake, state=State.QUEUED, dest_image_id=D)
     assert fake.calls == ['finish abort of ' + S, 'prepare', 'execute', 'list clones', 'commit']
     assert t.state == State.COMMITTED
+
+
+def test_a_batch_task_is_stored_before_its_prepare() -> None:
+    """A batch's task record is written behind at add: before the trash move
+    its record (source id, preparing) is waited for, so no source is ever
+    prepared for a task that no stored record knows."""
+    fake = FakeLibrbd('not-prepared')
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0, source_image_id=S,
+               batch_id='b-1'))
+    stored: List[Tuple[str, int]] = []
+    save = w.store.save
+    w.store.save = lambda t: (stored.append((t.state.value, len(fake.calls))),  # type: ignore
+                              save(t))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    assert w.get('t1').state == State.COMMITTED
+    assert stored[0] == ('preparing', 0) and fake.calls[0] == 'prepare'
