@@ -9,6 +9,7 @@ the browser check drives Debian's chromium with Selenium (the helpers and the
 screenshot are in qa/dashboard_screenshot.py).
 """
 
+import datetime
 import os
 import re
 import secrets
@@ -108,7 +109,9 @@ def test_summary_shows_progress(dash: Tuple[Cluster, DashboardClient], dlm: Live
         assert e['name'] == '{}{} to {}'.format(PREFIX, src, dst)
         assert e['metadata'] == {'origin': 'rbd_livemigrate', 'task_id': task['id'],
                                  'source': src, 'destination': dst}
-        assert e['begin_time'].endswith('Z')
+        # UTC, ISO 8601: '...Z' up to Reef, '...+00:00' on Tentacle (the dashboard's format)
+        begin = datetime.datetime.fromisoformat(e['begin_time'].replace('Z', '+00:00'))
+        assert begin.utcoffset() == datetime.timedelta(0), e['begin_time']
 
     dlm.wait(task['id'])
     assert rbdtools.checksums(c.conf, dst) == before
