@@ -147,8 +147,9 @@ class Batch:
         queued = sum(counts.values())
         committed = counts.get(State.COMMITTED.value, 0)
         total = queued if self.state != BatchState.EXPANDING else max(queued, self.images)
-        done = sum(counts.get(s.value, 0)
-                   for s in (State.COMMITTED, State.ABORTED, State.FAILED))
+        # the share migrated: a cancelled or failed image is not (it is counted
+        # in by_state, never as done)
+        done = committed
         d = self.to_json()
         del d['version']
         del d['allowed']

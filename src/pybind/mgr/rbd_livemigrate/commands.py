@@ -38,6 +38,8 @@ POOLS_REFRESH_SECONDS = 5.0
 KICK_EVERY_IMAGES = 20
 EXPAND_THREADS = 4
 MAX_PRIORITY = 1000
+# 1 TiB/s: faster than any cluster copies one image; more is a typo (10P)
+MAX_BANDWIDTH_BYTES = 1 << 40
 
 
 def _blockers_json(blockers: List[Blocked]) -> List[Dict[str, Any]]:
@@ -162,7 +164,7 @@ class Commands:
         if not -MAX_PRIORITY <= req.priority <= MAX_PRIORITY:
             raise InvalidArgument('priority {} is out of range: use -{} to {}'.format(
                 req.priority, MAX_PRIORITY, MAX_PRIORITY))
-        limit = parse_bytes('bandwidth limit', req.bandwidth_limit)
+        limit = parse_bytes('bandwidth limit', req.bandwidth_limit, MAX_BANDWIDTH_BYTES)
         if limit and limit < MIN_BANDWIDTH_BYTES:
             raise InvalidArgument('bandwidth limit {} B/s is below the floor of 1M/s, at which a '
                                   '100 GiB image already takes over a day: give at least 1M, '
@@ -206,6 +208,8 @@ class Commands:
         if existing is not None:
             if batch_id is not None and existing.batch_id != batch_id:
                 raise AlreadyExists('{} already has task {}'.format(source, existing.id))
+            if batch_id is None:
+                self._same_request(existing, req, layout, bandwidth_limit)
             return 0, dump(self.view(existing), 'json'), ''
         blockers, info = find_blockers(self.adapter, pools, source, dest, layout,
                                        req.allow_descendants, quick=quick and not req.dry_run)
@@ -329,8 +333,7 @@ class Commands:
         self._authorize(dst.pool, dst.namespace)
         if req.data_pool is not None:
             self._authorize(req.data_pool, dst.namespace)
-        if not self.adapter.pool_exists(src.pool):
-            raise NotFound("source pool '{}' does not exist".format(src.pool))
+        self._check_pools(src, dst, req)
         if req.dry_run:
             return self._dry_run_pool(src, dst, pattern, req)
         batch = Batch(id=self._new_batch_id(), source=str(src), destination=str(dst),
@@ -341,6 +344,25 @@ class Commands:
         log.info('batch %s: %s -> %s%s', batch.id, src, dst,
                  ' ({})'.format(pattern) if pattern else '')
         return 0, dump(batch.summary_of({}), 'json'), ''
+
+    def _check_pools(self, src: PoolSpec, dst: PoolSpec, req: AddRequest) -> None:
+        """What ``add-pool`` can check at once, before a batch exists: the
+        pools and namespaces, and that the request changes something."""
+        for what, p in (('source', src), ('destination', dst)):
+            if not self.adapter.pool_exists(p.pool):
+                raise NotFound("{} pool '{}' does not exist: check the pool spec (ceph osd "
+                               'pool ls)'.format(what, p.pool))
+            if p.namespace and not self.adapter.namespace_exists(p.pool, p.namespace):
+                raise NotFound("{} namespace '{}' does not exist in pool '{}': create it with "
+                               'rbd namespace create {}'.format(what, p.namespace, p.pool, p))
+        if req.data_pool is not None and not self.adapter.pool_exists(req.data_pool):
+            raise NotFound("data pool '{}' does not exist".format(req.data_pool))
+        changes = [req.object_size, req.stripe_unit, req.stripe_count, req.features,
+                   req.data_pool]
+        if src == dst and all(c is None for c in changes) and not req.flatten:
+            raise InvalidArgument("'{}' to itself with no layout option changes nothing: give "
+                                  'another pool or namespace, or a layout option such as '
+                                  '--object-size'.format(src))
 
     def _dry_run_pool(self, src: PoolSpec, dst: PoolSpec, pattern: Optional[str],
                       req: AddRequest) -> CommandResult:
@@ -380,6 +402,32 @@ class Commands:
         if batch is not None:
             return caller_text(batch.allowed)
         return caller_text(self._rights(source.pool_spec, dest.pool_spec))
+
+    def _same_request(self, task: Task, req: AddRequest, layout: Layout,
+                      bandwidth_limit: Optional[int]) -> None:
+        """An add repeated for a live task returns it only when it asks for
+        the same; options that differ are refused, never silently dropped."""
+        asked: Dict[str, Any] = {
+            'layout': layout.to_json(), 'manual_commit': req.manual_commit,
+            'allow_descendants': req.allow_descendants, 'priority': req.priority,
+            'bandwidth_limit': bandwidth_limit, 'manual_cutover': req.manual_cutover}
+        has: Dict[str, Any] = {
+            'layout': task.layout.to_json(), 'manual_commit': task.manual_commit,
+            'allow_descendants': task.allow_descendants, 'priority': task.priority,
+            'bandwidth_limit': task.bandwidth_limit_bytes,
+            'manual_cutover': task.manual_cutover}
+        if req.verify is not None:
+            asked['verify'] = self.verify_mode(req).value
+            has['verify'] = task.verify.value
+        if task.adopted:        # its options were never asked for: only new ones count
+            asked = {k: v for k, v in asked.items() if v not in (None, False, 0, {})}
+        diff = ['{} {} (asked {})'.format(k, json.dumps(has[k], sort_keys=True),
+                                          json.dumps(v, sort_keys=True))
+                for k, v in sorted(asked.items()) if has[k] != v]
+        if diff:
+            raise AlreadyExists('task {} already migrates {} -> {} with other options: {}: '
+                                'cancel it first to change them'.format(
+                                    task.id, task.source, task.destination, '; '.join(diff)))
 
     def _new_batch_id(self) -> str:
         while True:
@@ -510,7 +558,14 @@ class Commands:
     def _batch_cancel(self, batch_id: str) -> CommandResult:
         """Stop listing, and cancel every live task of the batch (a commit
         under way finishes); returns at once: see status."""
-        batch = self.worker.update_batch(self._batch(batch_id).id, lambda b: b.evolve(
+        current = self._batch(batch_id)
+        if current.state == BatchState.CANCELLED:
+            raise WrongState('batch {} is already cancelled; see status {}'.format(
+                current.id, current.id))
+        if self.batch_view(current)['finished']:
+            raise WrongState('batch {} is finished: nothing to cancel; see status {}'.format(
+                current.id, current.id))
+        batch = self.worker.update_batch(current.id, lambda b: b.evolve(
             state=BatchState.CANCELLED, paused=False))
         for t in self.worker.batch_tasks(batch.id):
             if t.done or t.state == State.COMMITTING:
@@ -665,6 +720,9 @@ class Commands:
         self._ready()
         task = self._find_task(task_id)
         self._authorize_task(task)
+        if task.terminal or task.state == State.COMMITTING:
+            raise WrongState('task {} is already {}: nothing to commit'.format(
+                task.id, task.state))
         if not task.manual_commit:
             raise WrongState('task {} commits by itself (it was not added with '
                              '--manual-commit)'.format(task.id))
@@ -775,8 +833,14 @@ class Commands:
         if task.done:
             raise WrongState('task {} is {}: nothing to {}'.format(
                 task.id, task.state, 'pause' if paused else 'resume'))
+        if not paused and not task.paused:
+            raise WrongState('task {} is not paused: nothing to resume{}'.format(
+                task.id, ' (the whole queue is paused: ceph rbd livemigrate resume)'
+                if self.worker.queue_paused else ''))
+        # a paused copy moves no bytes: its rate and time left are no longer true
         task = self.worker.update(task.id, lambda t: t.evolve(
-            paused=paused, next_retry=None if not paused else t.next_retry))
+            paused=paused, next_retry=None if not paused else t.next_retry,
+            rate_bytes_per_sec=None if paused else t.rate_bytes_per_sec))
         self.worker.kick()
         return 0, dump(self.view(task), 'json'), ''
 

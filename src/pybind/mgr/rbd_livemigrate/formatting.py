@@ -39,12 +39,26 @@ def human_bytes(n: Optional[float]) -> str:
     return '{:.1f} PiB'.format(n)
 
 
+def human_duration(seconds: float) -> str:
+    """'1h02m03s', '4m05s', '12s'."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return '{}h{:02d}m{:02d}s'.format(h, m, sec)
+    if m:
+        return '{}m{:02d}s'.format(m, sec)
+    return '{}s'.format(sec)
+
+
 def task_rows(views: List[Dict[str, Any]]) -> str:
     rows = []
     for v in views:
         note = v.get('error') or v.get('blocked_reason') or v.get('waiting_reason') or ''
         if v.get('paused') and not note.startswith('paused'):
             note = 'paused' + ('; ' + note if note else '')
+        if v.get('cancel_requested') and v['state'] not in ('aborted', 'failed'):
+            note = 'cancelling: aborting the migration'
         rows.append([v.get('id') or '(orphan)', v['state'], '{:.0%}'.format(v['progress']),
                      v['source'], v['destination'], note[:80]])
     return table(['ID', 'STATE', 'PROGRESS', 'SOURCE', 'DESTINATION', 'NOTE'], rows)
@@ -68,6 +82,8 @@ def status_text(v: Dict[str, Any]) -> str:
             val = human_bytes(val)
         elif k == 'rate_bytes_per_sec':
             val = human_bytes(val) + '/s' if val else '-'
+        elif k == 'eta_seconds' and val is not None:
+            val = human_duration(val)
         elif k == 'layout':
             val = ', '.join('{}={}'.format(a, b) for a, b in sorted(val.items())) or 'unchanged'
         elif k == 'verification' and val:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 from .batch import Batch, BatchState
 from .source_spec import summary
-from .task import Task
+from .task import State, Task
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,34 @@ def verify_event_id(task: Task) -> str:
     return 'rbd_livemigrate-{}-verify'.format(task.id)
 
 
+def waiting_note(task: Task) -> Optional[str]:
+    """What a task that is not moving waits for, with what moves it on
+    (None: it is moving, or done)."""
+    if task.done:
+        return None
+    if task.paused:
+        return 'paused: ceph rbd livemigrate resume {}'.format(task.id)
+    if task.cancel_requested:
+        return 'cancelling'
+    if (task.state == State.EXECUTED and task.manual_commit and not task.commit_requested):
+        return 'waiting for ceph rbd livemigrate commit {}'.format(task.id)
+    if task.awaiting_cutover:
+        return 'waiting for ceph rbd livemigrate cutover {}'.format(task.id)
+    if task.blocked_kind is not None:
+        return 'waiting: {}'.format(task.blocked_kind)
+    return None
+
+
 def message(task: Task) -> str:
     if task.import_spec is not None:
-        return 'Importing RBD image {} from {}'.format(task.destination, summary(task.import_spec))
-    if task.source == task.destination:
-        return 'Live-migrating RBD image {} (layout change)'.format(task.source)
-    return 'Live-migrating RBD image {} to {}'.format(task.source, task.destination)
+        text = 'Importing RBD image {} from {}'.format(
+            task.destination, summary(task.import_spec))
+    elif task.source == task.destination:
+        text = 'Live-migrating RBD image {} (layout change)'.format(task.source)
+    else:
+        text = 'Live-migrating RBD image {} to {}'.format(task.source, task.destination)
+    note = waiting_note(task)
+    return text if note is None else '{} ({})'.format(text, note)
 
 
 class ProgressReporter:
@@ -138,9 +160,15 @@ class ProgressReporter:
             return
         total = s['tasks'] if batch.state != BatchState.EXPANDING else max(
             s['tasks'], batch.images)
-        done = sum(s['by_state'].get(k, 0) for k in ('committed', 'aborted', 'failed'))
-        msg = 'Migrating pool {} to {}: {}/{} images{}'.format(
-            batch.source, batch.destination, done, total,
+        by_state = s['by_state']
+        committed = by_state.get('committed', 0)
+        # cancelled and failed images are not migrated: counted apart, never as done
+        others = ', '.join('{} {}'.format(n, word) for n, word in (
+            (by_state.get('aborted', 0), 'cancelled'), (by_state.get('failed', 0), 'failed'))
+            if n)
+        msg = 'Migrating pool {} to {}: {}/{} images migrated{}{}'.format(
+            batch.source, batch.destination, committed, total,
+            ' ({})'.format(others) if others else '',
             ' (listing)' if batch.state == BatchState.EXPANDING else '')
         self._call('update', ev, msg, float(s['progress']),
                    refs={'origin': 'rbd_livemigrate', 'batch_id': batch.id},
@@ -148,4 +176,10 @@ class ProgressReporter:
         if s['finished']:
             self._finished.add(key)
             self._last.pop(key, None)
-            self._call('complete', ev)
+            if by_state.get('failed', 0) or (total and not committed):
+                self._call('fail', ev, '{}/{} images migrated{}: see ceph rbd livemigrate '
+                           'status {}'.format(committed, total,
+                                              ' ({})'.format(others) if others else '',
+                                              batch.id))
+            else:
+                self._call('complete', ev)

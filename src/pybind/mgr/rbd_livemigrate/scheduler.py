@@ -84,8 +84,10 @@ def task_pool_names(t: Task) -> List[str]:
     return out
 
 
-def why_waiting(t: Task, now: float, opts: Options, cluster_block: Optional[str]) -> str:
-    """Why a task that needs the worker has no runner now."""
+def why_waiting(t: Task, now: float, opts: Options, cluster_block: Optional[str],
+                free_slots: bool = False) -> str:
+    """Why a task that needs the worker has no runner now (``free_slots``:
+    the last pass left slots free, so a task it has not seen starts next)."""
     if t.paused:
         return 'paused'
     if t.awaiting_cutover:
@@ -96,6 +98,8 @@ def why_waiting(t: Task, now: float, opts: Options, cluster_block: Optional[str]
         return t.blocked_reason or 'waiting for clients to close the source'
     if cluster_block:
         return cluster_block
+    if free_slots:
+        return 'starting'
     return 'waiting for a free slot (max_concurrent={})'.format(opts.max_concurrent)
 
 
@@ -563,13 +567,20 @@ class Worker(TaskTable):
         """Why ``task`` has no runner (None: it has one, or nothing to do):
         from the last pass, else worded now (the pass stops looking a little
         past the last free slot)."""
+        if (task.state == State.EXECUTED and task.manual_commit and not task.commit_requested
+                and not task.cancel_requested):
+            return 'executed: waiting for ceph rbd livemigrate commit {}'.format(task.id)
         if task.id in running or not task.needs_worker:
             return None
         reason = waiting.get(task.id)
         if reason is None:
             block = self.current_block
+            if block is None and self.queue_paused:
+                block = Hold(HoldKind.QUEUE_PAUSED, 'queue paused')
+            busy = sum(1 for i in running if i in self.tasks and not self.tasks[i].paused)
             reason = why_waiting(task, self.clock(), self.options,
-                                 str(block) if block else None)
+                                 str(block) if block else None,
+                                 free_slots=busy < self.options.max_concurrent)
         return reason
 
     def run_state(self) -> Tuple[Set[str], Dict[str, str]]:

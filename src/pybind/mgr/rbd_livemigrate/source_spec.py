@@ -51,8 +51,8 @@ class Stream(NamedTuple):
 
 
 def _fail(what: str) -> InvalidArgument:
-    return InvalidArgument('invalid source-spec: {}: see "ceph rbd livemigrate import" in '
-                           'doc/mgr/rbd_livemigrate.rst for the format'.format(what))
+    return InvalidArgument('invalid source-spec: {}: see "Import an image" in the '
+                           'rbd_livemigrate module docs for the format'.format(what))
 
 
 def _keys(obj: Dict[str, Any], allowed: Tuple[str, ...], where: str) -> None:

@@ -490,6 +490,10 @@ class Task:
             if new == State.COMMITTED:
                 changes.setdefault('progress', 1.0)
                 changes.setdefault('error', None)
+            if new == State.ABORTED:
+                # nothing was migrated: no bar left at the last copy's share
+                changes.setdefault('progress', 0.0)
+                changes.setdefault('rate_bytes_per_sec', None)
         if new == State.FAILED:
             changes.setdefault('finished', now)
         if new == State.QUEUED:
@@ -572,8 +576,14 @@ class Task:
 
     # -- presentation --------------------------------------------------
 
+    @property
+    def moving(self) -> bool:
+        """A copy that runs now: not paused, held, or being cancelled."""
+        return (self.state == State.EXECUTING and not self.paused and not self.cancel_requested
+                and self.blocked_kind is None)
+
     def eta_seconds(self) -> Optional[float]:
-        if self.state != State.EXECUTING or not self.rate_bytes_per_sec or not self.size_bytes:
+        if not self.moving or not self.rate_bytes_per_sec or not self.size_bytes:
             return None
         left = max(0, self.size_bytes - self.bytes_copied)
         return round(left / self.rate_bytes_per_sec, 1)
@@ -591,6 +601,8 @@ class Task:
                                      seconds=round(self.verification.seconds, 2))
         d['progress'] = round(self.progress, 4)
         d['eta_seconds'] = self.eta_seconds()
+        if not self.moving:
+            d['rate_bytes_per_sec'] = None      # the last rate is not what happens now
         return d
 
 

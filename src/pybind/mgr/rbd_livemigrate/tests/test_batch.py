@@ -187,11 +187,35 @@ def test_progress_counts_done_tasks() -> None:
     for i, st in zip(ids, (State.COMMITTED, State.COMMITTED, State.FAILED)):
         c.worker.update(i, lambda t: t.evolve(state=st))
     v = call(c.status, b['id'], 'json')[1]
-    assert v['progress'] == 0.75 and v['committed'] == 2 and v['live'] == 1
+    # a failed image is not migrated: the share done counts committed ones only
+    assert v['progress'] == 0.5 and v['committed'] == 2 and v['live'] == 1
     events: List[Tuple[Any, ...]] = []
     c.worker.progress._remote = lambda *a, **k: events.append(a)      # type: ignore
     c.worker.progress.batch(c.worker.get_batch(b['id']), c.worker.batch_state_counts(b['id']))
-    assert events[-1][1] == 'update' and 'Migrating pool a to b: 3/4 images' in events[-1][3]
+    assert events[-1][1] == 'update' and \
+        'Migrating pool a to b: 2/4 images migrated (1 failed)' in events[-1][3]
+
+
+def test_cancelled_tasks_are_not_counted_as_migrated() -> None:
+    """2 of 4 cancelled, 2 committed: 2/4 and the cancelled named; all 4
+    cancelled one by one: the bar fails, it is never full."""
+    for states, end in (((State.COMMITTED,) * 2 + (State.ABORTED,) * 2, 'complete'),
+                        ((State.ABORTED,) * 4, 'fail')):
+        c = commands(4)
+        r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
+        c._expand(b['id'])
+        c.worker.update_batch(b['id'], lambda x: x.evolve(state=BatchState.EXPANDED))
+        for i, st in zip([t.id for t in c.worker.all()], states):
+            c.worker.update(i, lambda t: t.evolve(state=st))
+        events: List[Tuple[Any, ...]] = []
+        c.worker.progress._remote = lambda *a, **k: events.append(a)      # type: ignore
+        c.worker.progress.batch(c.worker.get_batch(b['id']),
+                                c.worker.batch_state_counts(b['id']))
+        update = [e for e in events if e[1] == 'update'][-1]
+        done = states.count(State.COMMITTED)
+        assert '{}/4 images migrated ({} cancelled)'.format(done, 4 - done) in update[3]
+        assert update[4] == done / 4
+        assert events[-1][1] == end, events
 
 
 @pytest.mark.parametrize('text', [

@@ -1,0 +1,100 @@
+"""What an operator is told: mistakes refused at once, options never
+silently dropped, every wait explained (issue 25)."""
+
+import errno
+from typing import Any
+
+from rbd_livemigrate.commands import AddRequest
+from rbd_livemigrate.formatting import human_duration, task_rows
+from rbd_livemigrate.progress import message
+from rbd_livemigrate.task import State
+
+from test_batch import Fleet, commands
+from test_commands_auth import call
+
+
+class NoNamespace(Fleet):
+    def namespace_exists(self, pool: str, namespace: str) -> bool:
+        return namespace == ''
+
+
+def test_add_pool_refuses_what_it_can_check_at_once() -> None:
+    c = commands(3)
+    c.adapter = NoNamespace(3)
+    for args, err, word in ((('a', 'nopool'), errno.ENOENT, 'nopool'),
+                            (('nopool', 'b'), errno.ENOENT, 'nopool'),
+                            (('a/ns9', 'b'), errno.ENOENT, 'ns9'),
+                            (('a', 'b/ns9'), errno.ENOENT, 'ns9'),
+                            (('a', 'a'), errno.EINVAL, 'changes nothing')):
+        r, msg = call(c.add_pool, *args, None, AddRequest())
+        assert r == -err and word in msg, (args, r, msg)
+    r, msg = call(c.add_pool, 'a', 'b', None, AddRequest(data_pool='nopool'))
+    assert r == -errno.ENOENT and 'nopool' in msg
+    assert c.worker.all_batches() == [] and c.worker.all() == []
+    # the same pool with a layout change is a batch
+    r, b = call(c.add_pool, 'a', 'a', None, AddRequest(object_size='1M'))
+    assert r == 0 and b['id'].startswith('batch-')
+
+
+def test_add_again_with_other_options_is_refused_naming_them() -> None:
+    c = commands(2)
+    r, t = call(c.add, 'a/img0000', 'b/img0000', AddRequest())
+    assert r == 0
+    # the same request again: the same task
+    assert call(c.add, 'a/img0000', 'b/img0000', AddRequest())[1]['id'] == t['id']
+    for req, word in ((AddRequest(manual_commit=True), 'manual_commit'),
+                      (AddRequest(priority=5), 'priority'),
+                      (AddRequest(bandwidth_limit='10M'), 'bandwidth_limit'),
+                      (AddRequest(object_size='1M'), 'layout'),
+                      (AddRequest(verify='off'), 'verify')):
+        r, msg = call(c.add, 'a/img0000', 'b/img0000', req)
+        assert r == -errno.EEXIST and word in msg and t['id'] in msg, (req, msg)
+        assert '\n' not in msg
+    task = c.worker.get(t['id'])
+    assert not task.manual_commit and task.priority == 0
+
+
+def test_nonsense_is_refused() -> None:
+    c = commands(2)
+    r, msg = call(c.add, 'a/img0000', 'b/img0000', AddRequest(bandwidth_limit='10P'))
+    assert r == -errno.EINVAL and 'too large' in msg
+    r, t = call(c.add, 'a/img0000', 'b/img0000', AddRequest(manual_commit=True))
+    r, msg = call(c.pause, t['id'], False)
+    assert r == -errno.EINVAL and 'not paused' in msg
+    c.worker.update(t['id'], lambda x: x.evolve(state=State.COMMITTED))
+    r, msg = call(c.commit, t['id'])
+    assert r == -errno.EINVAL and 'already committed' in msg and 'by itself' not in msg
+
+
+def test_cancel_of_a_finished_batch_is_refused() -> None:
+    c = commands(2)
+    r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
+    c._expand(b['id'])
+    for t in c.worker.all():
+        c.worker.update(t.id, lambda x: x.evolve(state=State.COMMITTED))
+    r, msg = call(c.cancel, b['id'])
+    assert r == -errno.EINVAL and 'finished' in msg
+
+
+def test_waits_are_explained() -> None:
+    c = commands(1)
+    r, t = call(c.add, 'a/img0000', 'b/img0000', AddRequest(manual_commit=True))
+    # right after add, with slots free: not "waiting for a free slot"
+    assert 'free slot' not in str(c.view(c.worker.get(t['id']))['waiting_reason'])
+    task = c.worker.update(t['id'], lambda x: x.evolve(state=State.EXECUTED, progress=0.95))
+    v: Any = c.view(task)
+    assert v['waiting_reason'] == 'executed: waiting for ceph rbd livemigrate commit {}'.format(
+        t['id'])
+    assert 'commit ' + t['id'] in task_rows([v])
+    assert 'waiting for ceph rbd livemigrate commit' in message(task)
+    # paused: the rate and time left are not shown as if the copy ran
+    task = c.worker.update(t['id'], lambda x: x.evolve(
+        state=State.EXECUTING, rate_bytes_per_sec=1e6, size_bytes=1 << 30, bytes_copied=0))
+    assert c.view(task)['eta_seconds'] is not None
+    r, v = call(c.pause, t['id'], True)
+    assert v['rate_bytes_per_sec'] is None and v['eta_seconds'] is None
+    assert 'resume ' + t['id'] in message(c.worker.get(t['id']))
+    # an aborted task is at 0, not at its last share
+    task = c.worker.update(t['id'], lambda x: x.moved_to(State.ABORTED, 2.0))
+    assert task.progress == 0.0
+    assert human_duration(3723) == '1h02m03s' and human_duration(65) == '1m05s'
