@@ -295,7 +295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         c.command('sh', '-c', 'head -c {}M /dev/urandom | rbd import --no-progress - a/vm-disk'
                   .format(args.size_mb))
         task = json.loads(c.ceph('rbd', 'livemigrate', 'add', 'a/vm-disk', 'b/vm-disk',
-                                 '--bandwidth-limit', args.bandwidth_limit).stdout)
+                                 '--bandwidth-limit', args.bandwidth_limit,
+                                 '--format', 'json').stdout)
         print('migration {} started ({} MiB at {}/s)'.format(
             task['id'], args.size_mb, args.bandwidth_limit), flush=True)
         # a bar with something in it: wait for a quarter of the copy

@@ -44,8 +44,8 @@ SRC_SUM=$(checksums pool-a/vm-disk)
 echo "   source checksums (head and snapshot): $SRC_SUM"
 
 echo "== ceph rbd livemigrate add pool-a/vm-disk pool-b/vm-disk --bandwidth-limit $RATE"
-TASK=$(ceph rbd livemigrate add pool-a/vm-disk pool-b/vm-disk --bandwidth-limit "$RATE")
-echo "   $TASK"
+ceph rbd livemigrate add pool-a/vm-disk pool-b/vm-disk --bandwidth-limit "$RATE" | sed 's/^/   /'
+TASK=$(ceph rbd livemigrate status pool-b/vm-disk --format json)
 ID=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$TASK")
 
 echo "== progress (ceph rbd livemigrate status $ID; ceph progress)"

@@ -333,6 +333,7 @@ class Bench:
         return int(ret), out_text, err_text
 
     def mgr_ok(self, prefix: str, **kw: Any) -> Any:
+        kw.setdefault('format', 'json')       # changing commands answer one plain line
         ret, out, err = self.mgr(prefix, **kw)
         if ret != 0:
             raise RuntimeError(f'{prefix} {kw} -> {ret}: {err}')

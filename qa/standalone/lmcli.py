@@ -10,6 +10,19 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from cluster import Cluster, wait_for
 
 TERMINAL = ('committed', 'aborted', 'failed')
+# commands whose plain reply is one human line: the tests read their record
+WRITES = ('add', 'import', 'add-pool', 'cancel', 'commit', 'cutover', 'retry', 'pause',
+          'resume', 'adopt')
+
+
+def json_args(args: Iterable[str]) -> List[str]:
+    """``args`` of ``ceph rbd livemigrate``, asking a changing command for its
+    record as JSON unless a format is given."""
+    out = list(args)
+    if out and out[0] in WRITES and not any(
+            a in ('--format', '-f') or a.startswith('--format=') for a in out):
+        out += ['--format', 'json']
+    return out
 
 
 class Livemigrate:
@@ -18,7 +31,8 @@ class Livemigrate:
         self.conf = cluster.conf
 
     def run(self, *args: str, timeout: float = 120) -> Tuple[int, str, str]:
-        p = self.cluster.ceph('rbd', 'livemigrate', *args, check=False, timeout=timeout)
+        p = self.cluster.ceph('rbd', 'livemigrate', *json_args(args), check=False,
+                              timeout=timeout)
         return p.returncode, p.stdout, p.stderr
 
     def ok(self, *args: str) -> Any:

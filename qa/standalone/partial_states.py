@@ -78,6 +78,7 @@ if HERE not in sys.path:
 
 from cluster import RELEASES, Cluster  # noqa: E402
 import rbdtools  # noqa: E402
+from lmcli import json_args  # noqa: E402
 
 import rados  # noqa: E402
 import rbd  # noqa: E402
@@ -709,7 +710,8 @@ class Corpus:
 
     def livemigrate(self, *args: str, timeout: float = 60) -> Tuple[int, str, str]:
         try:
-            p = self.cluster.ceph('rbd', 'livemigrate', *args, check=False, timeout=timeout)
+            p = self.cluster.ceph('rbd', 'livemigrate', *json_args(args), check=False,
+                                  timeout=timeout)
         except subprocess.TimeoutExpired:
             return -110, '', 'timed out after {}s'.format(timeout)
         return p.returncode, p.stdout, p.stderr
@@ -962,9 +964,11 @@ class Corpus:
                 watcher = None
                 ctx.note('watcher closed')
             elif case.step == 'commit':
-                command = Background(cl, ['rbd', 'livemigrate', 'commit', task['id']])
+                command = Background(cl, ['rbd', 'livemigrate', 'commit', task['id'],
+                                          '--format', 'json'])
             elif case.step == 'abort':
-                command = Background(cl, ['rbd', 'livemigrate', 'cancel', task['id']])
+                command = Background(cl, ['rbd', 'livemigrate', 'cancel', task['id'],
+                                          '--format', 'json'])
             if command is not None:
                 procs.append(command)
                 ctx.note('issued ' + ' '.join(command.args[1:]))

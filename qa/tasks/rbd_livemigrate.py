@@ -214,7 +214,7 @@ def add_migration(sh, source, dest, layout, bandwidth_limit):
             args += ['--' + key.replace('_', '-'), str(layout[key])]
     if bandwidth_limit:
         args += ['--bandwidth-limit', str(bandwidth_limit)]
-    task = json.loads(lm(sh, *args))
+    task = json.loads(lm(sh, *args, '--format', 'json'))
     log.info('added %s: %s -> %s', task['id'], source, dest)
     return task['id']
 

@@ -8,6 +8,7 @@ import pytest
 
 from cluster import Cluster
 from conftest import Livemigrate, rbdtools
+from lmcli import json_args
 
 MiB = 1 << 20
 
@@ -24,7 +25,7 @@ def make_user(cluster: Cluster, name: str, *caps: str) -> str:
 def as_user(cluster: Cluster, name: str, keyring: str, *args: str) -> Tuple[int, str, str]:
     # the release's own ceph CLI: the key the release made may be a type the host's cannot read
     p = cluster.command('ceph', '--name', name, '--keyring', keyring, 'rbd', 'livemigrate',
-                        *args, check=False, timeout=60)
+                        *json_args(args), check=False, timeout=60)
     return p.returncode, p.stdout, p.stderr
 
 

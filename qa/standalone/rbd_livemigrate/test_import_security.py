@@ -27,6 +27,7 @@ import pytest
 
 from cluster import Cluster, wait_for
 from conftest import Livemigrate, rbdtools
+from lmcli import json_args
 
 MiB = 1 << 20
 TENANT = 'client.lm-importer'
@@ -115,8 +116,8 @@ def workdir() -> Iterator[str]:
 
 
 def as_tenant(cluster: Cluster, keyring: str, *args: str) -> Tuple[int, str, str]:
-    p = cluster.ceph('--name', TENANT, '--keyring', keyring, 'rbd', 'livemigrate', *args,
-                     check=False)
+    p = cluster.ceph('--name', TENANT, '--keyring', keyring, 'rbd', 'livemigrate',
+                     *json_args(args), check=False)
     return p.returncode, p.stdout, p.stderr
 
 

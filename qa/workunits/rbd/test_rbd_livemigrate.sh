@@ -158,7 +158,7 @@ image_gone() {
 # the task as add printed it in ADDED
 add_task() {
   local out
-  out=$(ceph rbd livemigrate add "$@")
+  out=$(ceph rbd livemigrate add "$@" --format json)
   ADDED=${out}
   TASK=$(json_get id <<<"${out}")
   [[ -n "${TASK}" && "${TASK}" != null ]] || fail "add $* printed no task id: ${out}"
@@ -322,7 +322,7 @@ test_dry_run() {
 
   local rc=0
   ceph rbd livemigrate add "${POOL}/${image}" "${DEST_POOL}/${image}" --object-size 1M \
-    --dry-run >"${TEMPDIR}/dry.json" 2>"${TEMPDIR}/dry.err" || rc=$?
+    --dry-run --format json >"${TEMPDIR}/dry.json" 2>"${TEMPDIR}/dry.err" || rc=$?
   exec 7>&-
   wait ${watch_pid} || true
   cat "${TEMPDIR}/dry.json" "${TEMPDIR}/dry.err"
@@ -342,7 +342,7 @@ EOF
   # without blockers: ok, exit 0, and still nothing happens
   rbd rm --no-progress "${DEST_POOL}/${image}"
   ceph rbd livemigrate add "${POOL}/${image}" "${DEST_POOL}/${image}" --dry-run \
-    >"${TEMPDIR}/dry.json"
+    --format json >"${TEMPDIR}/dry.json"
   [[ "$(json_get ok <"${TEMPDIR}/dry.json")" == true ]]
 
   # nothing changed: no task, no migration, same data, no destination
@@ -392,7 +392,7 @@ assert t["progress"] == float(sys.argv[1]) < 0.95, (sys.argv[1], t["progress"])'
   new_image "${POOL}/${image2}" 4M
   head=$(md5 "${POOL}/${image2}")
   QUEUE_PAUSED=1
-  [[ "$(ceph rbd livemigrate pause)" == *'"queue_paused": true'* ]]
+  [[ "$(ceph rbd livemigrate pause --format json)" == *'"queue_paused": true'* ]]
   add_task "${POOL}/${image2}" "${DEST_POOL}/${image2}"
   task=${TASK}
   sleep 1
@@ -400,7 +400,7 @@ assert t["progress"] == float(sys.argv[1]) < 0.95, (sys.argv[1], t["progress"])'
   local listing
   listing=$(ceph rbd livemigrate ls)
   [[ "$(grep "${task}" <<<"${listing}")" == *'queue paused'* ]]
-  [[ "$(ceph rbd livemigrate resume)" == *'"queue_paused": false'* ]]
+  [[ "$(ceph rbd livemigrate resume --format json)" == *'"queue_paused": false'* ]]
   QUEUE_PAUSED=
   wait_for task_in_state "${task}" committed
   [[ "$(md5 "${DEST_POOL}/${image2}")" == "${head}" ]]

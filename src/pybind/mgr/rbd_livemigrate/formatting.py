@@ -1,11 +1,11 @@
 """Output of the read commands: JSON, pretty JSON or a plain table."""
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InvalidArgument
 
-FORMATS = ('plain', 'json', 'json-pretty')
+FORMATS = ('plain', 'json', 'json-pretty', 'yaml')
 
 
 def check_format(fmt: Optional[str]) -> str:
@@ -18,7 +18,87 @@ def check_format(fmt: Optional[str]) -> str:
 def dump(data: Any, fmt: str) -> str:
     if fmt == 'json-pretty':
         return json.dumps(data, indent=4, sort_keys=True)
+    if fmt == 'yaml':
+        try:
+            import yaml
+        except ImportError:
+            raise InvalidArgument('--format yaml needs python3-yaml on the mgr hosts: use json')
+        return str(yaml.safe_dump(data, default_flow_style=False, sort_keys=True))
     return json.dumps(data, sort_keys=True)
+
+
+# -- replies of the commands that change something ---------------------------
+
+def _next_step(v: Dict[str, Any]) -> str:
+    """What happens next to a task, and the command that moves it on."""
+    tid = v.get('id')
+    if v.get('action'):
+        return str(v['action'])
+    state = v.get('state')
+    if state == 'committed':
+        return 'done'
+    if state == 'aborted':
+        return 'aborted: {}'.format(v.get('error') or 'cancelled')
+    if state == 'failed':
+        return 'failed: {}; ceph rbd livemigrate retry {} or cancel {}'.format(
+            v.get('error'), tid, tid)
+    if v.get('paused'):
+        return 'paused: ceph rbd livemigrate resume {}'.format(tid)
+    why = v.get('blocked_reason') or v.get('waiting_reason')
+    if why:
+        return str(why)
+    if v.get('running'):
+        return 'running: ceph rbd livemigrate status {}'.format(tid)
+    return 'see ceph rbd livemigrate status {}'.format(tid)
+
+
+def _plain(data: Any) -> str:
+    if isinstance(data, list):
+        return ''.join(_plain(d) for d in data)
+    if not isinstance(data, dict):
+        return '{}\n'.format(data)
+    if 'queue_paused' in data:
+        return 'queue {}\n'.format('paused' if data['queue_paused'] else 'resumed')
+    if data.get('dry_run'):
+        head = 'dry run {} -> {}'.format(data.get('source', 'import'), data.get('destination'))
+        blockers = data.get('blockers') or []
+        if not blockers:
+            size = data.get('size_bytes')
+            return '{}: ok{}\n'.format(head, ' ({})'.format(human_bytes(size))
+                                       if size is not None else '')
+        return '{}: {} blocker(s)\n'.format(head, len(blockers)) + ''.join(
+            '  {}: {}{}\n'.format(b.get('error'), b.get('message'),
+                                  ' (the task would wait)' if b.get('can_wait') else '')
+            for b in blockers)
+    if 'errno' in data and 'error' in data:
+        return '{} -> {}: refused: {}\n'.format(data.get('source'), data.get('destination'),
+                                                data['error'])
+    if str(data.get('id', '')).startswith('batch-'):
+        line = 'batch {}: {} {} -> {}: {} task(s), {} committed'.format(
+            data['id'], data.get('state'), data.get('source'), data.get('destination'),
+            data.get('tasks', 0), data.get('committed', 0))
+        return '{}; {}\n'.format(line, data.get('action') or
+                                 'ceph rbd livemigrate status {}'.format(data['id']))
+    if 'id' in data and 'state' in data:
+        return 'task {}: {} {} -> {}: {}\n'.format(
+            data['id'], data['state'], data.get('source'), data.get('destination'),
+            _next_step(data))
+    return dump(data, 'json-pretty') + '\n'
+
+
+def reply(result: Tuple[int, str, str], fmt: Optional[str]) -> Tuple[int, str, str]:
+    """A command's result in the format asked for: one renderer for every
+    reply of the commands that change something.  The commands give their
+    record as JSON; plain is a short human line per task or batch."""
+    r, out, err = result
+    fmt = check_format(fmt)
+    if not out or fmt == 'json':
+        return r, out, err
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return r, out, err
+    return r, (_plain(data) if fmt == 'plain' else dump(data, fmt)), err
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -5,6 +5,7 @@ Commands, options and lifecycle only; each command is one call into
 ``commands.Commands``.
 """
 
+import enum
 import errno
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
@@ -15,6 +16,7 @@ from mgr_module import MgrModule, NotifyType, Option
 from .commands import AddRequest, Commands
 from .compat import ClientRegistry, command_decorators
 from .errors import LiveMigrateError, handle_errors
+from .formatting import reply
 from .health import HealthChecks, full_pools, health_block, pool_holds
 from .heap import HEAP_CHECK_SECONDS, Allocator, HeapKeeper
 from .hold import Hold, HoldKind
@@ -31,6 +33,28 @@ from .store import TaskStore
 from .window import in_window, parse_window
 
 ORPHAN_SCAN_SECONDS = 300.0
+
+
+class ReplyFormat(str, enum.Enum):
+    """--format of every command (the CLI shows the choices)."""
+    plain = 'plain'
+    json = 'json'
+    json_pretty = 'json-pretty'
+    yaml = 'yaml'
+
+
+class VerifyChoice(str, enum.Enum):
+    """--verify: what is compared before commit."""
+    full = 'full'
+    auto = 'auto'
+    off = 'off'
+
+
+def _text(value: Optional[str]) -> Optional[str]:
+    """An enum argument's plain value (mgr_module hands the member)."""
+    return None if value is None else str(getattr(value, 'value', value))
+
+
 DEFAULT_HEALTH_PAUSE = ('OSD_FULL,OSD_NEARFULL,OSD_BACKFILLFULL,POOL_FULL,PG_AVAILABILITY,'
                         'HEALTH_ERR')
 # this module's command decorators, in the form the running mgr takes (compat.py)
@@ -244,12 +268,15 @@ class Module(MgrModule):
             manual_commit: bool = False, allow_descendants: bool = False,
             priority: int = 0, bandwidth_limit: Optional[str] = None,
             dry_run: bool = False, manual_cutover: bool = False,
-            verify: Optional[str] = None) -> Any:
-        """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place"""  # noqa: E501
-        return self.commands.add(source_spec, dest_spec, AddRequest(
-            object_size, stripe_unit, stripe_count, features, data_pool, flatten,
-            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
-            manual_cutover, verify))
+            verify: Optional[VerifyChoice] = None,
+            format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
+        """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place; priority -1000..1000, bandwidth_limit bytes/s with K/M/G/T (0: none)"""  # noqa: E501
+        return reply(self.commands.add(source_spec, dest_spec, AddRequest(
+            object_size=object_size, stripe_unit=stripe_unit, stripe_count=stripe_count,
+            features=features, data_pool=data_pool, flatten=flatten,
+            manual_commit=manual_commit, allow_descendants=allow_descendants,
+            priority=priority, bandwidth_limit=bandwidth_limit, dry_run=dry_run,
+            manual_cutover=manual_cutover, verify=_text(verify))), _text(format))
 
     @CLI.write('rbd livemigrate import')
     @handle_errors
@@ -258,11 +285,14 @@ class Module(MgrModule):
                      features: Optional[str] = None, data_pool: Optional[str] = None,
                      manual_commit: bool = False, priority: int = 0,
                      bandwidth_limit: Optional[str] = None, dry_run: bool = False,
+                     format: Optional[ReplyFormat] = ReplyFormat.plain,
                      inbuf: Optional[str] = None) -> Any:
-        """Import an image into dest_spec from the source-spec JSON given with -i <file> (raw or qcow over file, http or s3)"""  # noqa: E501
-        return self.importer.add(dest_spec, inbuf, AddRequest(
-            object_size, stripe_unit, stripe_count, features, data_pool, False,
-            manual_commit, False, priority, bandwidth_limit, dry_run))
+        """Import an image into dest_spec from the source-spec JSON given with -i <source-spec.json> (raw or qcow over file, http or s3); priority -1000..1000, bandwidth_limit bytes/s"""  # noqa: E501
+        return reply(self.importer.add(dest_spec, inbuf, AddRequest(
+            object_size=object_size, stripe_unit=stripe_unit, stripe_count=stripe_count,
+            features=features, data_pool=data_pool, manual_commit=manual_commit,
+            priority=priority, bandwidth_limit=bandwidth_limit, dry_run=dry_run)),
+            _text(format))
 
     @CLI.write('rbd livemigrate add-pool')
     @handle_errors
@@ -274,63 +304,74 @@ class Module(MgrModule):
                  manual_commit: bool = False, allow_descendants: bool = False,
                  priority: int = 0, bandwidth_limit: Optional[str] = None,
                  dry_run: bool = False, manual_cutover: bool = False,
-                 verify: Optional[str] = None) -> Any:
+                 verify: Optional[VerifyChoice] = None,
+                 format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another, as one batch (returns at once)"""  # noqa: E501
-        return self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, AddRequest(
-            object_size, stripe_unit, stripe_count, features, data_pool, flatten,
-            manual_commit, allow_descendants, priority, bandwidth_limit, dry_run,
-            manual_cutover, verify))
+        return reply(self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, AddRequest(
+            object_size=object_size, stripe_unit=stripe_unit, stripe_count=stripe_count,
+            features=features, data_pool=data_pool, flatten=flatten,
+            manual_commit=manual_commit, allow_descendants=allow_descendants,
+            priority=priority, bandwidth_limit=bandwidth_limit, dry_run=dry_run,
+            manual_cutover=manual_cutover, verify=_text(verify))), _text(format))
 
     @CLI.read('rbd livemigrate ls')
     @handle_errors
-    def ls(self, format: Optional[str] = 'plain') -> Any:
+    def ls(self, format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """List migration tasks (oldest first) and migrations that have no task"""
-        return self.commands.ls(format)
+        return self.commands.ls(_text(format))
 
     @CLI.read('rbd livemigrate status')
     @handle_errors
-    def status(self, task_or_image: str, format: Optional[str] = 'plain') -> Any:
+    def status(self, task_or_image: str,
+               format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Show one task (by task id or image spec) or a batch (by batch id)"""
-        return self.commands.status(task_or_image, format)
+        return self.commands.status(task_or_image, _text(format))
 
     @CLI.write('rbd livemigrate cancel')
     @handle_errors
-    def cancel(self, task_id: str) -> Any:
+    def cancel(self, task_id: str,
+               format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Cancel a task (dequeue it, or abort its migration and restore the source) or every task of a batch"""  # noqa: E501
-        return self.commands.cancel(task_id)
+        return reply(self.commands.cancel(task_id), _text(format))
 
     @CLI.write('rbd livemigrate commit')
     @handle_errors
-    def commit(self, task_id: str) -> Any:
+    def commit(self, task_id: str,
+               format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Commit a --manual-commit task that is executed"""
-        return self.commands.commit(task_id)
+        return reply(self.commands.commit(task_id), _text(format))
 
     @CLI.write('rbd livemigrate cutover')
     @handle_errors
-    def cutover(self, task_id: str) -> Any:
+    def cutover(self, task_id: str,
+                format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Prepare a queued task now (its clients must have closed the source); returns the task with cutover_ms, or EBUSY naming the clients"""  # noqa: E501
-        return self.commands.cutover(task_id)
+        return reply(self.commands.cutover(task_id), _text(format))
 
     @CLI.write('rbd livemigrate retry')
     @handle_errors
-    def retry(self, task_id: str) -> Any:
+    def retry(self, task_id: str,
+              format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Queue a failed task again"""
-        return self.commands.retry(task_id)
+        return reply(self.commands.retry(task_id), _text(format))
 
     @CLI.write('rbd livemigrate pause')
     @handle_errors
-    def pause(self, task_id: Optional[str] = None) -> Any:
+    def pause(self, task_id: Optional[str] = None,
+              format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Pause one task or batch, or the whole queue without an id"""
-        return self.commands.pause(task_id, True)
+        return reply(self.commands.pause(task_id, True), _text(format))
 
     @CLI.write('rbd livemigrate resume')
     @handle_errors
-    def resume(self, task_id: Optional[str] = None) -> Any:
+    def resume(self, task_id: Optional[str] = None,
+               format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Resume one task or batch, or the whole queue without an id"""
-        return self.commands.pause(task_id, False)
+        return reply(self.commands.pause(task_id, False), _text(format))
 
     @CLI.write('rbd livemigrate adopt')
     @handle_errors
-    def adopt(self, image_spec: str) -> Any:
+    def adopt(self, image_spec: str,
+              format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Make a task of a migration (its target image spec) that no task knows"""
-        return self.commands.adopt(image_spec)
+        return reply(self.commands.adopt(image_spec), _text(format))
