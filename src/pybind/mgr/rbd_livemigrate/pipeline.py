@@ -28,7 +28,7 @@ from .progress import EXECUTE_SHARE
 from .scheduler import RunnerHandle, Worker, retry_delay
 from .spec import ImageSpec
 from .task import State, Task, Verification, VerifyMode, VerifyResult
-from .verify import plan_comparison, protect_name, rollback_safe
+from .verify import explain_mismatch, plan_comparison, protect_name, rollback_safe
 
 log = logging.getLogger(__name__)
 
@@ -689,7 +689,8 @@ class Runner(RunnerHandle):
                      seconds, ', '.join(first.compared) or 'nothing to compare')
             return True
         self._fail('verification failed: {}; nothing was committed: cancel aborts the '
-                   'migration and gives the source back (see status)'.format(found[2]))
+                   'migration and gives the source back (see status)'.format(
+                       explain_mismatch(task.verify, found[0], found[2], writes)))
         return False
 
     def _detour(self, task: Task) -> bool:

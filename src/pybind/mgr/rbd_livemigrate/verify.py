@@ -106,6 +106,21 @@ def plan_comparison(mode: VerifyMode, src_snaps: Snaps, dst_snaps: Snaps,
         'it was copied (snapshot {}) was compared instead'.format(how, protect)])
 
 
+def explain_mismatch(mode: VerifyMode, label: str, text: str,
+                     client_writes: Optional[int]) -> str:
+    """A difference found, worded so that a client's write to the live
+    destination is not taken for corruption: only a full comparison of the
+    head can see such writes, and it says so when clients wrote."""
+    if mode != VerifyMode.FULL or label != HEAD or client_writes == 0:
+        return text
+    how = ('clients wrote {} object(s) of the destination since prepare'.format(client_writes)
+           if client_writes is not None else
+           'clients may have written to the destination since prepare (not known without '
+           'fast-diff)')
+    return ('{}: {}, so this may be their writes rather than damage (--verify auto compares '
+            'the head as it was copied instead)'.format(text, how))
+
+
 def _planned(pairs: List[Pair], notes: List[str]) -> ComparisonPlan:
     return ComparisonPlan(pairs, '; '.join(notes) if notes else None)
 

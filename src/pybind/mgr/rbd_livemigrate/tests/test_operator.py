@@ -98,3 +98,14 @@ def test_waits_are_explained() -> None:
     task = c.worker.update(t['id'], lambda x: x.moved_to(State.ABORTED, 2.0))
     assert task.progress == 0.0
     assert human_duration(3723) == '1h02m03s' and human_duration(65) == '1m05s'
+
+
+def test_a_clients_write_is_not_called_corruption() -> None:
+    from rbd_livemigrate.task import VerifyMode
+    from rbd_livemigrate.verify import HEAD, explain_mismatch
+    text = 'the head differs at offset 4194304'
+    said = explain_mismatch(VerifyMode.FULL, HEAD, text, 1)
+    assert said.startswith(text) and 'clients wrote 1 object' in said and 'auto' in said
+    assert 'may have written' in explain_mismatch(VerifyMode.FULL, HEAD, text, None)
+    assert explain_mismatch(VerifyMode.FULL, HEAD, text, 0) == text      # nobody wrote
+    assert explain_mismatch(VerifyMode.FULL, 'snap1', text, 3) == text    # a snapshot
