@@ -12,7 +12,7 @@ from cluster import Cluster, wait_for
 TERMINAL = ('committed', 'aborted', 'failed')
 # commands whose plain reply is one human line: the tests read their record
 WRITES = ('add', 'import', 'add-pool', 'cancel', 'commit', 'cutover', 'retry', 'pause',
-          'resume', 'adopt')
+          'resume', 'adopt', 'rm')
 
 
 def json_args(args: Iterable[str]) -> List[str]:

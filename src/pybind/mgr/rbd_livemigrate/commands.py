@@ -762,6 +762,11 @@ class Commands:
             raise Busy('task {} is paused: resume it first'.format(task.id))
         if task.cancel_requested:
             raise Busy('task {} is being cancelled'.format(task.id))
+        dest = ImageSpec.parse(task.destination)
+        if task.state == State.QUEUED and dest != ImageSpec.parse(task.source) and \
+                self.adapter.image_exists(dest):
+            raise AlreadyExists("destination '{}' exists: remove or rename it, then cut over "
+                                'again'.format(dest))
         clients = self.adapter.watchers(ImageSpec.parse(task.source))
         if clients:
             raise Busy(watchers_reason(task.source, clients) + ': stop them, then cut '
@@ -843,6 +848,55 @@ class Commands:
             rate_bytes_per_sec=None if paused else t.rate_bytes_per_sec))
         self.worker.kick()
         return 0, dump(self.view(task), 'json'), ''
+
+    def forget(self, target: Optional[str], finished: bool) -> CommandResult:
+        """``rm``: take finished tasks out of the history (``ls``, ``status``)
+        before ``max_history`` would: one task, a finished batch with its
+        tasks, or with ``--finished`` every finished task the caller may see.
+        A failed task still owns its migration: it is cancelled or retried,
+        never forgotten."""
+        self._ready()
+        if (target is None) == (not finished):
+            raise InvalidArgument('give a task or batch id, or --finished for every committed '
+                                  'or aborted task')
+        if target is None:
+            every = self.unscoped()
+            drop = [t for t in self.worker.all()
+                    if t.terminal and (every or self._may(t))]
+        elif Batch.is_id(target):
+            batch = self._batch(target)
+            tasks = self.worker.batch_tasks(batch.id)
+            for t in tasks:
+                self._authorize_task(t)
+            live = [t for t in tasks if not t.terminal]
+            if live or batch.state == BatchState.EXPANDING:
+                raise Busy('batch {} is not finished ({} task(s) not committed or aborted): '
+                           'wait, or cancel it first'.format(batch.id, len(live)))
+            self._drop(tasks)
+            self.worker.remove_batch(batch.id)
+            return 0, dump({'removed_tasks': len(tasks), 'removed_batch': batch.id}, 'json'), ''
+        else:
+            task = self._find_task(target)
+            self._authorize_task(task)
+            if not task.terminal:
+                raise Busy('task {} is {}: only committed or aborted tasks leave the history; '
+                           '{}'.format(task.id, task.state,
+                                       'retry or cancel it first' if task.state == State.FAILED
+                                       else 'wait, or cancel it first'))
+            drop = [task]
+        self._drop(drop)
+        return 0, dump({'removed_tasks': len(drop)}, 'json'), ''
+
+    def _drop(self, tasks: List[Task]) -> None:
+        """Forget finished tasks; their batches keep counting them."""
+        gone: Dict[str, List[str]] = {}
+        for t in tasks:
+            if t.batch_id and self.worker.batches.get(t.batch_id) is not None:
+                gone.setdefault(t.batch_id, []).append(t.state.value)
+            self.worker.progress.forget(t)
+        for batch_id, states in gone.items():
+            self.worker.update_batch(batch_id, _pruned(states))
+        self.worker.remove([t.id for t in tasks])
 
     def adopt(self, image_spec: str) -> CommandResult:
         """Make a task of a migration that librbd has but no task knows.
@@ -940,6 +994,10 @@ class Commands:
             log.warning('found %d migration(s) without a task: %s', len(orphans),
                         ', '.join('{} -> {} ({})'.format(r.source, r.destination or '?', r.kind)
                                   for r in orphans))
+
+
+def _pruned(states: List[str]) -> Callable[[Batch], Batch]:
+    return lambda b: b.with_pruned(states)
 
 
 def caller_text(rights: List[str]) -> str:

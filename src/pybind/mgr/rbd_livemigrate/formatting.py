@@ -57,6 +57,9 @@ def _plain(data: Any) -> str:
         return ''.join(_plain(d) for d in data)
     if not isinstance(data, dict):
         return '{}\n'.format(data)
+    if 'removed_tasks' in data:
+        return 'removed {} task(s){}\n'.format(data['removed_tasks'], ' and batch {}'.format(
+            data['removed_batch']) if data.get('removed_batch') else '')
     if 'queue_paused' in data:
         return 'queue {}\n'.format('paused' if data['queue_paused'] else 'resumed')
     if data.get('dry_run'):

@@ -369,6 +369,13 @@ class Module(MgrModule):
         """Resume one task or batch, or the whole queue without an id"""
         return reply(self.commands.pause(task_id, False), _text(format))
 
+    @CLI.write('rbd livemigrate rm')
+    @handle_errors
+    def rm(self, task_id: Optional[str] = None, finished: bool = False,
+           format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
+        """Remove a committed or aborted task, a finished batch, or every finished task (--finished) from the history"""  # noqa: E501
+        return reply(self.commands.forget(task_id, finished), _text(format))
+
     @CLI.write('rbd livemigrate adopt')
     @handle_errors
     def adopt(self, image_spec: str,

@@ -109,3 +109,39 @@ def test_a_clients_write_is_not_called_corruption() -> None:
     assert 'may have written' in explain_mismatch(VerifyMode.FULL, HEAD, text, None)
     assert explain_mismatch(VerifyMode.FULL, HEAD, text, 0) == text      # nobody wrote
     assert explain_mismatch(VerifyMode.FULL, 'snap1', text, 3) == text    # a snapshot
+
+
+def test_rm_takes_finished_tasks_out_of_the_history() -> None:
+    c = commands(3)
+    ids = [call(c.add, 'a/img000{}'.format(i), 'b/img000{}'.format(i), AddRequest())[1]['id']
+           for i in range(3)]
+    c.worker.update(ids[0], lambda x: x.evolve(state=State.COMMITTED))
+    c.worker.update(ids[1], lambda x: x.evolve(state=State.FAILED))
+    r, msg = call(c.forget, ids[1], False)
+    assert r == -errno.EBUSY and 'retry or cancel' in msg
+    r, msg = call(c.forget, ids[2], False)
+    assert r == -errno.EBUSY
+    assert call(c.forget, None, False)[0] == -errno.EINVAL
+    r, out = call(c.forget, ids[0], False)
+    assert r == 0 and out == {'removed_tasks': 1}
+    assert c.worker.find(ids[0]) is None and c.worker.find(ids[1]) is not None
+    c.worker.update(ids[2], lambda x: x.evolve(state=State.ABORTED))
+    assert call(c.forget, None, True)[1] == {'removed_tasks': 1}
+    assert [t.id for t in c.worker.all()] == [ids[1]]
+
+
+def test_rm_of_a_batch_and_its_count() -> None:
+    c = commands(2)
+    r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
+    c._expand(b['id'])
+    tasks = c.worker.all()
+    c.worker.update(tasks[0].id, lambda x: x.evolve(state=State.COMMITTED))
+    assert call(c.forget, b['id'], False)[0] == -errno.EBUSY
+    # one task forgotten alone: the batch still counts it
+    assert call(c.forget, tasks[0].id, False)[0] == 0
+    v = call(c.status, b['id'], 'json')[1]
+    assert v['committed'] == 1 and v['tasks'] == 2
+    c.worker.update(tasks[1].id, lambda x: x.evolve(state=State.COMMITTED))
+    r, out = call(c.forget, b['id'], False)
+    assert r == 0 and out['removed_batch'] == b['id']
+    assert c.worker.all() == [] and c.worker.all_batches() == []
