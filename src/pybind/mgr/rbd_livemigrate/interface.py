@@ -105,7 +105,8 @@ class Intent(NamedTuple):
     and on the source before ``migration_abort``.  A destination carrying
     the source's id here is that migration's destination, whatever the
     task's record (written behind) or the headers (removed by the step
-    itself) still say.
+    itself) still say.  An import has no source image: its ``source_id`` is
+    empty and its destination is known by the task id.
     """
     task_id: str
     step: str
@@ -126,7 +127,7 @@ class Intent(NamedTuple):
             if not isinstance(d, dict):
                 return None
             values = [d.get('task'), d.get('step'), d.get('source_id'), d.get('dest_id', '')]
-            if not all(isinstance(v, str) for v in values) or not all(values[:3]) \
+            if not all(isinstance(v, str) for v in values) or not all(values[:2]) \
                     or values[1] not in INTENT_STEPS:
                 return None
             return cls(*(str(v) for v in values))
@@ -134,7 +135,7 @@ class Intent(NamedTuple):
             return None
 
     def names_source(self, source_id: Optional[str]) -> bool:
-        return source_id is not None and self.source_id == source_id
+        return bool(source_id) and self.source_id == source_id
 
 
 class End(NamedTuple):

@@ -748,8 +748,9 @@ class Runner(RunnerHandle):
             task = self.worker.update(self.task_id, to_committing, persist=False)
         except _CancelWins:
             return
-        if dest_id is not None and task.source_image_id is not None:
-            self._mark(dest, dest_id, Intent(task.id, 'commit', task.source_image_id,
+        if dest_id is not None and (task.source_image_id or task.import_spec is not None):
+            # an import's destination: known by the task id once its header is gone
+            self._mark(dest, dest_id, Intent(task.id, 'commit', task.source_image_id or '',
                                              dest_id))
         self.worker.progress.update(task, force=True)
 

@@ -435,7 +435,8 @@ def state_of(phase: Phase) -> Optional[State]:
 # import header PREPARED/EXECUTING          execute
 # import header EXECUTED                    commit (or wait: manual commit)
 # import header ABORTING                    abort again
-# the recorded id without header            committed
+# the recorded id (or an image carrying       committed
+# this task's intent key) without header
 # the recorded id gone                      aborted (fail if not cancelled)
 # another image or migration                fail: never touch that image
 # ========================================  ================================
@@ -447,11 +448,17 @@ def is_our_import(task: Task, header: Optional[MigrationHeader]) -> bool:
             and source_spec.same(header.source_spec, task.import_spec))
 
 
+def _marked_by(task: Task, end: End) -> bool:
+    """``end`` (without migration header) carries this import task's intent key."""
+    return end.header is None and end.intent is not None and end.intent.task_id == task.id
+
+
 def import_dest_id(task: Task, obs: Observation) -> Optional[str]:
-    """The destination id to record once the header shows it is ours."""
+    """The destination id to record once the header (or, after the commit,
+    the intent key) shows it is ours."""
     d = obs.dest
     if task.dest_image_id is None and d.image_id is not None and d.exists \
-            and is_our_import(task, d.header):
+            and (is_our_import(task, d.header) or _marked_by(task, d)):
         return d.image_id
     return None
 
@@ -465,6 +472,9 @@ def judge_import(obs: Observation, task: Task) -> Verdict:
     if did is None:
         if d.name_id is None:
             return Verdict(Phase.NOT_PREPARED)
+        if h is None and d.name_id == d.image_id and _marked_by(task, d):
+            # the commit removed the header before the record had the id
+            return Verdict(Phase.COMMITTED)
         if h is None:
             return Verdict(Phase.DEST_TAKEN, "destination image '{}' exists (id {}): choose "
                            'another name or remove it'.format(dest, d.name_id))

@@ -489,7 +489,12 @@ class Adapter(RbdPort):
             io = _ioctx_or_none(c, dest)
             try:
                 name_id = dir_lookup(io, dest.image) if io else None
-                return Observation(End(), read_end(io, dest_id or name_id, name_id))
+                end = read_end(io, dest_id or name_id, name_id)
+                if io is not None and dest_id is None and end.exists and end.header is None:
+                    # committed (the header gone) before the record had the id:
+                    # the intent key written before the commit names the task
+                    end = end._replace(intent=read_intent(io, name_id or ''))
+                return Observation(End(), end)
             except rados.Error as e:
                 raise translate(e, "cannot read the import state of '{}'".format(dest))
             finally:

@@ -160,6 +160,9 @@ class FakeImport(RbdPort):
     def descendants(self, spec: ImageSpec) -> List[str]:
         return []
 
+    def mark_intent(self, client: Any, spec: ImageSpec, image_id: str, intent: Any) -> None:
+        self.calls.append('mark ' + intent.step)
+
 
 def run(fake: FakeImport, **kw: Any) -> Task:
     w = worker()
@@ -171,7 +174,7 @@ def run(fake: FakeImport, **kw: Any) -> Task:
 def test_runner_imports_to_committed() -> None:
     fake = FakeImport()
     t = run(fake)
-    assert fake.calls == ['prepare_import ' + SPEC, 'execute', 'commit']
+    assert fake.calls == ['prepare_import ' + SPEC, 'execute', 'mark commit', 'commit']
     assert t.state == State.COMMITTED and t.dest_image_id == D and t.progress == 1.0
 
 
@@ -179,7 +182,7 @@ def test_runner_resumes_from_the_header_after_a_restart() -> None:
     fake = FakeImport()
     fake.state = MigState.EXECUTING
     t = run(fake, state=State.PREPARING)        # the record lagged behind librbd
-    assert fake.calls == ['execute', 'commit'] and t.state == State.COMMITTED
+    assert fake.calls == ['execute', 'mark commit', 'commit'] and t.state == State.COMMITTED
 
 
 def test_runner_cancel_aborts_and_removes() -> None:

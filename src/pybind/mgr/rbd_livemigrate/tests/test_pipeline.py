@@ -480,3 +480,39 @@ def test_a_batch_task_is_stored_before_its_prepare() -> None:
     Runner(w, 't1', fake, lambda: POOLS)._main()
     assert w.get('t1').state == State.COMMITTED
     assert stored[0] == ('preparing', 0) and fake.calls[0] == 'prepare'
+
+
+def test_an_import_committed_before_its_record_had_the_id_ends_committed() -> None:
+    """An import's commit only removes the destination's header: with the
+    record behind (no destination id) the image under the name is known as
+    this task's by the intent key written before the commit."""
+    from test_import import FakeImport, imp
+
+    class Marked(FakeImport):
+        intent: Optional[Intent] = None
+
+        def mark_intent(self, client: Any, spec: ImageSpec, image_id: str,
+                        intent: Intent) -> None:
+            self.intent = intent
+
+        def observe_import(self, dest: ImageSpec, dest_id: Optional[str]) -> Observation:
+            o = super().observe_import(dest, dest_id)
+            if self.committed and dest_id is None:
+                return o._replace(dest=o.dest._replace(intent=self.intent))
+            return o
+    fake = Marked()
+    fake.state = MigState.EXECUTED
+    w = worker()
+    w.put(imp(size_bytes=1 << 20, state=State.EXECUTED))
+    # the commit is done, then the mgr dies before the committed record is stored
+    fake.commit(None, ImageSpec.parse('b/img'))
+    fake.intent = Intent('t1', 'commit', '', D)
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    t = w.get('t1')
+    assert t.state == State.COMMITTED and t.dest_image_id == D, t
+    # another task's mark, or none, never makes it ours
+    fake.intent = Intent('t9', 'commit', '', D)
+    w = worker()
+    w.put(imp(size_bytes=1 << 20, state=State.EXECUTED))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    assert w.get('t1').state == State.FAILED

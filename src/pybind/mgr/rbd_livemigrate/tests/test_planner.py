@@ -371,3 +371,19 @@ def test_intent_key_round_trip_and_foreign_values() -> None:
                 '"source_id": "s"}', '{"task": 1, "step": "commit", "source_id": "s"}'):
         assert Intent.loads(bad) is None, bad
     assert i.names_source(S) and not i.names_source(X) and not i.names_source(None)
+
+
+def test_import_committed_with_the_record_behind_is_known_by_its_intent_key() -> None:
+    from rbd_livemigrate.planner import import_dest_id, judge_import
+    t = Task(id='t1', source='b/img', destination='b/img', created=1.0, state=State.PREPARING,
+             import_spec='{"type":"raw","stream":{"type":"file","file_path":"/x"}}')
+    mine = Observation(End(), End(D, D, True, None, None, B, Intent('t1', 'commit', '', D)))
+    assert judge_import(mine, t).phase == Phase.COMMITTED
+    assert import_dest_id(t, mine) == D
+    assert plan(t, mine).act == Act.MARK and plan(t, mine).state == State.COMMITTED
+    for other in (Intent('t2', 'commit', '', D), None):
+        o = Observation(End(), End(D, D, True, None, None, B, other))
+        assert judge_import(o, t).phase == Phase.DEST_TAKEN
+        assert import_dest_id(t, o) is None
+    assert Intent.loads(Intent('t1', 'commit', '', D).dumps()) == Intent('t1', 'commit', '', D)
+    assert not Intent('t1', 'commit', '', D).names_source('')
