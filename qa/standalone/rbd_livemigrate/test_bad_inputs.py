@@ -22,7 +22,7 @@ from conftest import Livemigrate, rbdtools
 MiB = 1 << 20
 HUGE = '9' * 40
 # refused by the ceph CLI's own parser (with its usage text), before the mgr
-CLI_PARSER = ('invalid chars', "doesn't represent an int")
+CLI_PARSER = ('invalid chars', "doesn't represent an int", 'Invalid command')
 E = errno
 
 MATRIX: List[Tuple[List[str], int]] = [
@@ -110,7 +110,7 @@ MATRIX: List[Tuple[List[str], int]] = [
     (['adopt', 'nosuchpool/x'], E.ENOENT),
     # formats
     (['ls', '--format', 'xml'], E.EINVAL),
-    (['ls', '--format', 'yaml'], E.EINVAL),
+    (['ls', '--format', 'xml-pretty'], E.EINVAL),
     (['status', 'nosuchtask', '--format', 'xml'], E.EINVAL),
 ]
 
@@ -136,6 +136,9 @@ RAW: List[Tuple[Dict[str, Any], int]] = [
     ({'prefix': 'rbd livemigrate add', 'source_spec': 'a/{n}', 'dest_spec': 'b/x',
       'stripe_count': 'many'}, E.EINVAL),
     ({'prefix': 'rbd livemigrate status', 'task_or_image': '\x1b[31mred'}, E.ENOENT),
+    ({'prefix': 'rbd livemigrate ls', 'format': 'xml'}, E.EINVAL),
+    ({'prefix': 'rbd livemigrate add', 'source_spec': 'a/{n}', 'dest_spec': 'b/x',
+      'verify': 'sometimes'}, E.EINVAL),
 ]
 
 

@@ -96,6 +96,12 @@ def test_manual_commit(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     task = lm.add(src, dst, '--manual-commit')
     t = lm.wait(task['id'], ('executed',))
     assert t['manual_commit'] and name in rbdtools.trash_names(cluster.conf, 'a')
+    # the wait is said everywhere, with the command that ends it
+    waits = 'waiting for ceph rbd livemigrate commit ' + task['id']
+    assert waits in t['waiting_reason'] and waits in lm.ok('ls')
+    wait_for(lambda: any(waits in e.get('message', '') and e.get('progress', 0) > 0.9
+                         for e in cluster.ceph_json('progress', 'json').get('events', [])),
+             30, 'the progress bar saying it waits for commit')
     # the destination is usable (and holds the data) before commit; the
     # protective snapshot taken before prepare (verify) came along, as the head
     protect = 'rbd_livemigrate-' + task['id']
@@ -285,7 +291,7 @@ BAD: List[List[str]] = [
     ['commit', 'nosuchtask'],
     ['retry', 'nosuchtask'],
     ['pause', 'nosuchtask'],
-    ['ls', '--format', 'yaml'],
+    ['ls', '--format', 'xml'],
     ['adopt', 'b/not-migrating-{n}'],
 ]
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 import mgr_module
 from mgr_module import MgrModule, NotifyType, Option
 
-from .commands import AddRequest, Commands
+from .commands import MAX_BANDWIDTH_BYTES, AddRequest, Commands
 from .compat import ClientRegistry, command_decorators
 from .errors import LiveMigrateError, handle_errors
 from .formatting import reply
@@ -33,6 +33,9 @@ from .store import TaskStore
 from .window import in_window, parse_window
 
 ORPHAN_SCAN_SECONDS = 300.0
+# option bounds: the mon checks a module option's range only when it has both
+DAY = 86400
+WEEK = 7 * DAY
 
 
 class ReplyFormat(str, enum.Enum):
@@ -71,21 +74,24 @@ class Module(MgrModule):
                desc='migrations at once touching one pool (source or destination); 0: no limit'),
         Option('max_history', type='int', default=100, min=0, max=10000, runtime=True,
                desc='finished tasks kept for ls/status'),
-        Option('stall_warn_seconds', type='secs', default=600, min=0, runtime=True,
+        Option('stall_warn_seconds', type='int', default=600, min=0, max=WEEK, runtime=True,
                desc='raise RBD_LIVEMIGRATE_STALLED after this long without copy progress'),
-        Option('blocked_warn_seconds', type='secs', default=300, min=0, runtime=True,
+        Option('blocked_warn_seconds', type='int', default=300, min=0, max=WEEK, runtime=True,
                desc='raise RBD_LIVEMIGRATE_BLOCKED after a task waited this long'),
         Option('retry_max_attempts', type='int', default=5, min=1, max=100, runtime=True,
                desc='attempts before a task with transient errors fails'),
-        Option('retry_backoff_seconds', type='secs', default=10, min=0, runtime=True,
+        Option('retry_backoff_seconds', type='int', default=10, min=0, max=DAY, runtime=True,
                desc='first retry delay; doubles each attempt'),
-        Option('retry_backoff_max_seconds', type='secs', default=600, min=0, runtime=True,
+        Option('retry_backoff_max_seconds', type='int', default=600, min=0, max=WEEK,
+               runtime=True,
                desc='longest retry delay'),
-        Option('blocked_recheck_seconds', type='secs', default=5, min=1, runtime=True,
+        Option('blocked_recheck_seconds', type='int', default=5, min=1, max=3600, runtime=True,
                desc='how often a blocked task (watchers) checks again'),
-        Option('bandwidth_limit_bytes', type='size', default=0, min=0, runtime=True,
+        Option('bandwidth_limit_bytes', type='size', default=0, min=0, max=MAX_BANDWIDTH_BYTES,
+               runtime=True,
                desc='default copy rate limit per task in bytes per second; 0: unlimited'),
-        Option('total_bandwidth_limit_bytes', type='size', default=0, min=0, runtime=True,
+        Option('total_bandwidth_limit_bytes', type='size', default=0, min=0,
+               max=MAX_BANDWIDTH_BYTES, runtime=True,
                desc='copy rate limit shared by all running tasks, bytes per second; '
                     '0: unlimited'),
         Option('maintenance_window', type='str', default='', runtime=True,
@@ -253,6 +259,11 @@ class Module(MgrModule):
         """mgr_module casts the arguments before a handler runs: a value that
         does not cast (a raw command sending ``"priority": "high"``) is one
         EINVAL line, not the framework's traceback."""
+        for key, choices in (('format', ReplyFormat), ('verify', VerifyChoice)):
+            value = cmd.get(key)
+            if value is not None and value not in {c.value for c in choices}:
+                return (-errno.EINVAL, '', 'invalid {} {!r}: use one of {}'.format(
+                    key, value, ', '.join(c.value for c in choices)))
         try:
             return super()._handle_command(inbuf, cmd)
         except (ValueError, TypeError) as e:

@@ -19,7 +19,7 @@ from .health import HealthChecks, build_checks
 from .hold import Hold, HoldKind
 from .planner import cutover_hold
 from .preflight import MIN_BANDWIDTH_BYTES, watchers_reason
-from .progress import ProgressReporter
+from .progress import ProgressReporter, waiting_note
 from .store import TaskStore
 from .table import TaskTable, order_key
 from .task import State, Task
@@ -299,6 +299,7 @@ class Worker(TaskTable):
         self.pool_blocks: Dict[str, Hold] = {}
         self.health_block_since: Optional[float] = None
         self.chores: List[Chore] = []
+        self.drawn: Set[str] = set()         # waiting tasks whose bar this mgr drew
 
     def kick(self) -> None:
         """Make the scheduler pass run now."""
@@ -430,6 +431,13 @@ class Worker(TaskTable):
             # in a stable order: the health detail must not reshuffle each pass
             notable = sorted((self.tasks[i] for i in self.notable),
                              key=lambda t: (t.created, t.id))
+            # a task waiting for the operator has no runner to draw its bar:
+            # drawn once per mgr (after a failover too), saying what it waits for
+            waiting_bars = [t for t in notable if t.id not in self.runners
+                            and t.id not in self.drawn and waiting_note(t) is not None]
+        for t in waiting_bars:
+            self.progress.update(t, force=True)
+            self.drawn.add(t.id)
         for b, counts in batches:
             if b.state != BatchState.EXPANDING and not any(counts.values()) and (
                     now - (b.expanded or b.created) > EMPTY_BATCH_KEPT_SECONDS):

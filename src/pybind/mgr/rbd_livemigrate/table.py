@@ -172,7 +172,8 @@ class TaskTable:
                              and task.blocked_kind == HoldKind.WATCHERS.value),
                             (self.terminal, task.terminal),
                             (self.notable, task.state in (State.FAILED, State.EXECUTING)
-                             or (bool(task.blocked_reason) and not task.done))):
+                             or (bool(task.blocked_reason) and not task.done)
+                             or (task.state == State.EXECUTED and task.manual_commit))):
             if member:
                 ids.add(task.id)
             else:
