@@ -113,6 +113,19 @@ def checksums(conf: str, spec: str) -> Dict[str, str]:
     return out
 
 
+def data_objects(conf: str, pool: str, image_id: str, namespace: str = '') -> int:
+    """How many data objects image ``image_id`` has in ``pool``: what a
+    copy has written, read from the cluster itself (not from the module)."""
+    prefix = 'rbd_data.{}.'.format(image_id)
+    with connect(conf) as cluster:
+        io = cluster.open_ioctx(pool)
+        try:
+            io.set_namespace(namespace)
+            return sum(1 for o in io.list_objects() if o.key.startswith(prefix))
+        finally:
+            io.close()
+
+
 def image_exists(conf: str, spec: str) -> bool:
     with connect(conf) as cluster, ioctx(cluster, spec) as (io, name):
         return name in rbd.RBD().list(io)

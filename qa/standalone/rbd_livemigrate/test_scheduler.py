@@ -139,29 +139,46 @@ def test_invalid_window_holds_queue_and_warns(cluster: Cluster, lm: Livemigrate,
 
 
 def test_pause_resume_one_and_queue(cluster: Cluster, lm: Livemigrate, name: str) -> None:
-    a, b = images(cluster, name, 2, 24 * MiB)
-    sums = {s: rbdtools.checksums(cluster.conf, s) for s in (a, b)}
+    """A paused copy writes nothing to its destination while another copy
+    goes on, and writes again once resumed: both read from the cluster (the
+    destinations' data objects), never from the module's own counters."""
+    a, b, c = images(cluster, name, 3, 48 * MiB)
+    sums = {s: rbdtools.checksums(cluster.conf, s) for s in (a, b, c)}
     ta = lm.add(a, a.replace('a/', 'b/', 1), '--bandwidth-limit', '4M')['id']
-    lm.wait(ta, pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    tb = lm.add(b, b.replace('a/', 'b/', 1), '--bandwidth-limit', '4M')['id']
+    for t in (ta, tb):
+        lm.wait(t, pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    dest_ids = {t: lm.status(t)['dest_image_id'] for t in (ta, tb)}
+
+    def objects(task_id: str) -> int:
+        return rbdtools.data_objects(cluster.conf, 'b', dest_ids[task_id])
     assert lm.ok('pause', ta)['paused']
     lm.wait(ta, pred=lambda t: t['blocked_reason'] == 'paused')
-    p1 = lm.status(ta)['bytes_copied']
-    time.sleep(2)
-    assert lm.status(ta)['bytes_copied'] <= p1 + 8 * MiB
+    held, other = objects(ta), objects(tb)
+    # while the other copy writes 3 objects (12 MiB at 4 MiB/s), the paused
+    # one writes at most the object that was in flight
+    wait_for(lambda: objects(tb) >= other + 3, 60, 'the other copy to go on')
+    assert objects(ta) <= held + 1, (held, objects(ta))
+    v = lm.status(ta)
+    assert v['paused'] and v['rate_bytes_per_sec'] is None and v['eta_seconds'] is None
     assert 'paused' in lm.ok('ls')
     lm.ok('resume', ta)
+    wait_for(lambda: objects(ta) >= held + 2, 60, 'the resumed copy to write again')
     lm.wait(ta)
+    lm.wait(tb)
     # the whole queue
     assert lm.ok('pause')['queue_paused']
     try:
-        tb = lm.add(b, b.replace('a/', 'b/', 1))['id']
-        t = lm.wait(tb, pred=lambda t: bool(t['blocked_reason']))
-        assert t['state'] == 'queued' and 'queue paused' in t['blocked_reason']
+        tc = lm.add(c, c.replace('a/', 'b/', 1))['id']
+        t = lm.wait(tc, pred=lambda t: bool(t['blocked_reason'] or t['waiting_reason']))
+        assert t['state'] == 'queued'
+        assert 'queue paused' in (t['blocked_reason'] or t['waiting_reason'])
     finally:
         assert not lm.ok('resume')['queue_paused']
-    lm.wait(tb)
-    for s in (a, b):
+    lm.wait(tc)
+    for s in (a, b, c):
         assert rbdtools.checksums(cluster.conf, s.replace('a/', 'b/', 1)) == sums[s]
+    assert rbdtools.trash_names(cluster.conf, 'a') == []
 
 
 def test_add_pool_pattern(cluster: Cluster, lm: Livemigrate, name: str) -> None:
@@ -194,18 +211,31 @@ def test_add_pool_pattern(cluster: Cluster, lm: Livemigrate, name: str) -> None:
 
 
 def test_total_bandwidth_shared(cluster: Cluster, lm: Livemigrate, name: str) -> None:
-    srcs = images(cluster, name, 2, 24 * MiB)
+    """Two copies under total_bandwidth_limit_bytes 8 MiB/s write, together,
+    at most that rate into the cluster (counted in the destinations' data
+    objects: an upper bound, which a slow machine cannot break)."""
+    srcs = images(cluster, name, 2, 48 * MiB)
+    sums = {s: rbdtools.checksums(cluster.conf, s) for s in srcs}
     lm.set_option('total_bandwidth_limit_bytes', str(8 * MiB))
     try:
         ids = [lm.add(s, s.replace('a/', 'b/', 1))['id'] for s in srcs]
-        t0 = time.monotonic()
+        for i in ids:
+            lm.wait(i, pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
+        dest_ids = [lm.status(i)['dest_image_id'] for i in ids]
+
+        def written() -> int:
+            return sum(rbdtools.data_objects(cluster.conf, 'b', d) for d in dest_ids)
+        first, t1 = written(), time.monotonic()
+        wait_for(lambda: written() >= first + 6, 120, '24 MiB more copied')
+        rate = (written() - first) * 4 * MiB / (time.monotonic() - t1)
         for i in ids:
             lm.wait(i)
-        elapsed = time.monotonic() - t0
     finally:
         lm.rm_option('total_bandwidth_limit_bytes')
-    # 48 MiB at 8 MiB/s in total cannot take much under 6 s
-    assert elapsed > 4.0, elapsed
+    # 24 MiB at 8 MiB/s in total: about 3 s; an unthrottled copy is ten times faster
+    assert rate <= 8 * MiB * 1.5, rate / MiB
+    for s in srcs:
+        assert rbdtools.checksums(cluster.conf, s.replace('a/', 'b/', 1)) == sums[s]
 
 
 def test_limits_apply_at_once(cluster: Cluster, lm: Livemigrate, name: str) -> None:
