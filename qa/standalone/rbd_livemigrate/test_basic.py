@@ -61,6 +61,7 @@ def test_ls_and_status_formats(cluster: Cluster, lm: Livemigrate, name: str) -> 
 def test_second_add_returns_same_task(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     src = 'a/' + name
     rbdtools.create_image(cluster.conf, src, 16 * MiB, seed=name)
+    before = rbdtools.checksums(cluster.conf, src)
     first = lm.add(src, 'b/' + name, '--bandwidth-limit', '2M')
     second = lm.add(src, 'b/' + name, '--bandwidth-limit', '2M')
     assert second['id'] == first['id']
@@ -70,7 +71,10 @@ def test_second_add_returns_same_task(cluster: Cluster, lm: Livemigrate, name: s
     assert rc == 16 and err.count('\n') <= 1
     lm.ok('cancel', first['id'])
     lm.wait(first['id'], ('aborted',))
-    assert rbdtools.image_exists(cluster.conf, src)
+    # the source is given back byte for byte, under its name, nothing left over
+    assert rbdtools.checksums(cluster.conf, src) == before
+    assert not rbdtools.image_exists(cluster.conf, 'b/' + name)
+    assert name not in rbdtools.trash_names(cluster.conf, 'a')
 
 
 @pytest.mark.parametrize('args,errno_', [

@@ -17,8 +17,9 @@ def batch_status(lm: Livemigrate, batch_id: str) -> Dict[str, Any]:
 
 
 def progress_events(cluster: Cluster) -> List[Dict[str, Any]]:
-    out = cluster.ceph('progress', 'json').stdout
-    return json.loads(out).get('events', [])
+    """Events under way and completed ones (a finished batch's bar moves there)."""
+    d = json.loads(cluster.ceph('progress', 'json').stdout)
+    return list(d.get('events', [])) + list(d.get('completed', []))
 
 
 def fleet(cluster: Cluster, ns: str, n: int, size: int) -> List[str]:
@@ -50,10 +51,11 @@ def test_batch_runs_to_commit_as_one(cluster: Cluster, lm: Livemigrate, name: st
         assert not v['paused']
     finally:
         lm.ok('resume')
-    wait_for(lambda: any('Migrating pool c/{} to b/{}'.format(src_ns, dst_ns)
-                         in e.get('message', '') for e in progress_events(cluster)) or
-             batch_status(lm, b['id'])['finished'], 60, 'the batch progress event')
     wait_for(lambda: batch_status(lm, b['id'])['finished'], 240, 'the batch to finish')
+    # the batch's own bar, with what it counted (no fallback: it must exist)
+    wait_for(lambda: any('Migrating pool c/{} to b/{}: 12/12 images migrated'.format(
+        src_ns, dst_ns) in e.get('message', '') for e in progress_events(cluster)), 60,
+        'the batch progress event')
     v = batch_status(lm, b['id'])
     assert v['committed'] == 12 and v['progress'] == 1.0, v
     text = lm.ok('status', b['id'])
@@ -80,11 +82,24 @@ def test_batch_cancel_restores_every_source(cluster: Cluster, lm: Livemigrate,
     wait_for(lambda: batch_status(lm, b['id'])['finished'], 180, 'the cancel to end')
     v = batch_status(lm, b['id'])
     assert set(v['by_state']) <= {'aborted', 'committed'}, v
+    states = {t['source']: t['state'] for t in lm.ls() if t.get('batch_id') == b['id']}
+    assert sorted(states) == sorted(specs), states
     for s in specs:
-        if rbdtools.image_exists(cluster.conf, s):
-            assert rbdtools.checksums(cluster.conf, s) == sums[s]
+        dest = s.replace('c/{}/'.format(src_ns), 'b/{}/'.format(dst_ns))
+        if states[s] == 'aborted':          # given back, byte for byte; no destination
+            assert rbdtools.checksums(cluster.conf, s) == sums[s], s
+            assert not rbdtools.image_exists(cluster.conf, dest), dest
+        else:                               # committed before the cancel reached it
+            assert rbdtools.checksums(cluster.conf, dest) == sums[s], dest
+            assert not rbdtools.image_exists(cluster.conf, s), s
     assert v['by_state'].get('aborted', 0) >= 1
     assert rbdtools.trash_names(cluster.conf, 'c', src_ns) == []
+    assert rbdtools.trash_names(cluster.conf, 'b', dst_ns) == []
+    # the bar does not count a cancelled image as migrated
+    msg = 'Migrating pool c/{} to b/{}: {}/4 images migrated ({} cancelled)'.format(
+        src_ns, dst_ns, v['committed'], v['by_state']['aborted'])
+    wait_for(lambda: any(msg in e.get('message', '') or msg in str(e.get('failure', ''))
+                         for e in progress_events(cluster)), 60, msg)
 
 
 def test_a_batch_reads_plain_images_and_finds_clients_at_their_turn(

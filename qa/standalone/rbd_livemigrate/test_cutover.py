@@ -100,3 +100,27 @@ def test_manual_cutover_takes_no_slot_and_can_be_cancelled(
     assert out['state'] == 'aborted'
     assert rbdtools.checksums(cluster.conf, src) == before
     assert not rbdtools.image_exists(cluster.conf, dst)
+
+
+def test_a_cutover_takes_no_slot(cluster: Cluster, lm: Livemigrate, name: str) -> None:
+    """With the only slot held by a long copy, a cutover still prepares at
+    once: the operator waits with the VM stopped, not behind the queue."""
+    busy, src, dst = 'a/' + name + '-busy', 'a/' + name, 'b/' + name
+    rbdtools.create_image(cluster.conf, busy, 32 * MiB, seed=busy)
+    rbdtools.create_image(cluster.conf, src, 4 * MiB, seed=name)
+    before = rbdtools.checksums(cluster.conf, src)
+    lm.set_option('max_concurrent', '1')
+    slow = lm.add(busy, 'b/' + name + '-busy', '--bandwidth-limit', '1M')
+    try:
+        lm.wait(slow['id'], pred=lambda t: t['state'] == 'executing')
+        task = lm.add(src, dst, '--manual-cutover')
+        out = lm.ok('cutover', task['id'])
+        assert out['cutover_ms'] is not None and out['state'] != 'queued', out
+        assert rbdtools.image_exists(cluster.conf, dst)
+        # the slot was taken all along
+        assert lm.status(slow['id'])['state'] == 'executing'
+        lm.wait(task['id'])
+    finally:
+        lm.rm_option('max_concurrent')
+        lm.run('cancel', slow['id'])
+    _check_done(cluster, src, dst, before)

@@ -2,7 +2,7 @@
 manual commit, cancel in every state, dry run, blockers, orphans."""
 
 import json
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -264,35 +264,35 @@ def test_clients_that_open_the_source_after_add_hold_the_task(
     assert name not in rbdtools.trash_names(cluster.conf, 'b')
 
 
-BAD: List[List[str]] = [
-    ['add', ''],
-    ['add', 'a'],
-    ['add', 'a/'],
-    ['add', '/x'],
-    ['add', 'a/{n}', 'a/{n}'],                                  # same, no layout change
-    ['add', 'a/{n}', 'nopool/{n}'],
-    ['add', 'nopool/{n}', 'b/{n}'],
-    ['add', 'a/missing-{n}', 'b/{n}'],
-    ['add', 'a/{n}', 'b/exists-{n}'],
-    ['add', 'a/{n}', 'b/{n}', '--object-size', '3M'],
-    ['add', 'a/{n}', 'b/{n}', '--object-size', '1K'],
-    ['add', 'a/{n}', 'b/{n}', '--object-size', 'lots'],
-    ['add', 'a/{n}', 'b/{n}', '--features', 'layering,warp-drive'],
-    ['add', 'a/{n}', 'b/{n}', '--features', 'fast-diff'],
-    ['add', 'a/{n}', 'plain/{n}'],                               # not an RBD pool
-    ['add', 'a/{n}', 'b/nons/{n}'],                              # missing namespace
-    ['add', 'a/{n}', 'b/{n}', '--stripe-unit', '8M', '--object-size', '4M'],
-    ['add', 'a/{n}', 'b/{n}', '--stripe-count', '0'],
-    ['add', 'a/{n}', 'b/{n}', '--priority', '100000'],
-    ['add', 'a/{n}', 'b/{n}', '--data-pool', 'nopool'],
-    ['add', 'a/{n}', 'b/{n}', '--bandwidth-limit', '-5'],
-    ['status', 'nosuchtask'],
-    ['cancel', 'nosuchtask'],
-    ['commit', 'nosuchtask'],
-    ['retry', 'nosuchtask'],
-    ['pause', 'nosuchtask'],
-    ['ls', '--format', 'xml'],
-    ['adopt', 'b/not-migrating-{n}'],
+BAD: List[Tuple[List[str], int]] = [
+    (['add', ''], 22),
+    (['add', 'a'], 22),
+    (['add', 'a/'], 22),
+    (['add', '/x'], 22),
+    (['add', 'a/{n}', 'a/{n}'], 22),
+    (['add', 'a/{n}', 'nopool/{n}'], 2),
+    (['add', 'nopool/{n}', 'b/{n}'], 2),
+    (['add', 'a/missing-{n}', 'b/{n}'], 2),
+    (['add', 'a/{n}', 'b/exists-{n}'], 17),
+    (['add', 'a/{n}', 'b/{n}', '--object-size', '3M'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--object-size', '1K'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--object-size', 'lots'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--features', 'layering,warp-drive'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--features', 'fast-diff'], 22),
+    (['add', 'a/{n}', 'plain/{n}'], 22),
+    (['add', 'a/{n}', 'b/nons/{n}'], 2),
+    (['add', 'a/{n}', 'b/{n}', '--stripe-unit', '8M', '--object-size', '4M'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--stripe-count', '0'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--priority', '100000'], 22),
+    (['add', 'a/{n}', 'b/{n}', '--data-pool', 'nopool'], 2),
+    (['add', 'a/{n}', 'b/{n}', '--bandwidth-limit', '-5'], 22),
+    (['status', 'nosuchtask'], 2),
+    (['cancel', 'nosuchtask'], 2),
+    (['commit', 'nosuchtask'], 2),
+    (['retry', 'nosuchtask'], 2),
+    (['pause', 'nosuchtask'], 2),
+    (['ls', '--format', 'xml'], 22),
+    (['adopt', 'b/not-migrating-{n}'], 2),
 ]
 
 
@@ -304,12 +304,12 @@ def test_bad_inputs(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     before = rbdtools.checksums(cluster.conf, src)
     count = len(lm.ls())
     failures = []
-    for args in BAD:
+    for args, want in BAD:
         argv = [a.format(n=name) for a in args]
         rc, out, err = lm.run(*argv)
         line = err.strip()
-        if rc == 0 or not line or '\n' in line or 'Traceback' in line:
-            failures.append((argv, rc, err))
+        if rc != want or not line or '\n' in line or 'Traceback' in line:
+            failures.append((argv, want, rc, err))
     assert not failures, failures
     assert len(lm.ls()) == count
     assert rbdtools.checksums(cluster.conf, src) == before

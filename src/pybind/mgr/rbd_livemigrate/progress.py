@@ -152,10 +152,6 @@ class ProgressReporter:
             return
         s = batch.summary_of(counts)
         ev = 'rbd_livemigrate-{}'.format(batch.id)
-        if batch.state == BatchState.CANCELLED and s['finished']:
-            self._finished.add(key)
-            self._call('fail', ev, 'cancelled')
-            return
         if not self._due(key, bool(s['finished'])):
             return
         total = s['tasks'] if batch.state != BatchState.EXPANDING else max(
@@ -176,7 +172,10 @@ class ProgressReporter:
         if s['finished']:
             self._finished.add(key)
             self._last.pop(key, None)
-            if by_state.get('failed', 0) or (total and not committed):
+            if batch.state == BatchState.CANCELLED:
+                self._call('fail', ev, 'cancelled: {}/{} images migrated{}'.format(
+                    committed, total, ' ({})'.format(others) if others else ''))
+            elif by_state.get('failed', 0) or (total and not committed):
                 self._call('fail', ev, '{}/{} images migrated{}: see ceph rbd livemigrate '
                            'status {}'.format(committed, total,
                                               ' ({})'.format(others) if others else '',
