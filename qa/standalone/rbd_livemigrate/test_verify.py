@@ -7,7 +7,7 @@ destination, and a cancel then keeps that client's write (librbd's abort
 copies it back)."""
 
 import errno
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from cluster import Cluster
 from conftest import Livemigrate, rbdtools, wait_for
@@ -164,17 +164,26 @@ def test_status_during_verification(cluster: Cluster, lm: Livemigrate, name: str
     src, dst = 'a/' + name, 'b/' + name
     rbdtools.create_image(cluster.conf, src, 256 * MiB, seed=name)
     task = lm.add(src, dst, '--verify', 'full')
-    seen = []
+    seen: List[Dict[str, Any]] = []
 
     def running() -> bool:
         t = lm.status(task['id'])
         assert _status_is_true(t)
         v = t['verification']
         if v is not None:
-            seen.append(v['result'])
+            seen.append(v)
+            # while running, what it compares and how far it got are there
+            if v['result'] == 'running':
+                assert v['compared'] == ['HEAD'] and t['state'] == 'executed', t
+                assert 0 <= v['bytes_compared'] <= v['bytes_total'], v
         return t['state'] == 'committed'
-    wait_for(running, 180, 'committed')
-    assert seen and seen[-1] == 'passed'
+    wait_for(running, 180, 'committed', interval=0.05)
+    assert seen and seen[-1]['result'] == 'passed'
+    # every byte of the head was compared, and the record says so
+    last = seen[-1]
+    assert last['bytes_compared'] == last['bytes_total'] >= 256 * MiB, last
+    assert last['seconds'] > 0 and last['dest_image_id'] == lm.status(task['id'])[
+        'dest_image_id']
 
 
 def test_a_snapshot_removal_cut_short_is_finished(cluster: Cluster, name: str) -> None:
