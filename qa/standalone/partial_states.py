@@ -222,8 +222,10 @@ def sample_cases(steps: Sequence[str] = STEPS, killers: Sequence[str] = KILLERS,
                  layouts: Sequence[str] = tuple(LAYOUTS), offset: int = 0) -> List[Case]:
     """Each step x killer once; layout and moment rotate with the pair's index (+ offset).
 
-    The moment index starts at 1: the first column of every grid is the least interesting
-    (before the step changed anything).
+    The layout turns with every offset, the moment with every ``len(layouts)``-th: over
+    ``len(layouts) * len(grid)`` successive offsets every (layout, moment) cell of every
+    step x killer runs once.  The moment index starts at 1: the first column of every
+    grid is the least interesting (before the step changed anything).
     """
     out = []
     i = 0
@@ -232,7 +234,8 @@ def sample_cases(steps: Sequence[str] = STEPS, killers: Sequence[str] = KILLERS,
             grid = GRIDS[(step, killer)]
             if step in steps and killer in killers:
                 layout = layouts[(i + offset) % len(layouts)]
-                out.append(Case(step, killer, layout, grid[(i + 1 + offset) % len(grid)]))
+                moment = grid[(i + 1 + offset // len(layouts)) % len(grid)]
+                out.append(Case(step, killer, layout, moment))
             i += 1
     return out
 

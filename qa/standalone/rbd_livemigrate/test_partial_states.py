@@ -5,6 +5,7 @@ failure names the step, killer, layout and moment.  The full grid runs from the 
 line: ``/usr/bin/python3 qa/standalone/partial_states.py --full``."""
 
 import os
+import subprocess
 import tempfile
 from typing import Iterator
 
@@ -14,8 +15,27 @@ import partial_states
 from cluster import Cluster
 from conftest import RELEASE, destroy_cluster
 
-# PARTIAL_STATES_OFFSET shifts the rotation (e.g. a CI build number) to cover other cells
-CASES = partial_states.sample_cases(offset=int(os.environ.get('PARTIAL_STATES_OFFSET', '0')))
+
+
+def _offset() -> int:
+    """The rotation: PARTIAL_STATES_OFFSET if set, else taken from the commit
+    under test, so that successive submissions run other cells and every
+    cell runs over a few of them."""
+    if os.environ.get('PARTIAL_STATES_OFFSET'):
+        return int(os.environ['PARTIAL_STATES_OFFSET'])
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)),
+                              timeout=10).stdout.strip()
+        return int(head[:8], 16) if head else 0
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0
+
+
+OFFSET = _offset()
+CASES = partial_states.sample_cases(offset=OFFSET)
+print('partial states: offset {} (PARTIAL_STATES_OFFSET), cells: {}'.format(
+    OFFSET, ', '.join(c.name for c in CASES)))
 
 
 @pytest.fixture(scope='module')
