@@ -16,7 +16,6 @@ from cluster import Cluster
 from conftest import RELEASE, destroy_cluster
 
 
-
 def _offset() -> int:
     """The rotation: PARTIAL_STATES_OFFSET if set, else taken from the commit
     under test, so that successive submissions run other cells and every
