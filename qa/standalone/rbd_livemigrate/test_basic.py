@@ -60,10 +60,11 @@ def test_ls_and_status_formats(cluster: Cluster, lm: Livemigrate, name: str) -> 
 
 def test_second_add_returns_same_task(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     src = 'a/' + name
-    rbdtools.create_image(cluster.conf, src, 16 * MiB, seed=name)
+    # 32 s of copy at 1 MiB/s: still running when the cancel comes, even on a loaded machine
+    rbdtools.create_image(cluster.conf, src, 32 * MiB, seed=name)
     before = rbdtools.checksums(cluster.conf, src)
-    first = lm.add(src, 'b/' + name, '--bandwidth-limit', '2M')
-    second = lm.add(src, 'b/' + name, '--bandwidth-limit', '2M')
+    first = lm.add(src, 'b/' + name, '--bandwidth-limit', '1M')
+    second = lm.add(src, 'b/' + name, '--bandwidth-limit', '1M')
     assert second['id'] == first['id']
     same = [t for t in lm.ls() if t['source'] == src and t['state'] not in ('committed',)]
     assert len(same) == 1

@@ -32,7 +32,8 @@ def images(cluster: Cluster, name: str, n: int, size: int = 8 * MiB) -> List[str
 
 
 def test_concurrency_limit(cluster: Cluster, lm: Livemigrate, name: str, limit2: None) -> None:
-    srcs = images(cluster, name, 6)
+    # 4 s a copy at 4 MiB/s: long enough for a loaded machine's ls to see each run
+    srcs = images(cluster, name, 6, 16 * MiB)
     sums = {s: rbdtools.checksums(cluster.conf, s) for s in srcs}
     lm.ok('pause')
     try:
@@ -239,7 +240,8 @@ def test_total_bandwidth_shared(cluster: Cluster, lm: Livemigrate, name: str) ->
 
 
 def test_limits_apply_at_once(cluster: Cluster, lm: Livemigrate, name: str) -> None:
-    srcs = images(cluster, name, 3)
+    # 16 s a copy at 2 MiB/s: the first is still running when the limit is raised
+    srcs = images(cluster, name, 3, 32 * MiB)
     lm.set_option('max_concurrent', '1')
     lm.ok('pause')
     ids = [lm.add(s, s.replace('a/', 'b/', 1), '--bandwidth-limit', '2M')['id'] for s in srcs]
