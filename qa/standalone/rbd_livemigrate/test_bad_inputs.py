@@ -93,6 +93,13 @@ MATRIX: List[Tuple[List[str], int]] = [
     (['add-pool', 'a', ''], E.EINVAL),
     (['add-pool', 'a', 'b', '--object-size', '5M'], E.EINVAL),
     (['add-pool', 'a', 'b', '--bandwidth-limit', '10'], E.EINVAL),
+    # refused at once, never a batch that fails later (issue 25)
+    (['add-pool', 'a', 'nopool'], E.ENOENT),
+    (['add-pool', 'a', 'a'], E.EINVAL),                  # changes nothing
+    (['add-pool', 'a/nons', 'b'], E.ENOENT),
+    (['add-pool', 'a', 'b/nons'], E.ENOENT),
+    (['add-pool', 'a', 'b', '--data-pool', 'nopool'], E.ENOENT),
+    (['add', 'a/{n}', 'b/x', '--bandwidth-limit', '10P'], E.EINVAL),
     # task ids and specs of the other commands
     (['status', 'nosuchtask'], E.ENOENT),
     (['status', ''], E.ENOENT),
@@ -237,3 +244,16 @@ def test_bad_input_matrix(cluster: Cluster, lm: Livemigrate, name: str,
         assert rbdtools.checksums(cluster.conf, s) == sums
     assert not rbdtools.image_exists(cluster.conf, 'b/x')
     assert not os.path.exists('/tmp/lm-pwned')
+    assert 'batch ' not in lm.ok('ls')          # no refused add-pool left a batch
+
+
+@pytest.mark.parametrize('option,value', [('blocked_recheck_seconds', '0'),
+                                          ('stall_warn_seconds', '-1'),
+                                          ('bandwidth_limit_bytes', '10P'),
+                                          ('max_concurrent', '0')])
+def test_option_out_of_range_is_refused(cluster: Cluster, option: str, value: str) -> None:
+    p = cluster.ceph('config', 'set', 'mgr', 'mgr/rbd_livemigrate/' + option, value,
+                     check=False)
+    assert p.returncode == E.EINVAL, (option, value, p.stderr)
+    assert value not in cluster.ceph('config', 'get', 'mgr',
+                                     'mgr/rbd_livemigrate/' + option).stdout.split()
