@@ -371,6 +371,10 @@ def executed_task(c: Cluster, lm: Livemigrate, src: str, dst: str
     lm.ok('pause', task['id'])
     t = lm.status(task['id'])
     assert t['dest_image_id'] and t['source_image_id']
+    # the intent the module wrote on the source before prepare, copied by
+    # prepare to the destination
+    intent = json.loads(c.rbd('image-meta', 'get', dst, 'rbd_livemigrate.task').stdout)
+    assert intent == {'task': t['id'], 'step': 'prepare', 'source_id': t['source_image_id']}
     return t, before
 
 
