@@ -495,3 +495,25 @@ def test_abort_cut_at_its_last_step(rcluster: Cluster, rlm: Livemigrate, name: s
     assert trash_empty(rcluster, src, src.rsplit('/', 1)[0], dst.rsplit('/', 1)[0])
     if src != dst:
         assert not rbdtools.image_exists(rcluster.conf, dst)
+
+
+@pytest.mark.parametrize('src,dst', [LAYOUTS[0], LAYOUTS[2]], ids=['cross-pool', 'in-place'])
+def test_operators_abort_cut_at_its_last_step_is_adopted(
+        rcluster: Cluster, rlm: Livemigrate, name: str, src: str, dst: str) -> None:
+    """An operator's rbd migration abort cut at its last write: no task, no
+    trash entry, no destination; ``adopt <source>`` finishes the abort."""
+    src, dst = src.format(name), dst.format(name)
+    rbdtools.create_image(rcluster.conf, src, 16 * MiB, seed=src, snaps=2)
+    before = rbdtools.checksums(rcluster.conf, src)
+    extra = ['--object-size', '8M', '--stripe-unit', '8M', '--stripe-count', '1']
+    rcluster.rbd('migration', 'prepare', src, dst, *(extra if src == dst else []))
+    rcluster.rbd('migration', 'execute', dst)
+    sid, did = source_trash_id(rcluster, src), image_id(rcluster, dst)
+    cut_abort(rcluster, src, sid, dst, did)
+    assert rcluster.rbd('migration', 'abort', src, check=False).returncode != 0
+    task = rlm.ok('adopt', src)
+    assert task['state'] == 'aborting' and task['source_image_id'] == sid
+    done = poll_truthful(rcluster, rlm, task['id'], src, dst, 'aborted')
+    assert done['source_image_id'] == sid and image_id(rcluster, src) == sid
+    assert rbdtools.checksums(rcluster.conf, src) == before
+    assert trash_empty(rcluster, src, src.rsplit('/', 1)[0], dst.rsplit('/', 1)[0])

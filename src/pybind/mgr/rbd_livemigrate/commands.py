@@ -16,7 +16,7 @@ from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateE
 from .formatting import check_format, dump, status_text, task_rows
 from .preflight import (MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, reusable,
                         validate_layout, watchers_reason)
-from .interface import HeaderType, MigrationRef, OrphanKind, RbdPort
+from .interface import HeaderType, MigrationRef, MigState, OrphanKind, RbdPort
 from .hold import HoldKind
 from .planner import Phase, judge, state_of
 from .scheduler import Worker
@@ -916,6 +916,8 @@ class Commands:
         ref = self._find_migration(dest)
         source = ImageSpec.parse(ref.source)
         self._authorize(source.pool, source.namespace)
+        dest = ImageSpec.parse(ref.destination)         # another name for a source's abort
+        self._authorize(dest.pool, dest.namespace)
         for t in self.worker.all():
             # a failed task still owns its migration: retry it, never a second task
             if not t.terminal and t.source_image_id == ref.source_image_id:
@@ -949,6 +951,14 @@ class Commands:
         name, else from the sources parked in the trash (rescanned)."""
         end = self.adapter.read_image(dest)
         header = end.header
+        if header is not None and header.kind == HeaderType.SRC and \
+                header.state == MigState.ABORTING and end.trash is None:
+            # an abort cut at its last write: the source back under its name,
+            # the destination gone (no destination name or trash entry to find)
+            target = ImageSpec(self.adapter.pool_name(header.pool_id), header.namespace,
+                               header.image_name)
+            return MigrationRef(str(dest), str(target), end.image_id or '', header.image_id,
+                                OrphanKind.HALF_ABORTED)
         if header is not None:
             if header.kind != HeaderType.DST:
                 raise InvalidArgument("'{}' is the source of a migration: adopt it by its "
