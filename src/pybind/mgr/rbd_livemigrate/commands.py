@@ -769,8 +769,7 @@ class Commands:
                                 'again'.format(dest))
         clients = self.adapter.watchers(ImageSpec.parse(task.source))
         if clients:
-            raise Busy(watchers_reason(task.source, clients) + ': stop them, then cut '
-                       'over again')
+            raise Busy(watchers_reason(task.source, clients, 'then cut over again'))
         seen = self.clock()
 
         def request(t: Task) -> Task:
@@ -795,8 +794,9 @@ class Commands:
         if task.state == State.FAILED:
             raise LiveMigrateError('task {} failed at cutover: {}'.format(task.id, task.error))
         if not task.cutover_requested:
-            raise Busy('task {}: {}; stop them, then cut over again'.format(
-                task.id, task.blocked_reason or 'the source could not be prepared'))
+            why = (task.blocked_reason or 'the source could not be prepared').replace(
+                '; the task waits until they close', '')
+            raise Busy('task {} was not cut over: {}; then cut over again'.format(task.id, why))
         v = self.view(task)
         v['action'] = 'cutover still under way after {:.0f}s; see status'.format(
             CUTOVER_WAIT_SECONDS)

@@ -242,10 +242,12 @@ def find_blockers(adapter: RbdPort, pools: Dict[str, PoolInfo], source: ImageSpe
     return blockers, info
 
 
-def watchers_reason(source: str, addrs: List[str]) -> str:
-    """What a task waiting for its source's clients says (add, prepare, recheck)."""
-    return ("source image '{}' is open by {} client(s) ({}): stop them; the task waits "
-            'until they close'.format(source, len(addrs), ', '.join(addrs[:3])))
+def watchers_reason(source: str, addrs: List[str], then: str = 'the task waits until they '
+                    'close') -> str:
+    """What a task waiting for its source's clients says (add, prepare,
+    recheck), or with ``then`` what a command refused for them says."""
+    return "source image '{}' is open by {} client(s) ({}): stop them; {}".format(
+        source, len(addrs), ', '.join(addrs[:3]), then)
 
 
 def image_blockers(source: ImageSpec, dest: ImageSpec, layout: Layout, info: ImageInfo,
