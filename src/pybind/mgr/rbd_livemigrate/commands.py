@@ -4,16 +4,17 @@ method here per command; results are ``(retval, stdout, stderr)``.
 """
 
 import errno
-import fnmatch
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .batch import Batch, BatchState
+from .batches import BatchCommands
+from .request import AddRequest
 from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
                      NotAuthorized, NotFound, TryAgain, WrongState)
-from .formatting import check_format, dump, status_text, task_rows
+from .formatting import batch_text, check_format, dump, status_text, task_rows
 from .preflight import (MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, reusable,
                         validate_layout, watchers_reason)
 from .interface import HeaderType, MigrationRef, MigState, OrphanKind, RbdPort
@@ -34,9 +35,6 @@ COMMIT_WAIT_SECONDS = 1.0
 # a cutover is one prepare: the command waits for it (an orchestrator
 # scripts stop / cutover / start around it)
 CUTOVER_WAIT_SECONDS = 30.0
-POOLS_REFRESH_SECONDS = 5.0
-KICK_EVERY_IMAGES = 20
-EXPAND_THREADS = 4
 MAX_PRIORITY = 1000
 # 1 TiB/s: faster than any cluster copies one image; more is a typo (10P)
 MAX_BANDWIDTH_BYTES = 1 << 40
@@ -45,23 +43,6 @@ MAX_BANDWIDTH_BYTES = 1 << 40
 def _blockers_json(blockers: List[Blocked]) -> List[Dict[str, Any]]:
     return [{'errno': -b.errno, 'error': errno.errorcode.get(b.errno, str(b.errno)),
              'message': str(b), 'can_wait': b.wait} for b in blockers]
-
-
-class AddRequest(NamedTuple):
-    """The options of add and add-pool, as typed."""
-    object_size: Optional[str] = None
-    stripe_unit: Optional[str] = None
-    stripe_count: Optional[int] = None
-    features: Optional[str] = None
-    data_pool: Optional[str] = None
-    flatten: bool = False
-    manual_commit: bool = False
-    allow_descendants: bool = False
-    priority: int = 0
-    bandwidth_limit: Optional[str] = None
-    dry_run: bool = False
-    manual_cutover: bool = False
-    verify: Optional[str] = None
 
 
 class Commands:
@@ -81,6 +62,15 @@ class Commands:
         self.unscoped = unscoped
         self.clock = clock
         self.add_lock = threading.Lock()
+        self.batches = BatchCommands(
+            worker=worker, adapter=adapter, pools=lambda: self.pools(),
+            # the caller of the command being run, asked at call time
+            authorized=lambda pool, ns: self.authorized(pool, ns),
+            unscoped=lambda: self.unscoped(), clock=clock, ready=self._ready,
+            authorize=self._authorize,
+            build_layout=self.build_layout, check_request=self.check_request,
+            verify_mode=self.verify_mode, add_one=self._add_one,
+            start=lambda batch_id: self.start_expansion(batch_id))
         self.orphans: List[MigrationRef] = []
         self.listings = 0               # ls calls answered (heap.HeapKeeper's activity)
         # ls --format json: task id -> (record, what ls adds, its text)
@@ -319,81 +309,29 @@ class Commands:
                            'back; choose another destination'.format(dest, t.id))
         return None
 
+    # -- batches (batches.py) -------------------------------------------
+
     def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
                  req: AddRequest) -> CommandResult:
-        """A batch, at once; its images are listed and added in the background
-        (``--dry-run`` checks every image now and adds nothing)."""
-        self._ready()
-        src = PoolSpec.parse(source_pool)
-        dst = PoolSpec.parse(dest_pool)
-        self.build_layout(req)
-        self.check_request(req)
-        self.verify_mode(req)
-        self._authorize(src.pool, src.namespace)
-        self._authorize(dst.pool, dst.namespace)
-        if req.data_pool is not None:
-            self._authorize(req.data_pool, dst.namespace)
-        self._check_pools(src, dst, req)
-        if req.dry_run:
-            return self._dry_run_pool(src, dst, pattern, req)
-        batch = Batch(id=self._new_batch_id(), source=str(src), destination=str(dst),
-                      pattern=pattern, request=req._asdict(),
-                      allowed=self._rights(src, dst), created=self.clock())
-        self.worker.put_batch(batch)
-        self.start_expansion(batch.id)
-        log.info('batch %s: %s -> %s%s', batch.id, src, dst,
-                 ' ({})'.format(pattern) if pattern else '')
-        return 0, dump(batch.summary_of({}), 'json'), ''
+        return self.batches.add_pool(source_pool, dest_pool, pattern, req)
 
-    def _check_pools(self, src: PoolSpec, dst: PoolSpec, req: AddRequest) -> None:
-        """What ``add-pool`` can check at once, before a batch exists: the
-        pools and namespaces, and that the request changes something."""
-        for what, p in (('source', src), ('destination', dst)):
-            if not self.adapter.pool_exists(p.pool):
-                raise NotFound("{} pool '{}' does not exist: check the pool spec (ceph osd "
-                               'pool ls)'.format(what, p.pool))
-            if p.namespace and not self.adapter.namespace_exists(p.pool, p.namespace):
-                raise NotFound("{} namespace '{}' does not exist in pool '{}': create it with "
-                               'rbd namespace create {}'.format(what, p.namespace, p.pool, p))
-        if req.data_pool is not None and not self.adapter.pool_exists(req.data_pool):
-            raise NotFound("data pool '{}' does not exist".format(req.data_pool))
-        changes = [req.object_size, req.stripe_unit, req.stripe_count, req.features,
-                   req.data_pool]
-        if src == dst and all(c is None for c in changes) and not req.flatten:
-            raise InvalidArgument("'{}' to itself with no layout option changes nothing: give "
-                                  'another pool or namespace, or a layout option such as '
-                                  '--object-size'.format(src))
+    def start_expansion(self, batch_id: str) -> None:
+        self.batches.start_expansion(batch_id)
 
-    def _dry_run_pool(self, src: PoolSpec, dst: PoolSpec, pattern: Optional[str],
-                      req: AddRequest) -> CommandResult:
-        layout = self.build_layout(req)
-        limit = self.check_request(req)
-        pools = self.pools()
-        conf = self.adapter.pool_config(dst)
-        results: List[Dict[str, Any]] = []
-        worst = 0
-        for image in self._images(src, pattern):
-            s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
-                dst.pool, dst.namespace, image)
-            try:
-                r, out, err = self._add_one(s, d, req, layout, limit, self.authorized, pools,
-                                            pool_conf=conf)
-            except LiveMigrateError as e:
-                r, out, err = e.to_result()
-            results.append(json.loads(out) if out else {
-                'source': str(s), 'destination': str(d), 'errno': r, 'error': err})
-            worst = worst or r
-        failed = [r for r in results if r.get('errno') or r.get('ok') is False]
-        if worst and failed:
-            return worst, dump(results, 'json'), '{} of {} image(s) blocked; see the JSON'.format(
-                len(failed), len(results))
-        return 0, dump(results, 'json'), ''
+    def resume_batches(self) -> None:
+        self.batches.resume()
 
-    def _images(self, src: PoolSpec, pattern: Optional[str]) -> List[str]:
-        images = self.adapter.list_images(src)
-        if pattern is not None:
-            images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
-        return images
+    def _expand(self, batch_id: str) -> None:
+        self.batches.expand(batch_id)
+
+    def _batch(self, batch_id: str) -> Batch:
+        return self.batches.get(batch_id)
+
+    def batch_view(self, batch: Batch) -> Dict[str, Any]:
+        return self.batches.view(batch)
+
+    def _rights(self, src: PoolSpec, dst: PoolSpec) -> List[str]:
+        return self.batches.rights(src, dst)
 
     def _added_by(self, batch_id: Optional[str], source: ImageSpec, dest: ImageSpec) -> str:
         """Who asked, as far as the mgr tells a module: the caller's rights
@@ -428,161 +366,6 @@ class Commands:
             raise AlreadyExists('task {} already migrates {} -> {} with other options: {}: '
                                 'cancel it first to change them'.format(
                                     task.id, task.source, task.destination, '; '.join(diff)))
-
-    def _new_batch_id(self) -> str:
-        while True:
-            batch_id = Batch.new_id()
-            if batch_id not in self.worker.batches:
-                return batch_id
-
-    def _rights(self, src: PoolSpec, dst: PoolSpec) -> List[str]:
-        """The caller's rights, kept with a batch: its images are added later,
-        by a thread that has no caller to ask.  Every pool, in the default
-        namespace and the batch's own."""
-        if self.unscoped():
-            return ['*']
-        out = []
-        for pool in sorted(self.pools()):
-            for ns in sorted({'', src.namespace, dst.namespace}):
-                if self.authorized(pool, ns):
-                    out.append('{}/{}'.format(pool, ns) if ns else pool)
-        return out
-
-    def start_expansion(self, batch_id: str) -> None:
-        threading.Thread(target=self._expand, args=(batch_id,), daemon=True,
-                         name='rbd_livemigrate.{}'.format(batch_id)).start()
-
-    def resume_batches(self) -> None:
-        """After a restart: go on listing the batches that were being listed."""
-        for b in self.worker.all_batches():
-            if b.state == BatchState.EXPANDING:
-                self.start_expansion(b.id)
-
-    def _expand(self, batch_id: str) -> None:
-        try:
-            self._expand_batch(batch_id)
-        except Exception as e:
-            log.exception('batch %s: listing its images failed', batch_id)
-            why = 'listing stopped: {}: {}'.format(type(e).__name__, e)
-            self.worker.update_batch(batch_id, lambda b: b.with_refusal(
-                b.source, errno.EIO, why).evolve(state=BatchState.EXPANDED,
-                                                 expanded=self.clock()))
-
-    def _expand_batch(self, batch_id: str) -> None:
-        batch = self.worker.get_batch(batch_id)
-        src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
-        req = AddRequest(**batch.request)._replace(dry_run=False)
-        layout = self.build_layout(req)
-        limit = self.check_request(req)
-        allowed = _allowed(batch.allowed)
-        images = self._images(src, batch.pattern)
-        self.worker.update_batch(batch_id, lambda b: b.evolve(images=len(images)))
-        seen = {t.source for t in self.worker.batch_tasks(batch_id)}
-        seen |= {str(r.get('source')) for r in batch.refused}
-        pools, pools_at = self.pools(), self.clock()
-        conf = self.adapter.pool_config(dst)
-        todo = iter(enumerate(images))
-        lock = threading.Lock()
-        cache: Dict[str, Any] = {'pools': pools, 'at': pools_at}
-
-        def one_by_one() -> None:
-            while True:
-                with lock:
-                    n, image = next(todo, (-1, ''))
-                    if n < 0:
-                        return
-                    if self.clock() - cache['at'] > POOLS_REFRESH_SECONDS:
-                        cache['pools'], cache['at'] = self.pools(), self.clock()
-                    now_pools = cache['pools']
-                batch = self.worker.get_batch(batch_id)
-                if batch.state != BatchState.EXPANDING or self.worker.stopping:
-                    return
-                s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
-                    dst.pool, dst.namespace, image)
-                if str(s) in seen:
-                    continue
-                try:
-                    # a plain image is read, not opened: a source with
-                    # clients is found by its prepare, and then waits
-                    self._add_one(s, d, req, layout, limit, allowed, now_pools,
-                                  batch_id=batch_id, paused=batch.paused, pool_conf=conf,
-                                  quick=True)
-                except LiveMigrateError as e:
-                    err = e
-                    self.worker.update_batch(batch_id, lambda b: b.with_refusal(
-                        str(s), err.errno, str(err)))
-                if n % KICK_EVERY_IMAGES == 0:
-                    self.worker.kick()
-        # a few images are checked at once: a check mostly waits on the OSDs,
-        # and the copies must not wait for the listing
-        threads = [threading.Thread(target=one_by_one, daemon=True,
-                                    name='rbd_livemigrate.{}.{}'.format(batch_id, i))
-                   for i in range(EXPAND_THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.worker.update_batch(batch_id, lambda b: b.evolve(
-            state=BatchState.EXPANDED, expanded=self.clock())
-            if b.state == BatchState.EXPANDING else b)
-        self.worker.kick()
-        log.info('batch %s: %d image(s) listed', batch_id, len(images))
-
-    def _batch(self, batch_id: str) -> Batch:
-        batch = self.worker.get_batch(batch_id)
-        src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
-        data_pool = batch.request.get('data_pool')
-        pools = [(src.pool, src.namespace), (dst.pool, dst.namespace)]
-        if data_pool:
-            pools.append((data_pool, dst.namespace))
-        if not all(self.authorized(p, ns) for p, ns in pools):
-            raise NotAuthorized('not authorized on batch {}: it touches a pool or namespace '
-                                "that the caller's mgr caps do not allow".format(batch.id))
-        return batch
-
-    def batch_view(self, batch: Batch) -> Dict[str, Any]:
-        return batch.summary_of(self.worker.batch_state_counts(batch.id))
-
-    def _batch_pause(self, batch_id: str, paused: bool) -> CommandResult:
-        batch = self.worker.update_batch(self._batch(batch_id).id,
-                                         lambda b: b.evolve(paused=paused))
-        for t in self.worker.batch_tasks(batch.id):
-            if not t.done and t.paused != paused:
-                # the batch's own record carries this over a restart
-                self.worker.update(t.id, lambda x: x if x.done else x.evolve(
-                    paused=paused, next_retry=None if not paused else x.next_retry),
-                    wait=False)
-        self.worker.kick()
-        return 0, dump(self.batch_view(batch), 'json'), ''
-
-    def _batch_cancel(self, batch_id: str) -> CommandResult:
-        """Stop listing, and cancel every live task of the batch (a commit
-        under way finishes); returns at once: see status."""
-        current = self._batch(batch_id)
-        if current.state == BatchState.CANCELLED:
-            raise WrongState('batch {} is already cancelled; see status {}'.format(
-                current.id, current.id))
-        if self.batch_view(current)['finished']:
-            raise WrongState('batch {} is finished: nothing to cancel; see status {}'.format(
-                current.id, current.id))
-        batch = self.worker.update_batch(current.id, lambda b: b.evolve(
-            state=BatchState.CANCELLED, paused=False))
-        for t in self.worker.batch_tasks(batch.id):
-            if t.done or t.state == State.COMMITTING:
-                continue
-            try:
-                # the batch's own record carries this over a restart
-                self.worker.update(t.id, lambda x: x if (x.done or x.state == State.COMMITTING)
-                                   else x.evolve(cancel_requested=True, paused=False,
-                                                 next_retry=None), wait=False)
-            except LiveMigrateError:
-                continue
-            self.worker.interrupt(t.id)
-        self.worker.kick()
-        v = self.batch_view(batch)
-        v['action'] = 'cancel in progress for {} task(s); see status {}'.format(
-            v['live'], batch.id)
-        return 0, dump(v, 'json'), ''
 
     # -- reads ---------------------------------------------------------
 
@@ -681,7 +464,7 @@ class Commands:
     def cancel(self, task_id: str) -> CommandResult:
         self._ready()
         if Batch.is_id(task_id):
-            return self._batch_cancel(task_id)
+            return self.batches.cancel(task_id)
         task = self._find_task(task_id)
         self._authorize_task(task)
         before = task.state
@@ -832,7 +615,7 @@ class Commands:
             self.worker.set_queue_paused(paused)
             return 0, dump({'queue_paused': paused}, 'json'), ''
         if Batch.is_id(task_id):
-            return self._batch_pause(task_id, paused)
+            return self.batches.pause(task_id, paused)
         task = self._find_task(task_id)
         self._authorize_task(task)
         if task.done:
@@ -1015,31 +798,6 @@ def caller_text(rights: List[str]) -> str:
     if '*' in rights:
         return 'a caller with mgr caps on every pool'
     return 'a caller with mgr caps on {}'.format(', '.join(rights) or 'no pool')
-
-
-def _allowed(rights: List[str]) -> Allowed:
-    """A caller's rights kept with a batch, as ``authorized(pool, namespace)``."""
-    granted = set(rights)
-    if '*' in granted:
-        return lambda pool, ns: True
-    return lambda pool, ns: ('{}/{}'.format(pool, ns) if ns else pool) in granted
-
-
-def batch_text(v: Dict[str, Any]) -> str:
-    """``status <batch>`` as text."""
-    pattern = ' ({})'.format(v['pattern']) if v['pattern'] else ''
-    lines = ['batch {}: {} -> {}{}'.format(v['id'], v['source'], v['destination'], pattern),
-             'state: {}{}{}'.format(v['state'], ', paused' if v['paused'] else '',
-                                    ', finished' if v['finished'] else ''),
-             'images: {} listed, {} task(s), {} refused'.format(
-                 v['images'], v['tasks'], v['refused_count']),
-             'progress: {:.0%} ({})'.format(v['progress'], ', '.join(
-                 '{} {}'.format(n, s) for s, n in sorted(v['by_state'].items())) or 'none')]
-    for r in v['refused'][:20]:
-        lines.append('  refused {}: {}'.format(r['source'], r['message']))
-    if v['refused_count'] > 20:
-        lines.append('  ... {} more: see --format json'.format(v['refused_count'] - 20))
-    return '\n'.join(lines) + '\n'
 
 
 def task_pools(task: Task) -> List[Tuple[str, str]]:

@@ -187,3 +187,20 @@ def verification_text(v: Dict[str, Any]) -> str:
     if v.get('note'):
         text += '; {}'.format(v['note'])
     return text
+
+
+def batch_text(v: Dict[str, Any]) -> str:
+    """``status <batch>`` as text."""
+    pattern = ' ({})'.format(v['pattern']) if v['pattern'] else ''
+    lines = ['batch {}: {} -> {}{}'.format(v['id'], v['source'], v['destination'], pattern),
+             'state: {}{}{}'.format(v['state'], ', paused' if v['paused'] else '',
+                                    ', finished' if v['finished'] else ''),
+             'images: {} listed, {} task(s), {} refused'.format(
+                 v['images'], v['tasks'], v['refused_count']),
+             'progress: {:.0%} ({})'.format(v['progress'], ', '.join(
+                 '{} {}'.format(n, s) for s, n in sorted(v['by_state'].items())) or 'none')]
+    for r in v['refused'][:20]:
+        lines.append('  refused {}: {}'.format(r['source'], r['message']))
+    if v['refused_count'] > 20:
+        lines.append('  ... {} more: see --format json'.format(v['refused_count'] - 20))
+    return '\n'.join(lines) + '\n'

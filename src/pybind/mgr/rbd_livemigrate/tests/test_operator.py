@@ -20,7 +20,7 @@ class NoNamespace(Fleet):
 
 def test_add_pool_refuses_what_it_can_check_at_once() -> None:
     c = commands(3)
-    c.adapter = NoNamespace(3)
+    c.adapter = c.batches.adapter = NoNamespace(3)
     for args, err, word in ((('a', 'nopool'), errno.ENOENT, 'nopool'),
                             (('nopool', 'b'), errno.ENOENT, 'nopool'),
                             (('a/ns9', 'b'), errno.ENOENT, 'ns9'),
