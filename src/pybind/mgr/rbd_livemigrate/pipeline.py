@@ -310,15 +310,17 @@ class Runner(RunnerHandle):
             assert task.source_image_id is not None
             log.warning('task %s: finishing an interrupted commit: removing source %s (id %s)',
                         task.id, source, task.source_image_id)
-            self.adapter.finish_commit(self._client(), source, task.source_image_id, dest,
-                                       obs.source.header)
+            sid = task.source_image_id
+            self._wait_busy(lambda c: self.adapter.finish_commit(c, source, sid, dest,
+                                                                 obs.source.header))
             return True
         if act == Act.FINISH_ABORT:
             if action.state is not None and task.state != action.state:
                 task = self._move(action.state)
             assert task.source_image_id is not None
-            self.adapter.finish_abort(self._client(), source, task.source_image_id,
-                                      obs.source.header)
+            sid = task.source_image_id
+            self._wait_busy(lambda c: self.adapter.finish_abort(c, source, sid,
+                                                                obs.source.header))
             return True
         if act == Act.RESTORE_SOURCE:
             assert action.state is not None and task.source_image_id is not None
@@ -330,7 +332,8 @@ class Runner(RunnerHandle):
             assert action.state is not None and obs.dest.image_id is not None
             if task.state != action.state:
                 self._move(action.state, error=action.detail)
-            self.adapter.discard_dest(self._client(), dest, obs.dest.image_id)
+            did = obs.dest.image_id
+            self._wait_busy(lambda c: self.adapter.discard_dest(c, dest, did))
             return True
         assert act == Act.ABORT, action
         if action.state is not None and task.state != action.state:
@@ -775,6 +778,27 @@ class Runner(RunnerHandle):
                 if self._now() >= deadline or self.worker.stopping:
                     raise
                 log.info('task %s: abort not possible yet (%s); retrying', self.task_id, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _wait_busy(self, step: Callable[[Client], None]) -> None:
+        """A finishing step, waiting out EBUSY like ``_abort``: the prepare or
+        commit it finishes ran on a client killed with its mgr, whose watch
+        on the image stays until the OSDs time it out (measured under load:
+        up to a minute).  Any other error goes to the caller (the next pass
+        observes again)."""
+        deadline = self._now() + ABORT_BUSY_RETRY_SECONDS
+        delay = 0.5
+        while True:
+            self._check()
+            try:
+                step(self._client())
+                return
+            except Transient as e:
+                if e.errno != errno.EBUSY or self._now() >= deadline or self.worker.stopping:
+                    raise
+                self._drop_client()
+                log.info('task %s: %s; retrying', self.task_id, e)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -516,3 +516,24 @@ def test_an_import_committed_before_its_record_had_the_id_ends_committed() -> No
     w.put(imp(size_bytes=1 << 20, state=State.EXECUTED))
     Runner(w, 't1', fake, lambda: POOLS)._main()
     assert w.get('t1').state == State.FAILED
+
+
+def test_a_finishing_step_waits_out_a_dead_clients_watch(monkeypatch: Any) -> None:
+    """Removing a half-created destination answers EBUSY while the killed
+    mgr's client still watches it: waited out (not a retry counted towards
+    failing the task), like an abort."""
+    import rbd_livemigrate.pipeline as pipeline
+    monkeypatch.setattr(pipeline.time, 'sleep', lambda s: None)
+    fake = FakeLibrbd('half-committed')
+    busy = [3]
+
+    def finish_commit(client: Client, source: ImageSpec, source_id: str, dest: ImageSpec,
+                      header: Optional[MigrationHeader]) -> None:
+        if busy[0]:
+            busy[0] -= 1
+            raise Transient('image has watchers', errno.EBUSY)
+        fake.calls.append('finish commit of ' + source_id)
+        fake.phase = 'committed'
+    fake.finish_commit = finish_commit  # type: ignore[assignment]
+    t = run(fake, state=State.EXECUTED, dest_image_id=D)
+    assert t.state == State.COMMITTED and t.attempts == 0 and busy == [0]
