@@ -87,25 +87,31 @@ def test_summary_shows_progress(dash: Tuple[Cluster, DashboardClient], dlm: Live
     src, dst = 'a/' + name, 'b/' + name
     rbdtools.create_image(c.conf, src, 32 * MiB, seed=name)
     before = rbdtools.checksums(c.conf, src)
-    task = dlm.add(src, dst, '--bandwidth-limit', '4M')
+    # 16 s of copy at 2 MiB/s: about 6 points a second
+    task = dlm.add(src, dst, '--bandwidth-limit', '2M')
 
     seen: List[Tuple[int, float]] = []
+    first: List[Dict[str, Any]] = []
 
     def bar_moves() -> bool:
         entries = migration_tasks(client.summary(), src)
         if entries:
-            status = dlm.status(task['id'])
+            first[:] = first or entries[:1]
+            status = dlm.status(task['id'])        # read after the dashboard: never behind
             seen.append((entries[0]['progress'], status['progress']))
         return len([p for p, _ in seen if 0 < p < 95]) >= 2 and seen[-1][0] > seen[0][0]
     wait_for(bar_moves, 60, 'a moving bar for {} in /api/summary'.format(src), interval=1)
 
-    entries = migration_tasks(client.summary(), src)
     print('dashboard saw (dashboard %, module progress):', seen)
     for percent, progress in seen:
         assert isinstance(percent, int) and 0 <= percent <= 100
-        # the module updates progress about once a second: the two agree roughly
-        assert abs(percent - progress * 100) <= 35, seen
-    for e in entries[:1]:
+        # the bar is the module's progress of at most a second or two before:
+        # never ahead of it, and behind by no more than two seconds of copy
+        assert percent <= progress * 100 + 1, seen
+        assert progress * 100 - percent <= 15, seen
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen), seen     # it never goes back
+    assert first, 'no entry seen'
+    for e in first:
         assert e['name'] == '{}{} to {}'.format(PREFIX, src, dst)
         assert e['metadata'] == {'origin': 'rbd_livemigrate', 'task_id': task['id'],
                                  'source': src, 'destination': dst}
@@ -123,7 +129,7 @@ def test_summary_shows_progress(dash: Tuple[Cluster, DashboardClient], dlm: Live
     (f,) = finished(client.summary(), task['id'])
     assert f['success'] is True and f['progress'] == 100 and f['exception'] is None
     assert f['name'] == '{}{} to {}'.format(PREFIX, src, dst)
-    assert 0 < f['duration'] < 120
+    assert isinstance(f['duration'], (int, float)) and f['duration'] >= 0
 
 
 def test_cancel_shows_failed(dash: Tuple[Cluster, DashboardClient], dlm: Livemigrate,
