@@ -1130,7 +1130,10 @@ class Bench:
         CLI loop in the last only: the first run's figures, and the ratio of
         every run (median and range: the limit's own speed varies from run
         to run)."""
-        runs = [self.fleet_run(cli=r == self.args.repeat - 1) for r in range(self.args.repeat)]
+        # the order alternates (module first, then the limit first, ...): neither
+        # side always gets the fresher cluster
+        runs = [self.fleet_run(cli=r == self.args.repeat - 1, limit_first=r % 2 == 1)
+                for r in range(self.args.repeat)]
         res = dict(runs[0])
         if len(runs) > 1:
             for key in ('ratio_module_vs_limit', 'module_images_per_second',
@@ -1145,7 +1148,7 @@ class Bench:
             res['runs'] = runs
         return res
 
-    def fleet_run(self, cli: bool = True) -> Dict[str, Any]:
+    def fleet_run(self, cli: bool = True, limit_first: bool = False) -> Dict[str, Any]:
         """``--fleet-images`` empty and as many written small images moved by one
         add-pool at max_concurrent ``--fleet-concurrency``, against the plain
         librbd loop at the same concurrency (the limit) and the sequential CLI
@@ -1158,6 +1161,9 @@ class Bench:
         self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_concurrent', value=str(conc))
         self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_history',
                  value=str(min(10000, 2 * len(names))))
+        res['order'] = 'limit, module' if limit_first else 'module, limit'
+        limit_s = self.fleet_limit(names, res) if limit_first and not a.fleet_module_only \
+            else None
         # module
         mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
         self.quiesce()
@@ -1247,24 +1253,13 @@ class Bench:
         self.remove_images(DST_POOL, names)
         if a.fleet_module_only:
             return res
-        # the limit: plain librbd at the same concurrency
-        mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
-        self.quiesce()
-        cpu0 = self.daemon_cpu()
-        rss_before = read_rss_kib(os.getpid())
-        limit_s = self.librbd_limit(names, conc)
-        res['limit_cpu_ms_per_image'] = self.cpu_per_image(cpu0, len(names))
-        # what the same copies cost a plain process in memory (its clients
-        # are shut down at the end, like the module's idle ones are not)
-        res['limit_rss_growth_mib'] = round((read_rss_kib(os.getpid()) - rss_before) / 1024, 1)
-        res.update(limit_seconds=round(limit_s, 2),
-                   limit_images_per_second=round(len(names) / limit_s, 1),
-                   ratio_module_vs_limit=round(module_s / limit_s, 3))
+        if limit_s is None:
+            limit_s = self.fleet_limit(names, res)
+        res['ratio_module_vs_limit'] = round(module_s / limit_s, 3)
         log(f'  limit: {limit_s:.1f}s ({res["limit_images_per_second"]} images/s); '
-            f'module/limit {res["ratio_module_vs_limit"]}')
+            f'module/limit {res["ratio_module_vs_limit"]} ({res["order"]})')
         log(f'  CPU ms per image: module {res["module_cpu_ms_per_image"]}, '
             f'limit {res["limit_cpu_ms_per_image"]}')
-        self.remove_images(DST_POOL, names)
         if not cli:
             return res
         # the sequential CLI loop, on a sample
@@ -1277,6 +1272,25 @@ class Bench:
         log(f'  CLI loop: {res["cli_images_per_second"]} images/s ({len(sample)} sampled)')
         self.remove_images(DST_POOL, sample)
         return res
+
+    def fleet_limit(self, names: List[str], res: Dict[str, Any]) -> float:
+        """The limit of one fleet run: plain librbd at the same concurrency,
+        on a fleet made the same way; its images removed after."""
+        n = self.args.fleet_images
+        self.create_fleet(names[:n], False)
+        self.create_fleet(names[n:], True)
+        self.quiesce()
+        cpu0 = self.daemon_cpu()
+        rss_before = read_rss_kib(os.getpid())
+        limit_s = self.librbd_limit(names, self.args.fleet_concurrency)
+        res['limit_cpu_ms_per_image'] = self.cpu_per_image(cpu0, len(names))
+        # what the same copies cost a plain process in memory (its clients
+        # are shut down at the end, like the module's idle ones are not)
+        res['limit_rss_growth_mib'] = round((read_rss_kib(os.getpid()) - rss_before) / 1024, 1)
+        res.update(limit_seconds=round(limit_s, 2),
+                   limit_images_per_second=round(len(names) / limit_s, 1))
+        self.remove_images(DST_POOL, names)
+        return limit_s
 
     # -- driver ----------------------------------------------------------
 
