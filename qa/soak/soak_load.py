@@ -303,7 +303,7 @@ def run_round(c: Cluster, lm: Livemigrate, headers: Headers, rng: random.Random,
     shas = make_images(c, src, prefix, args.images, args.size_kib * KiB, rng)
     r = Round(index, layout, len(shas))
     t0 = time.monotonic()
-    batch = lm.ok('add-pool', src, dst, prefix + '*', *extra)
+    batch = lm.ok('add-pool', src, dst, prefix + '*', *extra, '--format', 'json')
     batch_id = batch['id']
     faults = Faults(c, rng, r, args.kills, args.freezes, args.downs, args.fault_spread)
     faults.start()
