@@ -62,6 +62,9 @@ class Runner(RunnerHandle):
         self.executing = False
         self.interrupted = False
         self.abandoned = False
+        # this runner ran the prepare, or removed the protective snapshot the
+        # record named: it knows what became of that snapshot
+        self.protect_known = False
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._main, daemon=True,
                                        name='rbd_livemigrate.{}'.format(task_id))
@@ -298,6 +301,7 @@ class Runner(RunnerHandle):
                          target)
             self.worker.update(self.task_id, lambda t: t.evolve(
                 protect_snap=None, rollback_source=False))
+            self.protect_known = True
             return True
         if act == Act.COMMIT:
             if not self._clones_allowed(task, dest):
@@ -387,6 +391,7 @@ class Runner(RunnerHandle):
         changes: Dict[str, Any] = dict(more, cancel_requested=False)
         if action.detail or state == State.COMMITTED:
             changes['error'] = action.detail or None
+        self._sweep_protect(self.worker.get(self.task_id), state, action.detail)
         task = self._move(state, **changes)
         if state == State.COMMITTED:
             self.worker.progress.complete(task)
@@ -396,6 +401,25 @@ class Runner(RunnerHandle):
         else:
             self.worker.progress.fail(task, 'cancelled')
             log.info('task %s: aborted; %s restored', task.id, task.source)
+
+    def _sweep_protect(self, task: Task, state: State, detail: str) -> None:
+        """A protective snapshot the record does not name: the record was
+        written behind and a kill -9 came between the snapshot and its write.
+        Its name is the task's (``protect_name``): removed, without a
+        rollback, from the image that stays.  Only by a runner that neither
+        ran the prepare nor removed the snapshot itself (one image open,
+        after a restart)."""
+        if (self.protect_known or task.protect_snap is not None or task.import_spec is not None
+                or task.verify == VerifyMode.OFF or detail == 'cancelled before prepare'):
+            return
+        spec = ImageSpec.parse(task.destination if state == State.COMMITTED else task.source)
+        try:
+            if self.adapter.unprotect(self._client(), spec, protect_name(task.id), False):
+                log.info('task %s: removed protective snapshot %s of %s, which the record '
+                         'had not kept', task.id, protect_name(task.id), spec)
+        except LiveMigrateError as e:
+            log.warning('task %s: cannot look for protective snapshot %s of %s: %s', task.id,
+                        protect_name(task.id), spec, e)
 
     def _prepare(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
         looked = self._now()
@@ -434,18 +458,18 @@ class Runner(RunnerHandle):
         # written behind like the runner's other changes: after a crash the
         # next runner reads the headers before it does anything
         protect = protect_name(task.id) if task.verify != VerifyMode.OFF else None
-        # stored only when it names a protective snapshot (which only the
-        # record remembers), and then waited for: a snapshot taken under a
-        # name no stored record holds would stay on the destination after a
-        # kill -9.  A batch's task is waited for too: its record was written
-        # behind at add, and a source prepared for a task no stored record
-        # knows would be found by no one after a crash (a config-key write
-        # takes a few ms; the snapshot then waits up to a paxos interval).
+        # stored when it names a protective snapshot (written behind: a
+        # runner that finds the record without it removes that snapshot by
+        # its name, see ``_finish``).  Waited for only when no record of the
+        # task was ever written (a batch's, written behind at add, and
+        # prepared at once): a source prepared for a task that no stored
+        # record knows would be found by no one after a crash; the wait is
+        # a config-key write, up to a paxos interval behind an OSDMap change.
         # Otherwise the next write carries it (a copy's progress within 5 s,
         # or the end), and after a crash the next runner reads librbd's
         # headers and the intent key (``_mark``) as for every later step
-        self._move(State.PREPARING, persist=protect is not None or task.batch_id is not None,
-                   wait=protect is not None or task.batch_id is not None,
+        unstored = not self.worker.stored(task.id)
+        self._move(State.PREPARING, persist=protect is not None or unstored, wait=unstored,
                    source_image_id=info.id,
                    size_bytes=info.size, dest_image_id=None, blocked_reason=None,
                    blocked_kind=None, blocked_since=None, next_retry=None, error=None,
@@ -454,6 +478,7 @@ class Runner(RunnerHandle):
         # destination it creates, where it names this task and source whatever
         # the record (written behind) and the headers (gone after a commit) say
         self._mark(source, info.id, Intent(task.id, 'prepare', info.id))
+        self.protect_known = True
         taken = False
         try:
             if protect is not None:

@@ -82,6 +82,7 @@ class TaskTable:
         self.queue_paused = False
         self.stopping = False
         self.writes = 0                 # store writes made (the benchmark reads it)
+        self.unstored: Set[str] = set()     # tasks added whose record was never written
         # a task changed state, hold or error: health and history are due
         self.dirty = False
 
@@ -236,6 +237,8 @@ class TaskTable:
             old = self.tasks.get(task.id)
             self.tasks[task.id] = task
             self._index(task, old)
+            if old is None:
+                self.unstored.add(task.id)
             if seen is not None and task.state == State.QUEUED:
                 self.seen[task.id] = seen
             self.dirty = True
@@ -268,6 +271,8 @@ class TaskTable:
             if task is not None:             # a removed task is never written back
                 self.store.save(task)
                 self.writes += 1
+                with self.lock:
+                    self.unstored.discard(task_id)
 
     def _write_loop(self) -> None:
         while True:
@@ -287,6 +292,11 @@ class TaskTable:
             with self._wcond:
                 self._written_seq = seq
                 self._wcond.notify_all()
+
+    def stored(self, task_id: str) -> bool:
+        """Has a record of the task been written (a loaded one: yes)?"""
+        with self.lock:
+            return task_id not in self.unstored
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every queued record is written (shutdown)."""

@@ -17,7 +17,7 @@ from rbd_livemigrate.preflight import PoolInfo
 from rbd_livemigrate.progress import ProgressReporter
 from rbd_livemigrate.scheduler import Worker
 from rbd_livemigrate.spec import ImageSpec
-from rbd_livemigrate.task import State, Task
+from rbd_livemigrate.task import State, Task, VerifyMode
 
 from test_store import make_store
 
@@ -472,7 +472,8 @@ def test_a_batch_task_is_stored_before_its_prepare() -> None:
     fake = FakeLibrbd('not-prepared')
     w = worker()
     w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0, source_image_id=S,
-               batch_id='b-1'))
+               batch_id='b-1', verify=VerifyMode.OFF))
+    w.unstored.add('t1')                # put behind, not yet written
     stored: List[Tuple[str, int]] = []
     save = w.store.save
     w.store.save = lambda t: (stored.append((t.state.value, len(fake.calls))),  # type: ignore
@@ -480,6 +481,17 @@ def test_a_batch_task_is_stored_before_its_prepare() -> None:
     Runner(w, 't1', fake, lambda: POOLS)._main()
     assert w.get('t1').state == State.COMMITTED
     assert stored[0] == ('preparing', 0) and fake.calls[0] == 'prepare'
+    # once written, a batch's task is not waited for (nor written) at prepare
+    fake = FakeLibrbd('not-prepared')
+    w = worker()
+    w.put(Task(id='t1', source='a/img', destination='b/img', created=1.0, source_image_id=S,
+               batch_id='b-1', verify=VerifyMode.OFF))
+    stored = []
+    save = w.store.save
+    w.store.save = lambda t: (stored.append((t.state.value, len(fake.calls))),  # type: ignore
+                              save(t))
+    Runner(w, 't1', fake, lambda: POOLS)._main()
+    assert stored == [('committed', 4)], stored
 
 
 def test_an_import_committed_before_its_record_had_the_id_ends_committed() -> None:
@@ -537,3 +549,24 @@ def test_a_finishing_step_waits_out_a_dead_clients_watch(monkeypatch: Any) -> No
     fake.finish_commit = finish_commit  # type: ignore[assignment]
     t = run(fake, state=State.EXECUTED, dest_image_id=D)
     assert t.state == State.COMMITTED and t.attempts == 0 and busy == [0]
+
+
+def test_a_protective_snapshot_the_record_lost_is_removed_by_its_name() -> None:
+    """kill -9 between the snapshot and the record's write behind: the next
+    runner finds the record without ``protect_snap`` and removes the task's
+    snapshot by name from the image that stays; a runner that took or
+    removed it itself does not look again."""
+    from test_verify import VerifyingLibrbd, _run
+    from rbd_livemigrate.verify import protect_name
+    fake = VerifyingLibrbd('half-committed')
+    t = _run(fake, state=State.PREPARING, verify=VerifyMode.AUTO, dest_image_id=D)
+    assert t.state == State.COMMITTED
+    assert fake.calls == ['finish commit of ' + S, 'remove snap of b/img']
+    assert protect_name('t1').startswith('rbd_livemigrate')
+    fake = VerifyingLibrbd('not-prepared')
+    t = _run(fake, verify=VerifyMode.AUTO)
+    assert t.state == State.COMMITTED
+    assert fake.calls.count('remove snap of b/img') == 1        # its own, once
+    fake = VerifyingLibrbd('half-committed')
+    t = _run(fake, state=State.PREPARING, verify=VerifyMode.OFF, dest_image_id=D)
+    assert 'remove snap of b/img' not in fake.calls
