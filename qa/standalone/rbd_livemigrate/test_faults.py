@@ -111,9 +111,11 @@ def _our_clients(c: Cluster) -> List[str]:
 def test_blocklisted_clients_recover(fcluster: Cluster, flm: Livemigrate, name: str) -> None:
     """Blocklisting every client the module registered (control and copy)
     mid-copy: the module rebuilds them and finishes without a mgr restart."""
+    # 16 s of copy at 2 MiB/s: on a loaded 2-core host the wait for the MgrMap
+    # below took long enough that a copy of 8 s ended before the blocklist
     rbdtools.create_image(fcluster.conf, 'a/' + name, 32 * MiB, seed=name, snaps=1)
     before = rbdtools.checksums(fcluster.conf, 'a/' + name)
-    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '4M')
+    task = flm.add('a/' + name, 'b/' + name, '--bandwidth-limit', '2M')
     flm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.1)
     mgr_pid = fcluster.mgr_pid(fcluster.active_mgr())
     # the copy client reaches the MgrMap with the next mgr beacon: wait for
@@ -122,6 +124,9 @@ def test_blocklisted_clients_recover(fcluster: Cluster, flm: Livemigrate, name: 
     addrs = _our_clients(fcluster)
     for addr in addrs:
         fcluster.ceph('osd', 'blocklist', 'add', addr, '600')
+    during = flm.status(task['id'])
+    assert during['state'] == 'executing' and during['progress'] < 1, \
+        'the copy ended before its clients were blocklisted: {}'.format(during)
     try:
         migrate_and_check(fcluster, flm, name, before, task['id'])
         t = flm.status(task['id'])
