@@ -12,10 +12,11 @@ import fnmatch
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from .batch import Batch, BatchState
-from .errors import InvalidArgument, LiveMigrateError, NotAuthorized, NotFound, WrongState
+from .errors import (CommandResult, InvalidArgument, LiveMigrateError, NotAuthorized, NotFound,
+                     WrongState)
 from .formatting import dump
 from .interface import RbdPort
 from .preflight import PoolInfo
@@ -26,7 +27,6 @@ from .task import Layout, State, VerifyMode
 
 log = logging.getLogger(__name__)
 
-CommandResult = Tuple[int, str, str]
 Allowed = Callable[[str, str], bool]
 POOLS_REFRESH_SECONDS = 5.0
 KICK_EVERY_IMAGES = 20

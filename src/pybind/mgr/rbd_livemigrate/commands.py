@@ -10,10 +10,10 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .batch import Batch, BatchState
-from .batches import BatchCommands
+from .batches import Allowed, BatchCommands
 from .request import AddRequest
-from .errors import (AlreadyExists, Blocked, Busy, InvalidArgument, LiveMigrateError,
-                     NotAuthorized, NotFound, TryAgain, WrongState)
+from .errors import (AlreadyExists, Blocked, Busy, CommandResult, InvalidArgument,
+                     LiveMigrateError, NotAuthorized, NotFound, TryAgain, WrongState)
 from .formatting import batch_text, check_format, dump, status_text, task_rows
 from .preflight import (MIN_BANDWIDTH_BYTES, PoolInfo, find_blockers, reusable,
                         validate_layout, watchers_reason)
@@ -27,8 +27,6 @@ from .task import Layout, State, Task, VerifyMode
 
 log = logging.getLogger(__name__)
 
-CommandResult = Tuple[int, str, str]
-Allowed = Callable[[str, str], bool]
 # a command waits this long for a change to show, then returns (see status)
 CANCEL_WAIT_SECONDS = 1.0
 COMMIT_WAIT_SECONDS = 1.0

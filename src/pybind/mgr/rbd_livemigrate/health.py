@@ -104,18 +104,24 @@ def full_pools(osd_map: Dict[str, Any]) -> Dict[str, str]:
     return out
 
 
+def pool_full_raised(health: Dict[str, Any], triggers: str) -> bool:
+    """POOL_FULL is raised and among the checks that hold work: only then
+    are the pools' flags worth reading (the OSD map is large)."""
+    codes = {c.strip() for c in (triggers or '').split(',') if c.strip()}
+    if POOL_FULL not in codes:
+        return False
+    try:
+        data = json.loads(health['json']) if 'json' in health else health
+    except (TypeError, ValueError, KeyError):
+        return False
+    return POOL_FULL in (data.get('checks', {}) or {})
+
+
 def pool_holds(health: Dict[str, Any], triggers: str,
                full: Dict[str, str]) -> Dict[str, str]:
     """pool -> why work touching it holds: POOL_FULL holds only the tasks
     of the full pools (source, destination or data pool), not the others."""
-    codes = {c.strip() for c in (triggers or '').split(',') if c.strip()}
-    if POOL_FULL not in codes or not full:
-        return {}
-    try:
-        data = json.loads(health['json']) if 'json' in health else health
-    except (TypeError, ValueError, KeyError):
-        return {}
-    if POOL_FULL not in (data.get('checks', {}) or {}):
+    if not full or not pool_full_raised(health, triggers):
         return {}
     return {pool: 'cluster health POOL_FULL: {}'.format(why) for pool, why in full.items()}
 

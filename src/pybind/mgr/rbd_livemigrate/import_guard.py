@@ -12,6 +12,7 @@ was judged, not a link that may be swapped later.
 import copy
 import errno
 import ipaddress
+import json
 import os
 import socket
 import stat
@@ -111,5 +112,4 @@ class ImportGuard:
 
     def check_text(self, text: str, dest: ImageSpec, task_id: str) -> None:
         """Judge a stored spec again (DNS and links can change since import)."""
-        import json
         self.check(json.loads(text), dest, task_id)

@@ -24,6 +24,7 @@ the module is the only gate.  The rules, each a pure function of plain values
 """
 
 import ipaddress
+import urllib.parse
 from typing import Any, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from .errors import InvalidArgument, NotAuthorized
@@ -240,7 +241,6 @@ def _walk_addrs(node: Any, out: List[Tuple[IPAddress, int]]) -> None:
 
 def _service_addrs(services: Any, out: List[Tuple[IPAddress, int]]) -> None:
     """The mgr modules' service URLs (dashboard, prometheus...) with an IP host."""
-    import urllib.parse
     if not isinstance(services, dict):
         return
     for url in services.values():

@@ -17,7 +17,7 @@ from .commands import MAX_BANDWIDTH_BYTES, AddRequest, Commands
 from .compat import ClientRegistry, command_decorators
 from .errors import LiveMigrateError, handle_errors
 from .formatting import reply
-from .health import HealthChecks, full_pools, health_block, pool_holds
+from .health import HealthChecks, full_pools, health_block, pool_full_raised, pool_holds
 from .heap import HEAP_CHECK_SECONDS, Allocator, HeapKeeper
 from .hold import Hold, HoldKind
 from .import_guard import ImportGuard
@@ -235,14 +235,19 @@ class Module(MgrModule):
         if not in_window(window, time.time()):
             return Hold(HoldKind.WINDOW_CLOSED, 'outside the maintenance window {} (UTC)'.format(
                 self.maintenance_window))
-        per_pool = bool(full_pools(self.get('osd_map')))
-        reason = health_block(self.get('health'), self.health_pause_checks, per_pool)
+        health = self.get('health')
+        per_pool = (pool_full_raised(health, self.health_pause_checks)
+                    and bool(full_pools(self.get('osd_map'))))
+        reason = health_block(health, self.health_pause_checks, per_pool)
         return None if reason is None else Hold(HoldKind.CLUSTER_HEALTH, reason)
 
     def pool_holds(self) -> Dict[str, Hold]:
-        """Pools whose tasks hold (POOL_FULL of that pool); the rest go on."""
-        why = pool_holds(self.get('health'), self.health_pause_checks,
-                         full_pools(self.get('osd_map')))
+        """Pools whose tasks hold (POOL_FULL of that pool); the rest go on.
+        The OSD map is read only while POOL_FULL is raised."""
+        health = self.get('health')
+        if not pool_full_raised(health, self.health_pause_checks):
+            return {}
+        why = pool_holds(health, self.health_pause_checks, full_pools(self.get('osd_map')))
         return {p: Hold(HoldKind.CLUSTER_HEALTH, r) for p, r in why.items()}
 
     def authorized(self, pool: str, namespace: str) -> bool:

@@ -302,7 +302,7 @@ def test_ls_words_the_reason_of_tasks_the_pass_did_not_reach() -> None:
 
 
 def test_a_full_pool_holds_only_its_own_tasks() -> None:
-    from rbd_livemigrate.health import full_pools, health_block, pool_holds
+    from rbd_livemigrate.health import full_pools, health_block, pool_full_raised, pool_holds
     from rbd_livemigrate.task import Layout
     osd_map = {'pools': [{'pool_name': 'a', 'flags_names': 'hashpspool'},
                          {'pool_name': 'full', 'flags_names': 'hashpspool,full_quota'}]}
@@ -317,6 +317,10 @@ def test_a_full_pool_holds_only_its_own_tasks() -> None:
     holds = pool_holds(health, triggers, full)
     assert list(holds) == ['full'] and 'full' in holds['full']
     assert pool_holds(health, 'OSD_FULL', full) == {}
+    # without POOL_FULL raised the OSD map is not worth reading
+    assert pool_full_raised(health, triggers)
+    assert not pool_full_raised({'status': 'HEALTH_OK', 'checks': {}}, triggers)
+    assert not pool_full_raised(health, 'OSD_FULL')
     tasks = [mk(0, src='a', dst='b'), mk(1, src='full', dst='b'), mk(2, src='a', dst='full'),
              mk(3, src='a', dst='b', layout=Layout(data_pool='full'))]
     d = decide_ordered(sorted(tasks, key=order_key), [], set(), Options(max_concurrent=8), NOW,
