@@ -12,14 +12,14 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Iterator, List
+from typing import Iterator, List, Sequence, Tuple
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster import Cluster, wait_for  # noqa: E402
-from lmcli import TERMINAL, Livemigrate  # noqa: E402,F401
+from lmcli import TERMINAL, Livemigrate, json_args  # noqa: E402,F401
 import rbdtools  # noqa: E402
 
 
@@ -73,6 +73,29 @@ def name() -> str:
 
 def now() -> float:
     return time.time()
+
+
+def make_tenant(cluster: Cluster, entity: str, pools: Sequence[str] = ('a', 'b')) -> str:
+    """A key (its keyring's path) whose mgr and osd caps cover ``pools``
+    only: this module with ``pool=X rw`` and the rbd profile, per pool."""
+    keyring = os.path.join(cluster.dir, '{}.keyring'.format(entity.replace('client.', '')))
+    cluster.ceph('auth', 'rm', entity, check=False)
+    out = cluster.ceph('auth', 'get-or-create', entity, 'mon', 'allow r', 'mgr',
+                       ', '.join('allow module rbd_livemigrate with pool={} rw'.format(p)
+                                 for p in pools),
+                       'osd', ', '.join('profile rbd pool={}'.format(p) for p in pools)).stdout
+    with open(keyring, 'w') as f:
+        f.write(out)
+    return keyring
+
+
+def as_tenant(cluster: Cluster, entity: str, keyring: str,
+              *args: str) -> Tuple[int, str, str]:
+    """``ceph rbd livemigrate <args>`` as ``entity`` (a changing command's
+    record as JSON unless a format is given)."""
+    p = cluster.ceph('--name', entity, '--keyring', keyring, 'rbd', 'livemigrate',
+                     *json_args(args), check=False)
+    return p.returncode, p.stdout, p.stderr
 
 
 __all__ = ['Livemigrate', 'make_cluster', 'destroy_cluster', 'rbdtools', 'wait_for', 'now']

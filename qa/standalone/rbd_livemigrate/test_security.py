@@ -10,14 +10,13 @@ changed (checksums of head and snapshots, ``rbd info``).
 """
 
 import json
-import os
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from cluster import Cluster, wait_for
-from conftest import Livemigrate, rbdtools
-from lmcli import json_args
+import conftest
+from conftest import Livemigrate, make_tenant, rbdtools
 
 MiB = 1 << 20
 TENANT = 'client.lm-tenant'
@@ -28,21 +27,11 @@ _VOLATILE = ('access_timestamp', 'modify_timestamp', 'create_timestamp')
 @pytest.fixture(scope='module')
 def tenant(cluster: Cluster) -> str:
     """A key for pools a and b only (mgr: this module; osd: rbd profile)."""
-    keyring = os.path.join(cluster.dir, 'lm-tenant.keyring')
-    cluster.ceph('auth', 'rm', TENANT, check=False)
-    out = cluster.ceph('auth', 'get-or-create', TENANT, 'mon', 'allow r', 'mgr',
-                       'allow module rbd_livemigrate with pool=a rw, '
-                       'allow module rbd_livemigrate with pool=b rw',
-                       'osd', 'profile rbd pool=a, profile rbd pool=b').stdout
-    with open(keyring, 'w') as f:
-        f.write(out)
-    return keyring
+    return make_tenant(cluster, TENANT)
 
 
 def as_tenant(cluster: Cluster, keyring: str, *args: str) -> Tuple[int, str, str]:
-    p = cluster.ceph('--name', TENANT, '--keyring', keyring, 'rbd', 'livemigrate',
-                     *json_args(args), check=False)
-    return p.returncode, p.stdout, p.stderr
+    return conftest.as_tenant(cluster, TENANT, keyring, *args)
 
 
 def fingerprint(cluster: Cluster, spec: str) -> Tuple[Dict[str, str], Dict[str, Any]]:
