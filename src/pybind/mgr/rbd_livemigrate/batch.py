@@ -12,13 +12,13 @@ whatever the pool's size.
 """
 
 import enum
-import json
 import re
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional
 
-from .task import CorruptRecord, State, isoformat
+from .records import Mismatch, Schema, dumps, from_json, parse_text, versioned
+from .task import State, isoformat
 
 BATCH_VERSION = 1
 MAX_REFUSED = 100
@@ -87,50 +87,14 @@ class Batch:
         return d
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(',', ':'))
+        return dumps(self.to_json())
 
     @classmethod
     def loads(cls, text: str) -> 'Batch':
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise CorruptRecord('batch record is not JSON: {}'.format(e))
-        if not isinstance(d, dict):
-            raise CorruptRecord('batch record is not a JSON object')
-        version = d.get('version')
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise CorruptRecord('batch record has no version')
-        if version > BATCH_VERSION:
-            raise CorruptRecord('batch record version {} is newer than this module '
-                                'understands ({})'.format(version, BATCH_VERSION))
-        unknown = set(d) - set(_FIELDS)
-        if unknown:
-            raise CorruptRecord('batch record has unknown field(s) {}'.format(sorted(unknown)))
-        try:
-            b = cls(**{k: v for k, v in d.items() if k != 'state'},
-                    state=BatchState(d.get('state', 'expanding')))
-        except (TypeError, ValueError) as e:
-            raise CorruptRecord('batch record is malformed: {}'.format(e))
-        checks = [
-            (b.is_id(b.id), 'id'), (isinstance(b.source, str), 'source'),
-            (isinstance(b.destination, str), 'destination'),
-            (b.pattern is None or isinstance(b.pattern, str), 'pattern'),
-            (isinstance(b.request, dict), 'request'), (isinstance(b.paused, bool), 'paused'),
-            (isinstance(b.allowed, list) and all(isinstance(a, str) for a in b.allowed),
-             'allowed'),
-            (_count(b.images), 'images'), (_count(b.refused_count), 'refused_count'),
-            (isinstance(b.refused, list) and all(isinstance(r, dict) for r in b.refused),
-             'refused'),
-            (isinstance(b.created, (int, float)) and not isinstance(b.created, bool),
-             'created'),
-            (b.expanded is None or isinstance(b.expanded, (int, float)), 'expanded'),
-            (isinstance(b.pruned, dict) and all(isinstance(k, str) and _count(v)
-                                                for k, v in b.pruned.items()), 'pruned'),
-        ]
-        for ok, name in checks:
-            if not ok:
-                raise CorruptRecord('batch record field {} is invalid'.format(name))
-        return b
+        d = versioned(parse_text(text, 'batch'), 'batch', BATCH_VERSION)
+        # every field type-checked (records.py); a key it does not have is refused
+        batch: Batch = from_json(cls, d, _SCHEMA)
+        return batch
 
     # -- presentation --------------------------------------------------
 
@@ -162,8 +126,10 @@ class Batch:
         return d
 
 
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def _check_id(value: str) -> None:
+    if not Batch.is_id(value):
+        raise Mismatch()
 
 
+_SCHEMA = Schema('batch', checks={'id': ('batch-<8 hex digits>', _check_id)}, strict=True)
 _FIELDS = tuple(f for f in Batch.__dataclass_fields__)

@@ -1,13 +1,16 @@
 """
-Parsing of image and pool specs and of size arguments.
+Parsing of image and pool specs and of size arguments, and the layout a
+migration gives its destination.
 
 Everything a user types is validated here, before any librbd call.
 """
 
 import re
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from .errors import InvalidArgument
+from .records import CorruptRecord, Schema, from_json, show
 
 # librbd limits names only loosely; we refuse what would be ambiguous in a
 # spec or unprintable in a table: '/', '@', whitespace and control chars.
@@ -105,3 +108,43 @@ def parse_bytes(kind: str, text: Optional[str], maximum: int = 1 << 60) -> Optio
 
 def is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
+
+
+def _check_pool_name(value: Optional[str]) -> None:
+    if value is not None:
+        validate_name('data pool', value)
+
+
+# a stored layout's fields a type alone does not cover, by path in a task record
+LAYOUT_CHECKS = {'layout.data_pool': ('null or pool name', _check_pool_name)}
+_LAYOUT_SCHEMA = Schema('task', checks=LAYOUT_CHECKS)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The on-disk layout options of ``rbd migration prepare``."""
+    object_size: Optional[int] = None
+    stripe_unit: Optional[int] = None
+    stripe_count: Optional[int] = None
+    features: Optional[List[str]] = None
+    data_pool: Optional[str] = None
+    flatten: bool = False
+
+    def to_json(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) not in (None, False)}
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> 'Layout':
+        """A task record's ``layout`` (the task's own load checks it as a
+        field of the task)."""
+        if not isinstance(d, dict):
+            raise CorruptRecord('task record field layout: expected object, got {}'.format(
+                show(d)))
+        if not d:
+            return PLAIN_LAYOUT         # most tasks: one shared record (frozen)
+        layout: Layout = from_json(cls, d, _LAYOUT_SCHEMA, 'layout.')
+        return layout
+
+
+PLAIN_LAYOUT = Layout()

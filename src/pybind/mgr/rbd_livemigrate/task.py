@@ -16,13 +16,17 @@ import datetime
 import enum
 import json
 import re
-import typing
 import uuid
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, FrozenSet, List, Optional
 
-from .errors import LiveMigrateError, WrongState
-from .spec import ImageSpec, validate_name
+from .errors import WrongState
+from .records import CorruptRecord, Mismatch, Schema, from_json, parse_text, versioned
+from .records import dumps as record_text
+# Layout lives with the specs (spec.py); here for the modules that import it from the task
+from .spec import LAYOUT_CHECKS, PLAIN_LAYOUT, ImageSpec, Layout
+
+__all__ = ['CorruptRecord', 'Layout', 'PLAIN_LAYOUT']
 
 TASK_VERSION = 1
 # an import's record says 2: a module that predates imports refuses it (and
@@ -97,41 +101,19 @@ def isoformat(ts: Optional[float]) -> Optional[str]:
     return dt.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
 
 
-class CorruptRecord(LiveMigrateError):
-    pass
+# -- loading a stored record (records.py does the typing) ----------------
 
-
-# -- loading a stored record ---------------------------------------------
-#
-# Every stored field is checked against its dataclass annotation, so a field
-# added to Task or Layout is checked with no edit here.  Numbers must be
-# finite and non-negative (sizes, counts, epoch timestamps) unless
-# _SIGNED_FIELDS names them; integers fit in 64 bits and floats stay within
-# what ``isoformat`` can show.  A value that does not fit makes the whole
-# record corrupt: the store skips it and raises RBD_LIVEMIGRATE_BAD_RECORD.
-
-_MAX_INT = 2 ** 63 - 1
-_MAX_FLOAT = 253402300799.0        # 9999-12-31T23:59:59Z, the last second datetime can show
-_SIGNED_FIELDS = frozenset({'priority'})
-_UNIONS = (typing.Union, type(int | None))
 _TASK_ID_RE = re.compile(r'[0-9a-zA-Z_-]+')
-_SHOW_CHARS = 60
-
-_Convert = typing.Callable[[Any], Any]
-
-
-class _Mismatch(Exception):
-    """A stored value that does not fit its field (the caller words the message)."""
 
 
 def _check_task_id(value: str) -> None:
     if not _TASK_ID_RE.fullmatch(value):
-        raise _Mismatch()
+        raise Mismatch()
 
 
 def _check_batch_id(value: Optional[str]) -> None:
     if value is not None and not re.fullmatch(r'batch-[0-9a-f]{8}', value):
-        raise _Mismatch()
+        raise Mismatch()
 
 
 def _check_import_spec(value: Optional[str]) -> None:
@@ -140,236 +122,17 @@ def _check_import_spec(value: Optional[str]) -> None:
         try:
             check(json.loads(value))
         except ValueError:
-            raise _Mismatch()
+            raise Mismatch()
 
 
-def _check_pool_name(value: Optional[str]) -> None:
-    if value is not None:
-        validate_name('data pool', value)
-
-
-# path -> (what the message says is expected, check of the typed value), for
-# fields a type alone does not cover; a check raises _Mismatch or InvalidArgument
-_FIELD_CHECKS: Dict[str, typing.Tuple[str, typing.Callable[[Any], object]]] = {
+# a task's fields a type alone does not cover (its layout's too)
+TASK_SCHEMA = Schema('task', checks=dict(LAYOUT_CHECKS, **{
     'id': ('non-empty string of 0-9, a-z, A-Z, _ and -', _check_task_id),
     'source': ('image spec pool[/namespace]/image', ImageSpec.parse),
     'destination': ('image spec pool[/namespace]/image', ImageSpec.parse),
-    'layout.data_pool': ('null or pool name', _check_pool_name),
     'batch_id': ('null or batch-<8 hex digits>', _check_batch_id),
     'import_spec': ('null or a source-spec JSON object', _check_import_spec),
-}
-
-
-def _show(value: Any) -> str:
-    """A stored value for a one-line message: its JSON, cut short."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    text = ' '.join(text.splitlines())
-    return text if len(text) <= _SHOW_CHARS else text[:_SHOW_CHARS - 3] + '...'
-
-
-def _no_check(hint: Any) -> TypeError:
-    return TypeError('no check for a stored field of type {!r}'.format(hint))
-
-
-def _type_name(hint: Any, signed: bool) -> str:
-    """What a field of annotation ``hint`` holds, in JSON terms."""
-    origin = typing.get_origin(hint)
-    if origin in _UNIONS:
-        return ' or '.join(_type_name(a, signed) for a in typing.get_args(hint))
-    if origin is list:
-        return 'list of {}'.format(_type_name(typing.get_args(hint)[0], signed))
-    if hint is type(None):
-        return 'null'
-    if not isinstance(hint, type):
-        raise _no_check(hint)
-    if issubclass(hint, enum.Enum):
-        return 'one of {}'.format('|'.join(str(m.value) for m in hint))
-    if issubclass(hint, bool):
-        return 'boolean'
-    if issubclass(hint, int):
-        return 'integer from {} to 2^63-1'.format('-2^63' if signed else 0)
-    if issubclass(hint, float):
-        return 'number from {} to {:.0f}'.format(
-            '-{:.0f}'.format(_MAX_FLOAT) if signed else 0, _MAX_FLOAT)
-    if issubclass(hint, str):
-        return 'string'
-    if hasattr(hint, '__dataclass_fields__'):
-        return 'object'
-    raise _no_check(hint)
-
-
-def _converter(hint: Any, path: str, signed: bool) -> _Convert:
-    """A function from a stored value to what a field of annotation ``hint`` holds.
-
-    It raises _Mismatch for a value that does not fit; building it raises
-    TypeError for an annotation with no check here (a test covers every field).
-    """
-    origin = typing.get_origin(hint)
-    if origin in _UNIONS:
-        options = [_converter(a, path, signed) for a in typing.get_args(hint)]
-
-        def union(value: Any) -> Any:
-            for convert in options:
-                try:
-                    return convert(value)
-                except _Mismatch:
-                    pass
-            raise _Mismatch()
-        return union
-    if origin is list:
-        item = _converter(typing.get_args(hint)[0], path, signed)
-
-        def list_of(value: Any) -> Any:
-            if not isinstance(value, list):
-                raise _Mismatch()
-            return [item(v) for v in value]
-        return list_of
-    if hint is type(None):
-        def null(value: Any) -> Any:
-            if value is not None:
-                raise _Mismatch()
-            return None
-        return null
-    if not isinstance(hint, type):
-        raise _no_check(hint)
-    if issubclass(hint, enum.Enum):
-        # keyed by type too: 1 == True, and an int enum must not take a bool
-        members = {(type(m.value), m.value): m for m in hint}
-
-        def member(value: Any) -> Any:
-            try:
-                return members[(type(value), value)]
-            except (KeyError, TypeError):   # TypeError: a list or an object
-                raise _Mismatch()
-        return member
-    if issubclass(hint, bool):
-        def boolean(value: Any) -> Any:
-            if not isinstance(value, bool):
-                raise _Mismatch()
-            return value
-        return boolean
-    if issubclass(hint, (int, float)):
-        # a bool is an int: refused; an int is a fine float, a float no int
-        accept = int if issubclass(hint, int) else (int, float)
-        high = _MAX_INT if issubclass(hint, int) else _MAX_FLOAT
-        low = -high if signed else 0
-        kind = hint
-
-        def number(value: Any) -> Any:
-            if (isinstance(value, bool) or not isinstance(value, accept)
-                    or not low <= value <= high):   # NaN compares false: refused too
-                raise _Mismatch()
-            return kind(value)
-        return number
-    if issubclass(hint, str):
-        def string(value: Any) -> Any:
-            if not isinstance(value, str):
-                raise _Mismatch()
-            return value
-        return string
-    if hasattr(hint, '__dataclass_fields__'):
-        cls = hint
-
-        def record(value: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _Mismatch()
-            return _record_from_json(cls, value, path + '.')
-        return record
-    raise _no_check(hint)
-
-
-class _FieldPlan(typing.NamedTuple):
-    name: str
-    path: str
-    required: bool
-    convert: _Convert
-    check: Optional[typing.Callable[[Any], object]]
-    hint: Any
-    signed: bool
-
-
-# plans by (class, prefix): get_type_hints alone costs more than loading a record
-_PLANS: Dict[typing.Tuple[type, str], typing.List[_FieldPlan]] = {}
-
-
-def _plan(cls: Any, prefix: str) -> typing.List[_FieldPlan]:
-    plan = _PLANS.get((cls, prefix))
-    if plan is None:
-        hints = typing.get_type_hints(cls)
-        plan = []
-        for f in fields(cls):
-            if not f.init:
-                continue
-            path = prefix + f.name
-            signed = path in _SIGNED_FIELDS
-            plan.append(_FieldPlan(
-                f.name, path, f.default is MISSING and f.default_factory is MISSING,
-                _converter(hints[f.name], path, signed), _FIELD_CHECKS.get(path, ('', None))[1],
-                hints[f.name], signed))
-        _PLANS[(cls, prefix)] = plan
-    return plan
-
-
-def _record_from_json(cls: Any, d: Dict[str, Any], prefix: str) -> Any:
-    """The dataclass ``cls`` from the stored ``d``, every field type-checked.
-
-    Keys ``cls`` does not have are ignored (``version`` guards what a newer
-    module wrote); missing ones take the dataclass default, so older records
-    load.  ``prefix`` places the record within the task in messages.
-    """
-    kw: Dict[str, Any] = {}
-    for p in _plan(cls, prefix):
-        if p.name not in d:
-            if p.required:
-                raise CorruptRecord('task record field {} is missing'.format(p.path))
-            continue
-        value = d[p.name]
-        try:
-            kw[p.name] = p.convert(value)
-            if p.check is not None:
-                p.check(kw[p.name])
-        except CorruptRecord:
-            raise                       # a field of a nested record, already worded
-        except (_Mismatch, LiveMigrateError):
-            expected = _FIELD_CHECKS.get(p.path, ('', None))[0]
-            raise CorruptRecord('task record field {}: expected {}, got {}'.format(
-                p.path, expected or _type_name(p.hint, p.signed), _show(value)))
-    try:
-        return cls(**kw)
-    except (TypeError, ValueError) as e:    # a __post_init__ that refuses the values
-        raise CorruptRecord('task record {}is malformed: {}'.format(
-            'field {} '.format(prefix[:-1]) if prefix else '', ' '.join(str(e).splitlines())))
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """The on-disk layout options of ``rbd migration prepare``."""
-    object_size: Optional[int] = None
-    stripe_unit: Optional[int] = None
-    stripe_count: Optional[int] = None
-    features: Optional[List[str]] = None
-    data_pool: Optional[str] = None
-    flatten: bool = False
-
-    def to_json(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) not in (None, False)}
-
-    @classmethod
-    def from_json(cls, d: Dict[str, Any]) -> 'Layout':
-        if not isinstance(d, dict):
-            raise CorruptRecord('task record field layout: expected object, got {}'.format(
-                _show(d)))
-        if not d:
-            return PLAIN_LAYOUT         # most tasks: one shared record (frozen)
-        layout: Layout = _record_from_json(cls, d, 'layout.')
-        return layout
-
-
-PLAIN_LAYOUT = Layout()
+}), signed=frozenset({'priority'}))
 
 
 class VerifyMode(str, enum.Enum):
@@ -549,30 +312,19 @@ class Task:
         return d
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(',', ':'))
+        return record_text(self.to_json())
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> 'Task':
-        if not isinstance(d, dict):
-            raise CorruptRecord('task record is not a JSON object')
-        version = d.get('version')
-        if not isinstance(version, int):
-            raise CorruptRecord('task record has no version')
-        newest = IMPORT_TASK_VERSION if d.get('import_spec') is not None else TASK_VERSION
-        if version > newest:
-            raise CorruptRecord('task record version {} is newer than this module '
-                                'understands ({})'.format(version, newest))
+        newest = (IMPORT_TASK_VERSION if isinstance(d, dict) and d.get('import_spec') is not None
+                  else TASK_VERSION)
         # every field type-checked (a bool version too), id and specs parsed
-        task: Task = _record_from_json(cls, d, '')
+        task: Task = from_json(cls, versioned(d, 'task', newest), TASK_SCHEMA)
         return task
 
     @classmethod
     def loads(cls, text: str) -> 'Task':
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise CorruptRecord('task record is not JSON: {}'.format(e))
-        return cls.from_json(d)
+        return cls.from_json(parse_text(text, 'task'))
 
     # -- presentation --------------------------------------------------
 

@@ -277,3 +277,18 @@ def test_ls_json_reuses_unchanged_tasks_and_shows_every_change() -> None:
     assert views[task.id]['progress'] == 0.5 and views[task.id]['error'] == 'boom'
     assert views[c.worker.all()[9].id]['waiting_reason'] == 'paused'
     assert c.ls('json')[1] == second
+
+
+def test_batch_record_fields_are_typed_like_a_task() -> None:
+    """The batch is read by the task's typed decoder (records.py): a bad
+    field is named, with what was expected and what was stored."""
+    good = {'id': 'batch-0123abcd', 'source': 'a', 'destination': 'b', 'version': 1}
+    for changes, words in (({'images': 'many'}, 'field images: expected integer'),
+                           ({'pruned': {'committed': -1}}, 'field pruned: expected object'),
+                           ({'allowed': ['a', 3]}, 'field allowed: expected list of string'),
+                           ({'state': 'gone'}, 'field state: expected one of expanding'),
+                           ({'id': 'batch-x'}, 'field id: expected batch-<8 hex digits>')):
+        with pytest.raises(CorruptRecord) as e:
+            Batch.loads(json.dumps(dict(good, **changes)))
+        assert str(e.value).startswith('batch record ' + words), str(e.value)
+    assert Batch.loads(json.dumps(good)).state == BatchState.EXPANDING

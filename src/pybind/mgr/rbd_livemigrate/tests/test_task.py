@@ -6,7 +6,8 @@ from typing import Any, Dict
 
 import pytest
 
-from rbd_livemigrate import task as task_module
+from rbd_livemigrate import records
+from rbd_livemigrate.batch import Batch
 from rbd_livemigrate.errors import WrongState
 from rbd_livemigrate.task import TASK_VERSION, CorruptRecord, Layout, State, Task, can_move
 
@@ -285,6 +286,6 @@ def test_fully_populated_round_trip() -> None:
 
 
 def test_every_field_type_has_a_check() -> None:
-    for cls in (Task, Layout):
+    for cls in (Task, Layout, Batch):
         for name, hint in typing.get_type_hints(cls).items():
-            assert task_module._type_name(hint, False), name
+            assert records.type_name(hint, False), name
