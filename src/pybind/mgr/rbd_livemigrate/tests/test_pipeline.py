@@ -9,9 +9,8 @@ import errno
 from typing import Any, List, Optional, Tuple
 
 from rbd_livemigrate.errors import LiveMigrateError, Transient
-from rbd_livemigrate.interface import (Client, ClientPool, End, HeaderType, ImageInfo, Intent,
-                                       MigrationHeader, MigState, Observation, RbdPort,
-                                       TrashSource)
+from rbd_livemigrate.interface import (Client, ImageInfo, Intent, MigrationHeader, MigState,
+                                       Observation)
 from rbd_livemigrate.pipeline import Runner
 from rbd_livemigrate.preflight import PoolInfo
 from rbd_livemigrate.progress import ProgressReporter
@@ -19,137 +18,8 @@ from rbd_livemigrate.scheduler import Worker
 from rbd_livemigrate.spec import ImageSpec
 from rbd_livemigrate.task import State, Task, VerifyMode
 
+from fakes import D, S, FakeClient, FakeLibrbd, FakePool  # noqa: F401
 from test_store import make_store
-
-S, D = 'sid', 'did'
-
-
-class FakeClient(Client):
-    addr = '127.0.0.1:0/1'
-    closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakePool(ClientPool):
-    def take(self) -> Client:
-        return FakeClient()
-
-    def release(self, client: Client) -> None:
-        pass
-
-
-class FakeLibrbd(RbdPort):
-    """One migration a/img -> b/img, as librbd would hold it."""
-
-    def __init__(self, phase: str) -> None:
-        self.factory = FakePool()
-        self.phase = phase          # not-prepared, executed, half-committed, aborting, ...
-        self.calls: List[str] = []
-        self.on_observe: Optional[Any] = None
-        self.did = D                # the destination id librbd gave the migration
-        self.clones: List[str] = []  # clones of the destination (list_descendants)
-        self.marks: List[Tuple[int, str, str, Intent]] = []
-
-    def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
-                dest_id: Optional[str]) -> Observation:
-        if self.on_observe is not None:
-            self.on_observe()
-        p = self.phase
-        D = self.did
-
-        def sh(st: MigState) -> MigrationHeader:
-            return MigrationHeader(HeaderType.SRC, 2, '', 'img', D, st)
-
-        def dh(st: MigState) -> MigrationHeader:
-            return MigrationHeader(HeaderType.DST, 1, '', 'img', S, st)
-        trashed = TrashSource.MIGRATION
-        if p == 'not-prepared':
-            return Observation(End(S, S, True, None, None, 1), End(None, None, pool_id=2))
-        if p in ('prepared', 'executed', 'aborting'):
-            st = {'prepared': MigState.PREPARED, 'executed': MigState.EXECUTED,
-                  'aborting': MigState.ABORTING}[p]
-            return Observation(End(S, None, True, sh(st), trashed, 1),
-                               End(D, D, True, dh(st), None, 2))
-        if p == 'half-prepared':
-            return Observation(End(S, None, True, sh(MigState.PREPARING), trashed, 1),
-                               End(D, None, False, None, None, 2))
-        if p == 'half-committed':
-            return Observation(End(S, None, True, sh(MigState.EXECUTED), trashed, 1),
-                               End(D, D, True, None, None, 2))
-        if p == 'half-aborted':            # the source back under its name, still aborting
-            return Observation(End(S, S, True, sh(MigState.ABORTING), None, 1),
-                               End(D, None, False, None, None, 2))
-        if p in ('commit-last-step', 'committed-unrecorded'):
-            # both headers gone; the destination known only by what the
-            # adapter reads: the recorded id, else the intent key it carries
-            gone = End(S, None, False, None, trashed if p == 'commit-last-step' else None, 1)
-            if dest_id is None:
-                found = [m[3] for m in self.marks if m[1] == 'a/img' and m[3].step == 'prepare']
-                if found and found[-1].names_source(source_id):
-                    return Observation(gone, End(D, D, True, None, None, 2, found[-1]))
-                return Observation(gone, End(None, D, pool_id=2))
-            return Observation(gone, End(D, D, True, None, None, 2))
-        assert p == 'committed', p
-        return Observation(End(S, None, False, None, None, 1), End(D, D, True, None, None, 2))
-
-    # the steps move the fake along as librbd would
-    def image_info(self, spec: ImageSpec, with_used: bool = True) -> ImageInfo:
-        return ImageInfo(S, 1 << 20, 4 << 20, 4 << 20, 1, 1, -1, [], [], [], 1 << 20, False,
-                         False)
-
-    def namespace_exists(self, pool: str, namespace: str) -> bool:
-        return True
-
-    def image_exists(self, spec: ImageSpec) -> bool:
-        return False
-
-    def trashed_source(self, spec: ImageSpec) -> Optional[str]:
-        return None
-
-    def descendants(self, spec: ImageSpec) -> List[str]:
-        self.calls.append('list clones')
-        return list(self.clones)
-
-    def image_id(self, spec: ImageSpec) -> Optional[str]:
-        return None if self.phase == 'not-prepared' else self.did
-
-    def prepare(self, client: Client, source: ImageSpec, dest: ImageSpec, layout: Any,
-                info: ImageInfo) -> None:
-        self.calls.append('prepare')
-        self.phase = 'prepared'
-
-    def execute(self, client: Client, dest: ImageSpec, on_progress: Any = None) -> None:
-        self.calls.append('execute')
-        self.phase = 'executed'
-
-    def commit(self, client: Client, dest: ImageSpec, on_progress: Any = None) -> None:
-        self.calls.append('commit')
-        self.phase = 'committed'
-
-    def abort(self, client: Client, spec: ImageSpec, on_progress: Any = None) -> None:
-        self.calls.append('abort via ' + str(spec))
-        self.phase = 'not-prepared'
-
-    def finish_commit(self, client: Client, source: ImageSpec, source_id: str,
-                      dest: ImageSpec, header: Optional[MigrationHeader]) -> None:
-        self.calls.append('finish commit of ' + source_id)
-        self.phase = 'committed-unrecorded' if self.phase == 'commit-last-step' else 'committed'
-
-    def finish_abort(self, client: Client, source: ImageSpec, source_id: str,
-                     header: Optional[MigrationHeader]) -> None:
-        self.calls.append('finish abort of ' + source_id)
-        self.phase = 'not-prepared'
-
-    def flatten(self, client: Client, dest: ImageSpec) -> bool:
-        self.calls.append('flatten')
-        return False
-
-    def mark_intent(self, client: Client, spec: ImageSpec, image_id: str,
-                    intent: Intent) -> None:
-        # kept apart from ``calls``: (steps done before it, spec, image id, intent)
-        self.marks.append((len(self.calls), str(spec), image_id, intent))
 
 
 def worker() -> Worker:

@@ -3,14 +3,14 @@ verify and protective-snapshot steps, and the runner's way back."""
 
 from typing import Any, List, Optional, Tuple
 
-from rbd_livemigrate.interface import VerifyInputs
 from rbd_livemigrate.pipeline import Runner
 from rbd_livemigrate.planner import Act, plan
 from rbd_livemigrate.task import State, Task, Verification, VerifyMode, VerifyResult
 from rbd_livemigrate.verify import (HEAD, Pair, first_difference, merge_extents,
                                     plan_comparison, protect_name, rollback_safe)
 
-from test_pipeline import D, POOLS, S, FakeLibrbd, worker
+from fakes import D, S, FakeLibrbd, VerifyingLibrbd
+from test_pipeline import POOLS, worker
 
 P = protect_name('t1')
 SNAPS = [('s1', 10), ('s2', 20)]
@@ -117,40 +117,6 @@ def test_planner_drops_the_protective_snapshot_after_commit_and_abort() -> None:
 
 
 # -- the runner against a fake librbd ----------------------------------
-
-
-class VerifyingLibrbd(FakeLibrbd):
-    def __init__(self, phase: str, writes: Optional[int] = 0,
-                 difference: Optional[Tuple[str, int, str]] = None) -> None:
-        super().__init__(phase)
-        self.writes = writes
-        self.difference = difference
-        self.snaps: List[str] = []
-
-    def protect_source(self, client: Any, source: Any, name: str) -> bool:
-        self.calls.append('snap ' + name)
-        self.snaps.append(name)
-        return True
-
-    def unprotect(self, client: Any, spec: Any, name: str, rollback: bool) -> bool:
-        self.calls.append('{}remove snap of {}'.format('rollback, ' if rollback else '', spec))
-        return True
-
-    def client_writes(self, dest: Any, protect: str) -> Optional[int]:
-        return self.writes
-
-    def verify_inputs(self, source: Any, source_id: str, dest: Any,
-                      protect: Optional[str]) -> VerifyInputs:
-        return VerifyInputs([('s1', 1)] + [(n, 1) for n in self.snaps],
-                            [('s1', 1)] + [(n, 1) for n in self.snaps],
-                            None if protect is None else self.writes)
-
-    def compare(self, client: Any, source: Any, source_id: str, dest: Any, pairs: List[Any],
-                on_progress: Any) -> Optional[Tuple[str, int, str]]:
-        self.calls.append('compare ' + ','.join(p.label for p in pairs))
-        on_progress(5, 10)
-        on_progress(10, 10)
-        return self.difference
 
 
 def _run(fake: FakeLibrbd, **kw: Any) -> Task:
