@@ -380,9 +380,12 @@ class RbdPort:
 
     # -- verify before commit (see verify.py) ------------------------
 
-    def protect_source(self, client: Client, source: ImageSpec, name: str) -> bool:
+    def protect_source(self, client: Client, source: ImageSpec, name: str,
+                       clients: bool = False) -> bool:
         """Take snapshot ``name`` of the source (a stale one is replaced);
-        False when the source is at its snapshot limit."""
+        False when the source is at its snapshot limit.  Refused (EBUSY)
+        while other clients have the source open, unless ``clients``: taken
+        ahead of a cutover, while they still hold it."""
         raise NotImplementedError
 
     def unprotect(self, client: Client, spec: ImageSpec, name: str, rollback: bool) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import Blocked, LiveMigrateError, Transient
 from .hold import Hold, HoldKind
-from .interface import Client, Intent, Observation, RbdPort
+from .interface import Client, Intent, MigState, Observation, RbdPort
 from .planner import Act, Action, import_dest_id, plan
 from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
@@ -264,7 +264,7 @@ class Runner(RunnerHandle):
         """Do ``action``; True to observe again, False when done for now."""
         act = action.act
         if act == Act.WAIT:
-            self._wait(task, action)
+            self._wait(task, action, source)
             return False
         if act == Act.FAIL:
             if task.state != State.FAILED or task.error != action.detail:
@@ -344,7 +344,10 @@ class Runner(RunnerHandle):
             self._move(action.state, error=action.detail or task.error)
         target = source if action.by_source else dest
         if (task.cancel_requested and task.protect_snap is not None and not action.by_source
-                and obs.dest.exists and obs.dest.header is not None):
+                and obs.dest.exists and obs.dest.header is not None
+                and obs.dest.header.state != MigState.ABORTING):
+            # (an abort cut short left the destination read-only, EROFS to
+            # open: the look before that abort decided, and is in the record)
             # the way back: once the abort removed the destination, what
             # clients wrote to it can no longer be told (see verify.py)
             writes = self.adapter.client_writes(dest, task.protect_snap)
@@ -365,7 +368,7 @@ class Runner(RunnerHandle):
             raise Transient(action.detail)
         return True
 
-    def _wait(self, task: Task, action: Action) -> None:
+    def _wait(self, task: Task, action: Action, source: ImageSpec) -> None:
         if action.state is not None and task.state != action.state:
             task = self._move(action.state)
         hold = action.hold
@@ -375,7 +378,10 @@ class Runner(RunnerHandle):
             self.worker.progress.update(task, force=True)
             return
         if hold.kind == HoldKind.MANUAL_CUTOVER:
-            return                  # ls words it; nothing to warn about
+            # ls words it; nothing to warn about.  The snapshot is taken now,
+            # off the path from the operator's cutover to the destination
+            self._protect_early(task, source)
+            return
         self._set_hold(hold)
 
     def _set_hold(self, hold: Hold, recheck: Optional[float] = None) -> None:
@@ -447,29 +453,61 @@ class Runner(RunnerHandle):
                 if task.manual_cutover:
                     return False
             # sources with clients are looked at again by the scheduler
-            # (watchers only: quickly for the first few in the queue)
+            # (watchers only: quickly for the first few in queue order)
             recheck = (self.worker.options.blocked_recheck_seconds
                        if kind == HoldKind.NO_SPACE else 0.0)
+            if kind == HoldKind.WATCHERS:
+                self._protect_early(task, source)
             self._set_hold(Hold(kind, str(blockers[0])), self._now() + recheck)
             return False
         assert info is not None
+        return self._prepare_now(self.worker.get(self.task_id), source, dest, info, reused,
+                                 looked)
+
+    def _protect_early(self, task: Task, source: ImageSpec) -> None:
+        """Take the protective snapshot while the source's clients still hold
+        it, so that the cutover (their close to the destination's existence)
+        waits on no monitor commit: a snapshot needs a new snapshot id, an
+        OSDMap change, which the monitors batch once a paxos interval (1 s
+        by default).  What clients write between this snapshot and their
+        close is part of the copied head, and counts as their writes (see
+        verify.py)."""
+        name = protect_name(task.id)
+        if task.verify == VerifyMode.OFF or task.protect_snap == name:
+            return
+        try:
+            taken = self.adapter.protect_source(self._client(), source, name, clients=True)
+        except LiveMigrateError as e:
+            # the cutover takes it then, as for a source without clients
+            log.info('task %s: no protective snapshot of %s ahead of the cutover: %s',
+                     task.id, source, e)
+            return
+        if taken:
+            self.protect_known = True
+            self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=name), wait=False)
+            log.info('task %s: took protective snapshot %s of %s while its clients hold it',
+                     task.id, name, source)
+
+    def _prepare_now(self, task: Task, source: ImageSpec, dest: ImageSpec, info: Any,
+                     reused: bool, looked: float) -> bool:
         # a new prepare makes a new destination: forget one an undone
         # prepare may have recorded (the next pass learns the new id)
         # written behind like the runner's other changes: after a crash the
         # next runner reads the headers before it does anything
         protect = protect_name(task.id) if task.verify != VerifyMode.OFF else None
-        # stored when it names a protective snapshot (written behind: a
-        # runner that finds the record without it removes that snapshot by
-        # its name, see ``_finish``).  Waited for only when no record of the
-        # task was ever written (a batch's, written behind at add, and
-        # prepared at once): a source prepared for a task that no stored
-        # record knows would be found by no one after a crash; the wait is
-        # a config-key write, up to a paxos interval behind an OSDMap change.
-        # Otherwise the next write carries it (a copy's progress within 5 s,
-        # or the end), and after a crash the next runner reads librbd's
-        # headers and the intent key (``_mark``) as for every later step
+        # taken while the clients held the source (``_protect_early``)
+        early = protect is not None and task.protect_snap == protect
+        # Waited for only when no record of the task was ever written (a
+        # batch's, written behind at add, and prepared at once): a source
+        # prepared for a task that no stored record knows would be found by
+        # no one after a crash.  Otherwise written behind, and not at all on
+        # the cutover's path: a write there is a monitor commit, which delays
+        # the destination's snapshots (an OSDMap change each) by up to a
+        # paxos interval.  After a crash the next runner reads librbd's
+        # headers and the intent key (``_mark``), and finds a protective
+        # snapshot the record does not name by its name (``_sweep_protect``)
         unstored = not self.worker.stored(task.id)
-        self._move(State.PREPARING, persist=protect is not None or unstored, wait=unstored,
+        self._move(State.PREPARING, persist=unstored, wait=unstored,
                    source_image_id=info.id,
                    size_bytes=info.size, dest_image_id=None, blocked_reason=None,
                    blocked_kind=None, blocked_since=None, next_retry=None, error=None,
@@ -481,28 +519,33 @@ class Runner(RunnerHandle):
         self.protect_known = True
         taken = False
         try:
-            if protect is not None:
+            if protect is not None and not early:
                 taken = self.adapter.protect_source(self._client(), source, protect)
                 if not taken:
                     self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),
                                        persist=False)
             self.adapter.prepare(self._client(), source, dest, task.layout, info)
         except LiveMigrateError as e:
-            if taken and protect is not None:
+            busy = reused and e.errno == errno.EBUSY
+            if protect is not None and (taken or (early and not busy)):
                 # nothing was prepared (or the next pass finds what was): the
                 # next prepare takes the snapshot again
                 try:
                     self.adapter.unprotect(self._client(), source, protect, False)
                 except LiveMigrateError as e2:
                     log.warning('task %s: cannot remove snapshot %s: %s', task.id, protect, e2)
-            if reused and e.errno == errno.EBUSY:
+            if busy:
                 # "image has watchers" (prepare, or the snapshot before it):
                 # refused before anything changed; the full look names the
-                # clients and the task waits for them
+                # clients and the task waits for them (an early snapshot stays)
                 log.info('task %s: prepare found %s busy (%s); looking again', task.id,
                          source, e)
-                self._move(State.QUEUED, persist=False, protect_snap=None)
+                self._move(State.QUEUED, persist=False,
+                           protect_snap=protect if early else None)
                 return self._prepare(self.worker.get(self.task_id), source, dest)
+            if early and not taken:
+                self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),
+                                   persist=False)
             raise
         # the cutover: from the moment the module saw the source without
         # clients (the scheduler's last look, else this preflight's) to the

@@ -846,15 +846,17 @@ class Adapter(RbdPort):
 
     # -- verify before commit ------------------------------------------
 
-    def protect_source(self, client: ClientBase, source: ImageSpec, name: str) -> bool:
+    def protect_source(self, client: ClientBase, source: ImageSpec, name: str,
+                       clients: bool = False) -> bool:
         io = client.ioctx(source.pool, source.namespace)
         try:
             with rbd.Image(io, source.image) as image:
                 # as prepare would (its preflight may not have listed them):
                 # no snapshot of an image that another client has open
                 mine = getattr(client, 'addr', None)
-                others = [w.get('addr', '?') for w in image.watchers_list()
-                          if client_addr(str(w.get('addr', ''))) != mine]
+                others = [] if clients else [
+                    w.get('addr', '?') for w in image.watchers_list()
+                    if client_addr(str(w.get('addr', ''))) != mine]
                 if others:
                     raise Transient("'{}' has watchers ({}): not snapshotted before "
                                     'prepare'.format(source, ', '.join(others[:3])),

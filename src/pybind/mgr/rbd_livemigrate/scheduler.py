@@ -504,11 +504,13 @@ class Worker(TaskTable):
                     next_retry=due, blocked_reason=reason, clients_gone_at=None),
                     persist=False)
             else:
-                # written behind: the prepare must not wait for the monitors
+                # not written: a store write is a monitor commit, which would
+                # hold the prepare's snapshot copies (OSDMap changes) for up
+                # to a paxos interval; the runner's next stored change has it
                 self.update(task_id, lambda t: t.evolve(
                     blocked_kind=None, blocked_reason=None, blocked_since=None,
                     next_retry=None, clients_gone_at=seen)
-                    if t.blocked_kind == HoldKind.WATCHERS.value else t, wait=False)
+                    if t.blocked_kind == HoldKind.WATCHERS.value else t, persist=False)
                 log.info('task %s: the clients of %s are gone', task_id, task.source)
                 self.kick()
         return soon

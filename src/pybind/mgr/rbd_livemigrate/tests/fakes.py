@@ -197,7 +197,8 @@ class VerifyingLibrbd(FakeLibrbd):
         self.difference = difference
         self.snaps: List[str] = []
 
-    def protect_source(self, client: Any, source: Any, name: str) -> bool:
+    def protect_source(self, client: Any, source: Any, name: str,
+                       clients: bool = False) -> bool:
         self.opened(source, 'snap')
         self.calls.append('snap ' + name)
         self.snaps.append(name)

@@ -33,8 +33,9 @@ class Tracked(VerifyingLibrbd):
         super().__init__(phase, **kw)
         self.protected = False
 
-    def protect_source(self, client: Any, source: Any, name: str) -> bool:
-        ok = super().protect_source(client, source, name)
+    def protect_source(self, client: Any, source: Any, name: str,
+                       clients: bool = False) -> bool:
+        ok = super().protect_source(client, source, name, clients)
         self.protected = True
         return ok
 
