@@ -3,10 +3,12 @@ Fakes for the runner's tests: a librbd (``RbdPort``) holding one migration
 a/img -> b/img in memory, moved along by the steps as librbd moves it, and
 failing where librbd fails.  Opening an image answers what librbd's open
 answers in each state the fake models (``FakeLibrbd.open_error``): ENOENT
-where the image is not there, EROFS for a destination whose header says
-ABORTING (any open, read-only included: "migration is being aborted") and
-for a source whose abort was cut at its last write.  Calls nobody
-expected raise (``RbdPort``'s NotImplementedError).
+where the image is not there; for a destination whose header says ABORTING
+(an abort cut after its first writes) EROFS to an open for writing, while a
+read-only open succeeds (measured by ``qa/standalone/rbd_livemigrate/
+test_cut_abort.py`` on Pacific 16.2.15: read-only 0, read-write EROFS);
+``ro_refused`` makes the read-only open refuse too, for a release that
+would.  Calls nobody expected raise (``RbdPort``'s NotImplementedError).
 """
 
 import errno
@@ -21,8 +23,9 @@ from rbd_livemigrate.spec import ImageSpec
 S, D = 'sid', 'did'
 
 # where each end's name leads in each phase: (source, destination); 'plain'
-# opens, 'aborting' does not (EROFS), 'trash' and 'gone' are not found by
-# name (ENOENT: a source in the trash is only reached by its id)
+# opens, 'aborting' opens read-only only (EROFS for writing), 'trash' and
+# 'gone' are not found by name (ENOENT: a source in the trash is only
+# reached by its id)
 ENDS = {
     'not-prepared': ('plain', 'gone'),
     'half-prepared': ('trash', 'gone'),
@@ -64,6 +67,7 @@ class FakeLibrbd(RbdPort):
         self.did = D                # the destination id librbd gave the migration
         self.clones: List[str] = []  # clones of the destination (list_descendants)
         self.marks: List[Tuple[int, str, str, Intent]] = []
+        self.ro_refused = False     # a destination under abort refuses read-only opens too
 
     def observe(self, source: ImageSpec, dest: ImageSpec, source_id: Optional[str],
                 dest_id: Optional[str]) -> Observation:
@@ -107,20 +111,21 @@ class FakeLibrbd(RbdPort):
         assert p == 'committed', p
         return Observation(End(S, None, False, None, None, 1), End(D, D, True, None, None, 2))
 
-    def open_error(self, spec: ImageSpec, what: str) -> Optional[LiveMigrateError]:
+    def open_error(self, spec: ImageSpec, write: bool,
+                   what: str) -> Optional[LiveMigrateError]:
         """What librbd's open of ``spec`` (a/img: the source's name, b/img:
-        the destination's) raises now, as ``rbd_adapter.translate`` types
-        it; None when it opens."""
+        the destination's), for writing or read-only, raises now, as
+        ``rbd_adapter.translate`` types it; None when it opens."""
         where = ENDS[self.phase][0 if spec.pool == 'a' else 1]
         if where in ('trash', 'gone'):
             return NotFound('{}: [errno 2] No such file or directory'.format(what))
-        if where == 'aborting':
+        if where == 'aborting' and (write or self.ro_refused):
             return Transient('{}: [errno 30] migration is being aborted'.format(what),
                              errno.EROFS)
         return None
 
-    def opened(self, spec: ImageSpec, what: str) -> None:
-        e = self.open_error(spec, what)
+    def opened(self, spec: ImageSpec, write: bool, what: str) -> None:
+        e = self.open_error(spec, write, what)
         if e is not None:
             self.calls.append('{}: {}'.format(what, errno.errorcode[e.errno]))
             raise e
@@ -152,12 +157,12 @@ class FakeLibrbd(RbdPort):
         self.phase = 'prepared'
 
     def execute(self, client: Client, dest: ImageSpec, on_progress: Any = None) -> None:
-        self.opened(dest, 'execute')
+        self.opened(dest, True, 'execute')
         self.calls.append('execute')
         self.phase = 'executed'
 
     def commit(self, client: Client, dest: ImageSpec, on_progress: Any = None) -> None:
-        self.opened(dest, 'commit')
+        self.opened(dest, True, 'commit')
         self.calls.append('commit')
         self.phase = 'committed'
 
@@ -176,7 +181,7 @@ class FakeLibrbd(RbdPort):
         self.phase = 'not-prepared'
 
     def flatten(self, client: Client, dest: ImageSpec) -> bool:
-        self.opened(dest, 'flatten')
+        self.opened(dest, True, 'flatten')
         self.calls.append('flatten')
         return False
 
@@ -199,33 +204,33 @@ class VerifyingLibrbd(FakeLibrbd):
 
     def protect_source(self, client: Any, source: Any, name: str,
                        clients: bool = False) -> bool:
-        self.opened(source, 'snap')
+        self.opened(source, True, 'snap')
         self.calls.append('snap ' + name)
         self.snaps.append(name)
         return True
 
     def unprotect(self, client: Any, spec: Any, name: str, rollback: bool) -> bool:
-        e = self.open_error(spec, 'remove snap')
+        e = self.open_error(spec, True, 'remove snap')
         if isinstance(e, NotFound):
             return False                # the adapter's answer for an image not there
-        self.opened(spec, 'remove snap')
+        self.opened(spec, True, 'remove snap')
         self.calls.append('{}remove snap of {}'.format('rollback, ' if rollback else '', spec))
         return True
 
     def client_writes(self, dest: Any, protect: str) -> Optional[int]:
-        self.opened(dest, 'client writes')
+        self.opened(dest, False, 'client writes')
         return self.writes
 
     def verify_inputs(self, source: Any, source_id: str, dest: Any,
                       protect: Optional[str]) -> VerifyInputs:
-        self.opened(dest, 'verify inputs')
+        self.opened(dest, False, 'verify inputs')
         return VerifyInputs([('s1', 1)] + [(n, 1) for n in self.snaps],
                             [('s1', 1)] + [(n, 1) for n in self.snaps],
                             None if protect is None else self.writes)
 
     def compare(self, client: Any, source: Any, source_id: str, dest: Any, pairs: List[Any],
                 on_progress: Any) -> Optional[Tuple[str, int, str]]:
-        self.opened(dest, 'compare')
+        self.opened(dest, False, 'compare')
         self.calls.append('compare ' + ','.join(p.label for p in pairs))
         on_progress(5, 10)
         on_progress(10, 10)

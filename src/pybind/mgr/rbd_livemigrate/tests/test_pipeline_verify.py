@@ -40,7 +40,7 @@ class Tracked(VerifyingLibrbd):
         return ok
 
     def unprotect(self, client: Any, spec: Any, name: str, rollback: bool) -> bool:
-        if self.open_error(spec, 'remove snap') is None:
+        if self.open_error(spec, True, 'remove snap') is None:
             had, self.protected = self.protected, False
             super().unprotect(client, spec, name, rollback)
             return had
@@ -64,44 +64,52 @@ def _run(fake: VerifyingLibrbd, **kw: Any) -> Task:
 # -- the fake itself: it opens what librbd opens ------------------------
 
 
-def test_the_fake_refuses_a_destination_under_abort_like_librbd() -> None:
-    from rbd_livemigrate.spec import ImageSpec
-    fake = VerifyingLibrbd('aborting')
-    with pytest.raises(Transient) as e:
-        fake.client_writes(ImageSpec.parse('b/img'), P)
-    assert e.value.errno == 30 and 'being aborted' in str(e.value)
-    with pytest.raises(Transient):
-        fake.compare(None, ImageSpec.parse('a/img'), S, ImageSpec.parse('b/img'), [],
-                     lambda d, t: True)
-    # a destination prepared or executed opens; one an abort removed is not found
-    assert VerifyingLibrbd('executed').client_writes(ImageSpec.parse('b/img'), P) == 0
+def test_the_fake_opens_a_destination_under_abort_like_librbd() -> None:
+    """Measured (test_cut_abort.py, Pacific 16.2.15): read-only it opens,
+    for writing EROFS; where the destination is gone, ENOENT."""
     from rbd_livemigrate.errors import NotFound
+    from rbd_livemigrate.spec import ImageSpec
+    dest = ImageSpec.parse('b/img')
+    fake = VerifyingLibrbd('aborting')
+    assert fake.client_writes(dest, P) == 0
+    for step in (lambda: fake.commit(None, dest), lambda: fake.execute(None, dest),
+                 lambda: fake.unprotect(None, dest, P, False)):
+        with pytest.raises(Transient) as e:
+            step()
+        assert e.value.errno == 30 and 'being aborted' in str(e.value)
+    fake.ro_refused = True
+    with pytest.raises(Transient):
+        fake.client_writes(dest, P)
+    with pytest.raises(Transient):
+        fake.compare(None, ImageSpec.parse('a/img'), S, dest, [], lambda d, t: True)
+    assert VerifyingLibrbd('executed').client_writes(dest, P) == 0
     with pytest.raises(NotFound):
-        VerifyingLibrbd('half-aborted').client_writes(ImageSpec.parse('b/img'), P)
+        VerifyingLibrbd('half-aborted').client_writes(dest, P)
 
 
 # -- a cancel whose abort was cut ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'product bug (issue 26 item 1): on a cancel the runner asks client_writes of a '
-    'destination whose header says ABORTING; librbd answers EROFS, which is Transient: '
-    'the cancel is retried until retry_max_attempts and fails instead of finishing the abort'))
+@pytest.mark.parametrize('ro_refused', [False, True],
+                         ids=['read-only-opens', 'read-only-refused'])
 @pytest.mark.parametrize('recorded', [True, False], ids=['rollback-recorded', 'keep-recorded'])
-def test_cancel_of_a_cut_abort_with_a_protective_snapshot_finishes(recorded: bool) -> None:
+def test_cancel_of_a_cut_abort_with_a_protective_snapshot_finishes(recorded: bool,
+                                                                   ro_refused: bool) -> None:
     """The abort (this module's, or an operator's) was cut after it marked
-    both headers ABORTING: the destination cannot be opened (EROFS), so
-    what clients wrote to it can no longer be told.  The cancel finishes
-    the abort at once (no retry spent, no error), removes the protective
-    snapshot, and never rolls the source back unless the record said so
-    before the cut (a rollback could drop clients' writes)."""
-    fake = Tracked('aborting')
+    both headers ABORTING: the destination refuses writes (EROFS).  The
+    cancel finishes the abort at once (no retry spent, no error), removes
+    the protective snapshot, and never rolls the source back unless the
+    record said so before the cut (the look before that abort; a rollback
+    could drop clients' writes)."""
+    fake = Tracked('aborting', writes=3)          # clients wrote 3 objects
+    fake.ro_refused = ro_refused
     fake.protected = True
     t = _run(fake, state=State.ABORTING, cancel_requested=True, dest_image_id=D,
              protect_snap=P, rollback_source=recorded)
     assert 'abort via b/img' in fake.calls, fake.calls
     assert t.state == State.ABORTED and not t.cancel_requested, t
-    assert t.attempts == 0 and t.error is None and t.next_retry is None, t
+    assert t.attempts == 0 and t.next_retry is None, t
+    assert t.error == 'cancelled: migration aborted, source restored', t.error
     assert t.protect_snap is None and not fake.protected, fake.calls
     assert 'commit' not in fake.calls
     if not recorded:
