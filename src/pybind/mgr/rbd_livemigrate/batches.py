@@ -1,10 +1,11 @@
 """
 ``add-pool`` batches: checked at once, then listed and added in the
-background by a few threads, each image through the same check as ``add``.
+background by a few threads, each image through the same check as ``add``
+(``adding.Adder.add_one``).
 
-``BatchCommands`` is given narrow doors (the task table, the librbd port,
-the caller's rights and the one-image ``add``), never the ``Commands`` that
-owns it.
+``BatchCommands`` is given narrow doors: the task table, a scheduler
+handle, the librbd port, the caller's rights (``access.Access``) and the
+one-image ``add``, never the ``Commands`` that owns it.
 """
 
 import errno
@@ -14,77 +15,69 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
+from .access import Access, Allowed, kept
+from .adding import Adder
 from .batch import Batch, BatchState
 from .errors import (CommandResult, InvalidArgument, LiveMigrateError, NotAuthorized, NotFound,
                      WrongState)
 from .formatting import dump
+from .handles import SchedulerHandle
 from .interface import RbdPort
 from .preflight import PoolInfo
-from .request import AddRequest
-from .scheduler import Worker
+from .request import AddRequest, Request
 from .spec import ImageSpec, PoolSpec
-from .task import Layout, State, VerifyMode
+from .table import TaskTable
+from .task import State
+from .views import Views, refusal_entry
 
 log = logging.getLogger(__name__)
 
-Allowed = Callable[[str, str], bool]
 POOLS_REFRESH_SECONDS = 5.0
 KICK_EVERY_IMAGES = 20
 EXPAND_THREADS = 4
 
+__all__ = ['Allowed', 'BatchCommands']
+
 
 class BatchCommands:
-    def __init__(self, *, worker: Worker, adapter: RbdPort,
-                 pools: Callable[[], Dict[str, PoolInfo]], authorized: Allowed,
-                 unscoped: Callable[[], bool], clock: Callable[[], float],
-                 ready: Callable[[], None],
-                 authorize: Callable[[str, str], None],
-                 build_layout: Callable[[Any], Layout],
-                 check_request: Callable[[Any], Optional[int]],
-                 verify_mode: Callable[[Any], VerifyMode],
-                 add_one: Callable[..., CommandResult],
-                 start: Callable[[str], None]) -> None:
-        """``add_one`` is ``add``'s check and record of one image; ``start``
-        starts a batch's listing (``start_expansion`` unless a test holds it)."""
-        self.worker = worker
+    def __init__(self, *, table: TaskTable, scheduler: SchedulerHandle, adapter: RbdPort,
+                 access: Access, adder: Adder, views: Views,
+                 pools: Callable[[], Dict[str, PoolInfo]], clock: Callable[[], float]) -> None:
+        """``start`` starts a batch's listing (``start_expansion`` unless a
+        test holds it)."""
+        self.table = table
+        self.scheduler = scheduler
         self.adapter = adapter
+        self.access = access
+        self.adder = adder
+        self.views = views
         self.pools = pools
-        self.authorized = authorized
-        self.unscoped = unscoped
         self.clock = clock
-        self._ready = ready
-        self._authorize = authorize
-        self.build_layout = build_layout
-        self.check_request = check_request
-        self.verify_mode = verify_mode
-        self._add_one = add_one
-        self.start = start
+        self.start: Callable[[str], None] = self.start_expansion
 
     def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
-                 req: AddRequest) -> CommandResult:
+                 given: AddRequest) -> CommandResult:
         """A batch, at once; its images are listed and added in the background
         (``--dry-run`` checks every image now and adds nothing)."""
-        self._ready()
+        self.table.check_loaded()
         src = PoolSpec.parse(source_pool)
         dst = PoolSpec.parse(dest_pool)
-        self.build_layout(req)
-        self.check_request(req)
-        self.verify_mode(req)
-        self._authorize(src.pool, src.namespace)
-        self._authorize(dst.pool, dst.namespace)
-        if req.data_pool is not None:
-            self._authorize(req.data_pool, dst.namespace)
-        self._check_pools(src, dst, req)
-        if req.dry_run:
+        req = self.adder.parse(given)
+        self.access.authorize(src.pool, src.namespace)
+        self.access.authorize(dst.pool, dst.namespace)
+        if given.data_pool is not None:
+            self.access.authorize(given.data_pool, dst.namespace)
+        self._check_pools(src, dst, given)
+        if given.dry_run:
             return self._dry_run_pool(src, dst, pattern, req)
         batch = Batch(id=self._new_batch_id(), source=str(src), destination=str(dst),
-                      pattern=pattern, request=req._asdict(),
-                      allowed=self.rights(src, dst), created=self.clock())
-        self.worker.put_batch(batch)
+                      pattern=pattern, request=given._asdict(),
+                      allowed=self.access.rights(src, dst), created=self.clock())
+        self.table.put_batch(batch)
         self.start(batch.id)
         log.info('batch %s: %s -> %s%s', batch.id, src, dst,
                  ' ({})'.format(pattern) if pattern else '')
-        return 0, dump(batch.summary_of({}), 'json'), ''
+        return 0, self.views.batch_json(batch), ''
 
     def _check_pools(self, src: PoolSpec, dst: PoolSpec, req: AddRequest) -> None:
         """What ``add-pool`` can check at once, before a batch exists: the
@@ -106,9 +99,7 @@ class BatchCommands:
                                   '--object-size'.format(src))
 
     def _dry_run_pool(self, src: PoolSpec, dst: PoolSpec, pattern: Optional[str],
-                      req: AddRequest) -> CommandResult:
-        layout = self.build_layout(req)
-        limit = self.check_request(req)
+                      req: Request) -> CommandResult:
         pools = self.pools()
         conf = self.adapter.pool_config(dst)
         results: List[Dict[str, Any]] = []
@@ -117,12 +108,11 @@ class BatchCommands:
             s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
                 dst.pool, dst.namespace, image)
             try:
-                r, out, err = self._add_one(s, d, req, layout, limit, self.authorized, pools,
-                                            pool_conf=conf)
+                r, out, err = self.adder.add_one(s, d, req, self.access.allowed, pools,
+                                                 pool_conf=conf)
             except LiveMigrateError as e:
                 r, out, err = e.to_result()
-            results.append(json.loads(out) if out else {
-                'source': str(s), 'destination': str(d), 'errno': r, 'error': err})
+            results.append(json.loads(out) if out else refusal_entry(s, d, r, err))
             worst = worst or r
         failed = [r for r in results if r.get('errno') or r.get('ok') is False]
         if worst and failed:
@@ -139,21 +129,8 @@ class BatchCommands:
     def _new_batch_id(self) -> str:
         while True:
             batch_id = Batch.new_id()
-            if batch_id not in self.worker.batches:
+            if batch_id not in self.table.batches:
                 return batch_id
-
-    def rights(self, src: PoolSpec, dst: PoolSpec) -> List[str]:
-        """The caller's rights, kept with a batch: its images are added later,
-        by a thread that has no caller to ask.  Every pool, in the default
-        namespace and the batch's own."""
-        if self.unscoped():
-            return ['*']
-        out = []
-        for pool in sorted(self.pools()):
-            for ns in sorted({'', src.namespace, dst.namespace}):
-                if self.authorized(pool, ns):
-                    out.append('{}/{}'.format(pool, ns) if ns else pool)
-        return out
 
     def start_expansion(self, batch_id: str) -> None:
         threading.Thread(target=self.expand, args=(batch_id,), daemon=True,
@@ -161,7 +138,7 @@ class BatchCommands:
 
     def resume(self) -> None:
         """After a restart: go on listing the batches that were being listed."""
-        for b in self.worker.all_batches():
+        for b in self.table.all_batches():
             if b.state == BatchState.EXPANDING:
                 self.start(b.id)
 
@@ -171,20 +148,18 @@ class BatchCommands:
         except Exception as e:
             log.exception('batch %s: listing its images failed', batch_id)
             why = 'listing stopped: {}: {}'.format(type(e).__name__, e)
-            self.worker.update_batch(batch_id, lambda b: b.with_refusal(
+            self.table.update_batch(batch_id, lambda b: b.with_refusal(
                 b.source, errno.EIO, why).evolve(state=BatchState.EXPANDED,
                                                  expanded=self.clock()))
 
     def _expand_batch(self, batch_id: str) -> None:
-        batch = self.worker.get_batch(batch_id)
+        batch = self.table.get_batch(batch_id)
         src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
-        req = AddRequest(**batch.request)._replace(dry_run=False)
-        layout = self.build_layout(req)
-        limit = self.check_request(req)
-        allowed = _allowed(batch.allowed)
+        req = self.adder.parse(AddRequest(**batch.request)._replace(dry_run=False))
+        allowed = kept(batch.allowed)
         images = self._images(src, batch.pattern)
-        self.worker.update_batch(batch_id, lambda b: b.evolve(images=len(images)))
-        seen = {t.source for t in self.worker.batch_tasks(batch_id)}
+        self.table.update_batch(batch_id, lambda b: b.evolve(images=len(images)))
+        seen = {t.source for t in self.table.batch_tasks(batch_id)}
         seen |= {str(r.get('source')) for r in batch.refused}
         pools, pools_at = self.pools(), self.clock()
         conf = self.adapter.pool_config(dst)
@@ -201,8 +176,8 @@ class BatchCommands:
                     if self.clock() - cache['at'] > POOLS_REFRESH_SECONDS:
                         cache['pools'], cache['at'] = self.pools(), self.clock()
                     now_pools = cache['pools']
-                batch = self.worker.get_batch(batch_id)
-                if batch.state != BatchState.EXPANDING or self.worker.stopping:
+                batch = self.table.get_batch(batch_id)
+                if batch.state != BatchState.EXPANDING or self.table.stopping:
                     return
                 s, d = ImageSpec(src.pool, src.namespace, image), ImageSpec(
                     dst.pool, dst.namespace, image)
@@ -211,15 +186,14 @@ class BatchCommands:
                 try:
                     # a plain image is read, not opened: a source with
                     # clients is found by its prepare, and then waits
-                    self._add_one(s, d, req, layout, limit, allowed, now_pools,
-                                  batch_id=batch_id, paused=batch.paused, pool_conf=conf,
-                                  quick=True)
+                    self.adder.add_one(s, d, req, allowed, now_pools, batch_id=batch_id,
+                                       paused=batch.paused, pool_conf=conf, quick=True)
                 except LiveMigrateError as e:
                     err = e
-                    self.worker.update_batch(batch_id, lambda b: b.with_refusal(
+                    self.table.update_batch(batch_id, lambda b: b.with_refusal(
                         str(s), err.errno, str(err)))
                 if n % KICK_EVERY_IMAGES == 0:
-                    self.worker.kick()
+                    self.scheduler.kick()
         # a few images are checked at once: a check mostly waits on the OSDs,
         # and the copies must not wait for the listing
         threads = [threading.Thread(target=one_by_one, daemon=True,
@@ -229,38 +203,35 @@ class BatchCommands:
             t.start()
         for t in threads:
             t.join()
-        self.worker.update_batch(batch_id, lambda b: b.evolve(
+        self.table.update_batch(batch_id, lambda b: b.evolve(
             state=BatchState.EXPANDED, expanded=self.clock())
             if b.state == BatchState.EXPANDING else b)
-        self.worker.kick()
+        self.scheduler.kick()
         log.info('batch %s: %d image(s) listed', batch_id, len(images))
 
     def get(self, batch_id: str) -> Batch:
-        batch = self.worker.get_batch(batch_id)
+        batch = self.table.get_batch(batch_id)
         src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
         data_pool = batch.request.get('data_pool')
         pools = [(src.pool, src.namespace), (dst.pool, dst.namespace)]
         if data_pool:
             pools.append((data_pool, dst.namespace))
-        if not all(self.authorized(p, ns) for p, ns in pools):
+        if not all(self.access.allowed(p, ns) for p, ns in pools):
             raise NotAuthorized('not authorized on batch {}: it touches a pool or namespace '
                                 "that the caller's mgr caps do not allow".format(batch.id))
         return batch
 
-    def view(self, batch: Batch) -> Dict[str, Any]:
-        return batch.summary_of(self.worker.batch_state_counts(batch.id))
-
     def pause(self, batch_id: str, paused: bool) -> CommandResult:
-        batch = self.worker.update_batch(self.get(batch_id).id,
-                                         lambda b: b.evolve(paused=paused))
-        for t in self.worker.batch_tasks(batch.id):
+        batch = self.table.update_batch(self.get(batch_id).id,
+                                        lambda b: b.evolve(paused=paused))
+        for t in self.table.batch_tasks(batch.id):
             if not t.done and t.paused != paused:
                 # the batch's own record carries this over a restart
-                self.worker.update(t.id, lambda x: x if x.done else x.evolve(
+                self.table.update(t.id, lambda x: x if x.done else x.evolve(
                     paused=paused, next_retry=None if not paused else x.next_retry),
                     wait=False)
-        self.worker.kick()
-        return 0, dump(self.view(batch), 'json'), ''
+        self.scheduler.kick()
+        return 0, self.views.batch_json(batch), ''
 
     def cancel(self, batch_id: str) -> CommandResult:
         """Stop listing, and cancel every live task of the batch (a commit
@@ -269,32 +240,23 @@ class BatchCommands:
         if current.state == BatchState.CANCELLED:
             raise WrongState('batch {} is already cancelled; see status {}'.format(
                 current.id, current.id))
-        if self.view(current)['finished']:
+        if self.views.batch(current)['finished']:
             raise WrongState('batch {} is finished: nothing to cancel; see status {}'.format(
                 current.id, current.id))
-        batch = self.worker.update_batch(current.id, lambda b: b.evolve(
+        batch = self.table.update_batch(current.id, lambda b: b.evolve(
             state=BatchState.CANCELLED, paused=False))
-        for t in self.worker.batch_tasks(batch.id):
+        for t in self.table.batch_tasks(batch.id):
             if t.done or t.state == State.COMMITTING:
                 continue
             try:
                 # the batch's own record carries this over a restart
-                self.worker.update(t.id, lambda x: x if (x.done or x.state == State.COMMITTING)
-                                   else x.evolve(cancel_requested=True, paused=False,
-                                                 next_retry=None), wait=False)
+                self.table.update(t.id, lambda x: x if (x.done or x.state == State.COMMITTING)
+                                  else x.evolve(cancel_requested=True, paused=False,
+                                                next_retry=None), wait=False)
             except LiveMigrateError:
                 continue
-            self.worker.interrupt(t.id)
-        self.worker.kick()
-        v = self.view(batch)
-        v['action'] = 'cancel in progress for {} task(s); see status {}'.format(
-            v['live'], batch.id)
-        return 0, dump(v, 'json'), ''
-
-
-def _allowed(rights: List[str]) -> Allowed:
-    """A caller's rights kept with a batch, as ``authorized(pool, namespace)``."""
-    granted = set(rights)
-    if '*' in granted:
-        return lambda pool, ns: True
-    return lambda pool, ns: ('{}/{}'.format(pool, ns) if ns else pool) in granted
+            self.scheduler.interrupt(t.id)
+        self.scheduler.kick()
+        live = self.views.batch(batch)['live']
+        return 0, self.views.batch_json(batch, 'cancel in progress for {} task(s); see status '
+                                               '{}'.format(live, batch.id)), ''

@@ -147,6 +147,13 @@ def task_rows(views: List[Dict[str, Any]]) -> str:
     return table(['ID', 'STATE', 'PROGRESS', 'SOURCE', 'DESTINATION', 'NOTE'], rows)
 
 
+def batch_ls_line(v: Dict[str, Any]) -> str:
+    """A batch not yet finished, under ``ls``'s task table."""
+    return 'batch {}: {} -> {}: {} task(s), {} committed, {} refused{} (status {})\n'.format(
+        v['id'], v['source'], v['destination'], v['tasks'], v['committed'],
+        v['refused_count'], ', listing' if v['state'] == 'expanding' else '', v['id'])
+
+
 def status_text(v: Dict[str, Any]) -> str:
     keys = ['id', 'state', 'source', 'source_image_id', 'destination', 'dest_image_id',
             'cancel_requested', 'progress', 'bytes_copied', 'size_bytes',

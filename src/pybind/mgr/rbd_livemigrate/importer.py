@@ -17,13 +17,20 @@ import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from . import source_spec
-from .commands import AddRequest, CommandResult, Commands
-from .errors import AlreadyExists, Busy, InvalidArgument, LiveMigrateError, NotFound
+from .access import Access
+from .adding import Adder
+from .errors import (AlreadyExists, Busy, CommandResult, InvalidArgument, LiveMigrateError,
+                     NotFound)
 from .formatting import dump
+from .handles import SchedulerHandle
 from .import_guard import ImportGuard
+from .interface import RbdPort
+from .request import AddRequest
 from .source_probe import ConfigGet, probe
 from .spec import ImageSpec
+from .table import TaskTable
 from .task import IMPORT_TASK_VERSION, Task
+from .views import Views, import_dry_run_report
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +50,20 @@ def _comparable(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class Importer:
-    def __init__(self, commands: Commands, set_store: Callable[[str, Optional[str]], None],
+    def __init__(self, *, table: TaskTable, scheduler: SchedulerHandle, adapter: RbdPort,
+                 access: Access, adder: Adder, views: Views, clock: Callable[[], float],
+                 set_store: Callable[[str, Optional[str]], None],
                  get_store_prefix: Callable[[str], Dict[str, str]],
                  config_get: ConfigGet, guard: ImportGuard,
                  probe_stream: Probe = probe) -> None:
-        self.commands = commands
-        self.worker = commands.worker
-        self.adapter = commands.adapter
+        """``adder``: add's lock, task ids and caller record, shared with it."""
+        self.table = table
+        self.scheduler = scheduler
+        self.adapter = adapter
+        self.access = access
+        self.adder = adder
+        self.views = views
+        self.clock = clock
         self.set_store = set_store
         self.get_store_prefix = get_store_prefix
         self.config_get = config_get
@@ -59,18 +73,17 @@ class Importer:
 
     # -- add -----------------------------------------------------------
 
-    def add(self, dest_spec: str, inbuf: Optional[str], req: AddRequest) -> CommandResult:
-        c = self.commands
-        c._ready()
+    def add(self, dest_spec: str, inbuf: Optional[str], given: AddRequest) -> CommandResult:
+        self.table.check_loaded()
         dest = ImageSpec.parse(dest_spec)
         spec = source_spec.parse(inbuf or '')
-        if req.flatten or req.allow_descendants:
+        if given.flatten or given.allow_descendants:
             raise InvalidArgument('--flatten and --allow-descendants do not apply to an import')
-        layout = c.build_layout(req)
-        limit = c.check_request(req)
-        c._authorize(dest.pool, dest.namespace)
+        req = self.adder.parse(given)
+        layout = req.layout
+        self.access.authorize(dest.pool, dest.namespace)
         if layout.data_pool is not None:
-            c._authorize(layout.data_pool, dest.namespace)
+            self.access.authorize(layout.data_pool, dest.namespace)
         if not self.adapter.pool_exists(dest.pool):
             raise NotFound("pool '{}' does not exist: create it or check the spec".format(
                 dest.pool))
@@ -79,55 +92,53 @@ class Importer:
         if not self.adapter.namespace_exists(dest.pool, dest.namespace):
             raise NotFound("namespace '{}' does not exist in pool '{}': create it with rbd "
                            'namespace create'.format(dest.namespace, dest.pool))
-        c._authorize_touched(dest, dest, layout, [])
+        self.adder.authorize_touched(dest, dest, layout, [])
         # what librbd would open inside the mgr, judged before anything is
         # probed or sent (file paths come back resolved)
         spec = self.guard.check(spec, dest)
         existing = self._existing(dest, spec)
         if existing is not None:
-            return 0, dump(c.view(existing), 'json'), ''
+            return 0, self.views.task_json(existing), ''
         if self.adapter.image_exists(dest) or self.adapter.trashed_source(dest):
             raise AlreadyExists("destination image '{}' exists: choose another name or remove "
                                 'it'.format(dest))
         sizes = {s.label: self.probe(s, self.config_get) for s in source_spec.streams(spec)}
         size = sizes['head']
         if req.dry_run:
-            report = {'dry_run': True, 'destination': str(dest), 'ok': True,
-                      'import': source_spec.redact(spec), 'layout': layout.to_json(),
-                      'size_bytes': size, 'stream_sizes': sizes}
+            report = import_dry_run_report(dest, source_spec.redact(spec), layout, sizes)
             return 0, dump(report, 'json'), ''
-        now = c.clock()
-        with c.add_lock, self.lock:
+        now = self.clock()
+        with self.adder.add_lock, self.lock:
             existing = self._existing(dest, spec)
             if existing is not None:            # added meanwhile
-                return 0, dump(c.view(existing), 'json'), ''
-            task_id = c._new_id()
+                return 0, self.views.task_json(existing), ''
+            task_id = self.adder.new_id()
             stored, secrets = source_spec.move_credentials(spec, task_id)
             task = Task(id=task_id, source=str(dest), destination=str(dest), layout=layout,
                         manual_commit=req.manual_commit, priority=req.priority,
-                        bandwidth_limit_bytes=limit, size_bytes=size, created=now,
+                        bandwidth_limit_bytes=req.bandwidth_limit, size_bytes=size, created=now,
                         import_spec=source_spec.dumps(stored), version=IMPORT_TASK_VERSION,
-                        added_by=c._added_by(None, dest, dest))
+                        added_by=self.adder.added_by(None, dest, dest))
             for key, value in secrets.items():
                 self.set_store(key, value)
             try:
-                self.worker.put(task)
+                self.table.put(task)
             except Exception:
                 for key in secrets:
                     self.set_store(key, None)
                 raise
         log.info('added task %s: import %s -> %s', task.id, source_spec.summary(
             task.import_spec), task.destination)
-        self.worker.kick()
-        return 0, dump(c.view(task), 'json'), ''
+        self.scheduler.kick()
+        return 0, self.views.task_json(task), ''
 
     def _existing(self, dest: ImageSpec, spec: Dict[str, Any]) -> Optional[Task]:
         """The live import of the same spec into ``dest`` (returned again), or
         a refusal when another task uses the name."""
-        for t in self.worker.naming(str(dest)):
+        for t in self.table.naming(str(dest)):
             if t.done:
                 continue
-            if not self.commands._may(t):
+            if not self.access.may(t):
                 raise Busy("'{}' belongs to a task outside the caller's mgr caps: ask an "
                            'operator'.format(dest))
             if t.import_spec is not None and t.destination == str(dest):
@@ -162,7 +173,7 @@ class Importer:
         aborted, or no longer kept); a failed one keeps them for retry."""
         with self.lock:
             for task_id, keys in self.credential_keys().items():
-                task = self.worker.find(task_id)
+                task = self.table.find(task_id)
                 if task is not None and not task.terminal:
                     continue
                 for key in keys:

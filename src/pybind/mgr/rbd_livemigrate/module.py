@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 import mgr_module
 from mgr_module import MgrModule, NotifyType, Option
 
-from .commands import MAX_BANDWIDTH_BYTES, AddRequest, Commands
+from .commands import Commands
 from .compat import ClientRegistry, command_decorators
 from .errors import LiveMigrateError, handle_errors
 from .formatting import reply
@@ -27,6 +27,7 @@ from .pipeline import Runner
 from .preflight import PoolInfo, pools_from_maps
 from .progress import ProgressReporter
 from .rbd_adapter import Adapter, ClientFactory
+from .request import MAX_BANDWIDTH_BYTES, request_of
 from .scheduler import Options, Worker
 from .spec import ImageSpec
 from .store import TaskStore
@@ -162,10 +163,17 @@ class Module(MgrModule):
             on_blocklist=self.factory.discard_idle,
             watchers=lambda spec: self.adapter.watchers(ImageSpec.parse(spec)),
             write_behind=True)
-        self.commands = Commands(self.worker, self.adapter, self.pools, self.authorized,
-                                 time.time, self.unscoped)
-        self.importer = Importer(self.commands, self.set_store, self.get_store_prefix,
-                                 config_key_getter(self.mon_command), guard)
+        # the worker is the task table and, through a narrow handle, the scheduler
+        self.commands = Commands(table=self.worker, scheduler=self.worker,
+                                 adapter=self.adapter, pools=self.pools,
+                                 authorized=self.authorized, unscoped=self.unscoped,
+                                 clock=time.time)
+        c = self.commands
+        self.importer = Importer(table=self.worker, scheduler=self.worker, adapter=self.adapter,
+                                 access=c.access, adder=c.adder, views=c.views, clock=time.time,
+                                 set_store=self.set_store,
+                                 get_store_prefix=self.get_store_prefix,
+                                 config_get=config_key_getter(self.mon_command), guard=guard)
         self.heap = HeapKeeper(Allocator(),
                                activity=lambda: self.worker.writes + self.commands.listings,
                                busy=lambda: bool(self.worker.runners))
@@ -183,12 +191,12 @@ class Module(MgrModule):
 
     def serve(self) -> None:
         self.worker.load()
-        self.commands.resume_batches()
+        self.commands.batches.resume()
         try:
-            self.commands.scan_orphans()
+            self.commands.orphans.scan()
         except Exception:
             self.log.exception('orphan scan failed')
-        self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.scan_orphans)
+        self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.orphans.scan)
         self.worker.add_chore(SWEEP_SECONDS, self.importer.sweep)
         self.worker.add_chore(HEAP_CHECK_SECONDS, self.tidy)
         self.worker.serve()
@@ -287,12 +295,10 @@ class Module(MgrModule):
             verify: Optional[VerifyChoice] = None,
             format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place; priority -1000..1000, bandwidth_limit bytes/s with K/M/G/T (0: none)"""  # noqa: E501
-        return reply(self.commands.add(source_spec, dest_spec, AddRequest(
-            object_size=object_size, stripe_unit=stripe_unit, stripe_count=stripe_count,
-            features=features, data_pool=data_pool, flatten=flatten,
-            manual_commit=manual_commit, allow_descendants=allow_descendants,
-            priority=priority, bandwidth_limit=bandwidth_limit, dry_run=dry_run,
-            manual_cutover=manual_cutover, verify=_text(verify))), _text(format))
+        # the request is the handler's own arguments, by name (request.request_of;
+        # tests/test_spec.py checks add, import and add-pool declare every option)
+        return reply(self.commands.add(source_spec, dest_spec, request_of(locals())),
+                     _text(format))
 
     @CLI.write('rbd livemigrate import')
     @handle_errors
@@ -304,11 +310,7 @@ class Module(MgrModule):
                      format: Optional[ReplyFormat] = ReplyFormat.plain,
                      inbuf: Optional[str] = None) -> Any:
         """Import an image into dest_spec from the source-spec JSON given with -i <source-spec.json> (raw or qcow over file, http or s3); priority -1000..1000, bandwidth_limit bytes/s"""  # noqa: E501
-        return reply(self.importer.add(dest_spec, inbuf, AddRequest(
-            object_size=object_size, stripe_unit=stripe_unit, stripe_count=stripe_count,
-            features=features, data_pool=data_pool, manual_commit=manual_commit,
-            priority=priority, bandwidth_limit=bandwidth_limit, dry_run=dry_run)),
-            _text(format))
+        return reply(self.importer.add(dest_spec, inbuf, request_of(locals())), _text(format))
 
     @CLI.write('rbd livemigrate add-pool')
     @handle_errors
@@ -323,12 +325,8 @@ class Module(MgrModule):
                  verify: Optional[VerifyChoice] = None,
                  format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another, as one batch (returns at once)"""  # noqa: E501
-        return reply(self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, AddRequest(
-            object_size=object_size, stripe_unit=stripe_unit, stripe_count=stripe_count,
-            features=features, data_pool=data_pool, flatten=flatten,
-            manual_commit=manual_commit, allow_descendants=allow_descendants,
-            priority=priority, bandwidth_limit=bandwidth_limit, dry_run=dry_run,
-            manual_cutover=manual_cutover, verify=_text(verify))), _text(format))
+        return reply(self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern,
+                                            request_of(locals())), _text(format))
 
     @CLI.read('rbd livemigrate ls')
     @handle_errors

@@ -16,7 +16,7 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .batch import Batch, BatchState
-from .errors import NotFound
+from .errors import NotFound, TryAgain
 from .store import TaskStore
 from .hold import HoldKind
 from .interface import ImageInfo
@@ -128,6 +128,11 @@ class TaskTable:
                     self._track(new, t)
                     carried.append(task_id)
         return carried
+
+    def check_loaded(self) -> None:
+        """Refuse a command until the records are loaded (EAGAIN)."""
+        if not self.loaded:
+            raise TryAgain('rbd_livemigrate is still loading its tasks; try again in a moment')
 
     def get(self, task_id: str) -> Task:
         with self.lock:

@@ -14,6 +14,7 @@ from rbd_livemigrate.batch import MAX_REFUSED, Batch, BatchState
 from rbd_livemigrate.commands import AddRequest, Commands
 from rbd_livemigrate.interface import ImageInfo, RbdPort
 from rbd_livemigrate.preflight import PoolInfo
+from rbd_livemigrate.scheduler import Worker
 from rbd_livemigrate.spec import ImageSpec, PoolSpec
 from rbd_livemigrate.task import CorruptRecord, State
 
@@ -66,22 +67,30 @@ class Fleet(RbdPort):
 
 
 def commands(n: int, rights: Set[Tuple[str, str]] = frozenset(),  # type: ignore
-             clones: Set[str] = frozenset(), unscoped: bool = True) -> Commands:  # type: ignore
+             clones: Set[str] = frozenset(), unscoped: bool = True,  # type: ignore
+             fleet: Optional[Fleet] = None) -> Commands:
     w = worker()
     w.load()
-    c = Commands(w, Fleet(n, clones), lambda: POOLS,
-                 lambda p, ns: unscoped or (p, ns) in rights, lambda: 1.0, lambda: unscoped)
-    c.start_expansion = lambda batch_id: None     # type: ignore  # run by hand below
+    c = Commands(table=w, scheduler=w, adapter=fleet or Fleet(n, clones), pools=lambda: POOLS,
+                 authorized=lambda p, ns: unscoped or (p, ns) in rights, clock=lambda: 1.0,
+                 unscoped=lambda: unscoped)
+    c.batches.start = lambda batch_id: None     # run by hand below
     return c
+
+
+def scheduler(c: Commands) -> Worker:
+    """The tests' table is the worker itself (module.py wires it so)."""
+    assert isinstance(c.table, Worker)
+    return c.table
 
 
 def test_add_pool_returns_a_batch_before_listing() -> None:
     c = commands(30)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest(allow_descendants=True))
     assert r == 0 and Batch.is_id(b['id']) and b['state'] == 'expanding', b
-    assert c.adapter.listed == 0 and c.worker.all() == []      # type: ignore
-    c._expand(b['id'])
-    tasks = c.worker.all()
+    assert c.adapter.listed == 0 and c.table.all() == []      # type: ignore
+    c.batches.expand(b['id'])
+    tasks = c.table.all()
     assert len(tasks) == 30 and {t.batch_id for t in tasks} == {b['id']}
     r, v = call(c.status, b['id'], 'json')
     assert (v['state'], v['images'], v['tasks'], v['refused_count']) == ('expanded', 30, 30, 0)
@@ -95,16 +104,16 @@ def test_the_listing_reads_plain_images_and_opens_the_rest() -> None:
     clone) is opened; each plain one's look is kept for its prepare."""
     c = commands(10, clones={'img0003'})
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest(allow_descendants=True))
-    c._expand(b['id'])
-    assert len(c.worker.all()) == 10 and c.adapter.opened == 1      # type: ignore
-    kept = {c.worker.get(i).source for i in c.worker.seen}
+    c.batches.expand(b['id'])
+    assert len(c.table.all()) == 10 and c.adapter.opened == 1      # type: ignore
+    kept = {c.table.get(i).source for i in c.table.seen}
     assert len(kept) == 9 and 'a/img0003' not in kept
 
 
 def test_refused_images_are_listed_with_their_errno() -> None:
     c = commands(10, clones={'img0003', 'img0007'})
     r, b = call(c.add_pool, 'a', 'b', 'img000*', AddRequest())
-    c._expand(b['id'])
+    c.batches.expand(b['id'])
     v = call(c.status, b['id'], 'json')[1]
     assert v['tasks'] == 8 and v['refused_count'] == 2
     assert {x['source'] for x in v['refused']} == {'a/img0003', 'a/img0007'}
@@ -114,7 +123,7 @@ def test_refused_images_are_listed_with_their_errno() -> None:
 def test_refusals_kept_are_capped_but_counted() -> None:
     c = commands(MAX_REFUSED + 20, clones={'img{:04d}'.format(i) for i in range(200)})
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
+    c.batches.expand(b['id'])
     v = call(c.status, b['id'], 'json')[1]
     assert v['refused_count'] == MAX_REFUSED + 20 and len(v['refused']) == MAX_REFUSED
 
@@ -122,26 +131,26 @@ def test_refusals_kept_are_capped_but_counted() -> None:
 def test_pause_resume_and_cancel_the_batch() -> None:
     c = commands(5)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
+    c.batches.expand(b['id'])
     assert call(c.pause, b['id'], True)[1]['paused']
-    assert all(t.paused for t in c.worker.all())
+    assert all(t.paused for t in c.table.all())
     assert not call(c.pause, b['id'], False)[1]['paused']
-    assert not any(t.paused for t in c.worker.all())
+    assert not any(t.paused for t in c.table.all())
     r, v = call(c.cancel, b['id'])
     assert r == 0 and v['state'] == 'cancelled' and 'cancel in progress' in v['action']
-    assert all(t.cancel_requested for t in c.worker.all())
+    assert all(t.cancel_requested for t in c.table.all())
 
 
 def test_a_paused_batch_adds_its_tasks_paused_and_a_cancelled_one_stops() -> None:
     c = commands(5)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
     call(c.pause, b['id'], True)
-    c._expand(b['id'])
-    assert len(c.worker.all()) == 5 and all(t.paused for t in c.worker.all())
+    c.batches.expand(b['id'])
+    assert len(c.table.all()) == 5 and all(t.paused for t in c.table.all())
     r, b2 = call(c.add_pool, 'a', 'c', None, AddRequest())
     call(c.cancel, b2['id'])
-    c._expand(b2['id'])
-    assert c.worker.batch_tasks(b2['id']) == []
+    c.batches.expand(b2['id'])
+    assert c.table.batch_tasks(b2['id']) == []
 
 
 def test_the_callers_rights_go_with_the_batch() -> None:
@@ -150,13 +159,13 @@ def test_the_callers_rights_go_with_the_batch() -> None:
     c = commands(4, rights={('a', ''), ('b', '')}, clones={'img0001'}, unscoped=False)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest(allow_descendants=True))
     assert r == 0, b
-    assert c.worker.get_batch(b['id']).allowed == ['a', 'b']
-    c._expand(b['id'])
+    assert c.table.get_batch(b['id']).allowed == ['a', 'b']
+    c.batches.expand(b['id'])
     v = call(c.status, b['id'], 'json')[1]
     assert v['tasks'] == 3 and v['refused'][0]['errno'] == -errno.EACCES
     assert 'kid' not in v['refused'][0]['message']
     # another caller, scoped elsewhere, may not see or change it
-    c.authorized = lambda p, ns: p == 'c'
+    c.access.authorized = lambda p, ns: p == 'c'
     for fn, args in ((c.status, (b['id'], 'json')), (c.cancel, (b['id'],)),
                      (c.pause, (b['id'], True))):
         assert call(fn, *args)[0] == -errno.EACCES
@@ -166,32 +175,33 @@ def test_batch_survives_a_restart_and_listing_resumes() -> None:
     c = commands(6)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
     c.adapter.names = c.adapter.names[:2]          # type: ignore  # a first pass cut short
-    c._expand(b['id'])
-    c.worker.update_batch(b['id'], lambda x: x.evolve(state=BatchState.EXPANDING))
-    store = c.worker.store
+    c.batches.expand(b['id'])
+    c.table.update_batch(b['id'], lambda x: x.evolve(state=BatchState.EXPANDING))
+    store = c.table.store
     w2 = worker()
     w2.store = store
     w2.load()
     assert w2.get_batch(b['id']).state == BatchState.EXPANDING
     assert len(w2.batch_tasks(b['id'])) == 2
-    c2 = Commands(w2, Fleet(6), lambda: POOLS, lambda p, ns: True, lambda: 2.0, lambda: True)
-    c2._expand(b['id'])                            # what resume_batches starts
+    c2 = Commands(table=w2, scheduler=w2, adapter=Fleet(6), pools=lambda: POOLS,
+                  authorized=lambda p, ns: True, clock=lambda: 2.0)
+    c2.batches.expand(b['id'])                     # what batches.resume starts
     assert len(w2.batch_tasks(b['id'])) == 6 and len(w2.all()) == 6
 
 
 def test_progress_counts_done_tasks() -> None:
     c = commands(4)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
-    ids = [t.id for t in c.worker.all()]
+    c.batches.expand(b['id'])
+    ids = [t.id for t in c.table.all()]
     for i, st in zip(ids, (State.COMMITTED, State.COMMITTED, State.FAILED)):
-        c.worker.update(i, lambda t: t.evolve(state=st))
+        c.table.update(i, lambda t: t.evolve(state=st))
     v = call(c.status, b['id'], 'json')[1]
     # a failed image is not migrated: the share done counts committed ones only
     assert v['progress'] == 0.5 and v['committed'] == 2 and v['live'] == 1
     events: List[Tuple[Any, ...]] = []
-    c.worker.progress._remote = lambda *a, **k: events.append(a)      # type: ignore
-    c.worker.progress.batch(c.worker.get_batch(b['id']), c.worker.batch_state_counts(b['id']))
+    scheduler(c).progress._remote = lambda *a, **k: events.append(a)      # type: ignore
+    scheduler(c).progress.batch(c.table.get_batch(b['id']), c.table.batch_state_counts(b['id']))
     assert events[-1][1] == 'update' and \
         'Migrating pool a to b: 2/4 images migrated (1 failed)' in events[-1][3]
 
@@ -203,14 +213,14 @@ def test_cancelled_tasks_are_not_counted_as_migrated() -> None:
                         ((State.ABORTED,) * 4, 'fail')):
         c = commands(4)
         r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-        c._expand(b['id'])
-        c.worker.update_batch(b['id'], lambda x: x.evolve(state=BatchState.EXPANDED))
-        for i, st in zip([t.id for t in c.worker.all()], states):
-            c.worker.update(i, lambda t: t.evolve(state=st))
+        c.batches.expand(b['id'])
+        c.table.update_batch(b['id'], lambda x: x.evolve(state=BatchState.EXPANDED))
+        for i, st in zip([t.id for t in c.table.all()], states):
+            c.table.update(i, lambda t: t.evolve(state=st))
         events: List[Tuple[Any, ...]] = []
-        c.worker.progress._remote = lambda *a, **k: events.append(a)      # type: ignore
-        c.worker.progress.batch(c.worker.get_batch(b['id']),
-                                c.worker.batch_state_counts(b['id']))
+        scheduler(c).progress._remote = lambda *a, **k: events.append(a)      # type: ignore
+        scheduler(c).progress.batch(c.table.get_batch(b['id']),
+                                    c.table.batch_state_counts(b['id']))
         update = [e for e in events if e[1] == 'update'][-1]
         done = states.count(State.COMMITTED)
         assert '{}/4 images migrated ({} cancelled)'.format(done, 4 - done) in update[3]
@@ -244,15 +254,15 @@ def test_tasks_leaving_the_history_still_count() -> None:
     from rbd_livemigrate.scheduler import Options
     c = commands(30)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
-    for t in c.worker.all()[:25]:
-        c.worker.update(t.id, lambda x: x.evolve(state=State.COMMITTED, finished=1.0))
-    c.worker.options = Options(max_history=5)
-    c.worker.housekeeping(2.0, None, 0)
-    assert len(c.worker.all()) == 10
+    c.batches.expand(b['id'])
+    for t in c.table.all()[:25]:
+        c.table.update(t.id, lambda x: x.evolve(state=State.COMMITTED, finished=1.0))
+    scheduler(c).options = Options(max_history=5)
+    scheduler(c).housekeeping(2.0, None, 0)
+    assert len(c.table.all()) == 10
     v = call(c.status, b['id'], 'json')[1]
     assert v['tasks'] == 30 and v['committed'] == 25 and v['progress'] == round(25 / 30, 4)
-    assert c.worker.get_batch(b['id']).pruned == {'committed': 20}
+    assert c.table.get_batch(b['id']).pruned == {'committed': 20}
 
 
 def test_ls_json_reuses_unchanged_tasks_and_shows_every_change() -> None:
@@ -261,21 +271,21 @@ def test_ls_json_reuses_unchanged_tasks_and_shows_every_change() -> None:
     view afresh gives."""
     c = commands(50)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
+    c.batches.expand(b['id'])
 
     def fresh() -> str:
-        tasks, running, waiting = c.worker.snapshot()
-        return json.dumps([c.view(t, running, waiting) for t in tasks], sort_keys=True)
+        tasks, running, waiting = c.scheduler.snapshot()
+        return json.dumps([c.views.task(t, running, waiting) for t in tasks], sort_keys=True)
     first = c.ls('json')[1]
     assert first == fresh() and len(json.loads(first)) == 50
-    task = c.worker.all()[7]
-    c.worker.update(task.id, lambda t: t.evolve(progress=0.5, error='boom'))
-    call(c.pause, c.worker.all()[9].id, True)
+    task = c.table.all()[7]
+    c.table.update(task.id, lambda t: t.evolve(progress=0.5, error='boom'))
+    call(c.pause, c.table.all()[9].id, True)
     second = c.ls('json')[1]
     assert second == fresh() and second != first
     views = {v['id']: v for v in json.loads(second)}
     assert views[task.id]['progress'] == 0.5 and views[task.id]['error'] == 'boom'
-    assert views[c.worker.all()[9].id]['waiting_reason'] == 'paused'
+    assert views[c.table.all()[9].id]['waiting_reason'] == 'paused'
     assert c.ls('json')[1] == second
 
 

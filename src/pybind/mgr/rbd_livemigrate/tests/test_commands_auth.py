@@ -6,12 +6,16 @@ among them; queue-wide pause/resume needs caps on every pool.
 
 import errno
 import json
+import os
+import subprocess
+import sys
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
 from rbd_livemigrate.commands import AddRequest, Commands
 from rbd_livemigrate.errors import LiveMigrateError
+from rbd_livemigrate.handles import SchedulerHandle
 from rbd_livemigrate.interface import (End, HeaderType, ImageInfo, MigrationHeader, MigState,
                                        RbdPort)
 from rbd_livemigrate.preflight import PoolInfo
@@ -21,15 +25,19 @@ from rbd_livemigrate.task import Layout, State, Task
 from test_pipeline import worker
 
 
-def commands(pools: Set[Tuple[str, str]], unscoped: bool = False) -> Commands:
+def commands(pools: Set[Tuple[str, str]], unscoped: bool = False,
+             adapter: Optional[RbdPort] = None,
+             pool_info: Optional[Dict[str, PoolInfo]] = None) -> Commands:
     w = worker()
     w.load()
     for tid, src, dst, data in (('t-aa', 'a/x', 'a/y', None), ('t-ab', 'a/p', 'b/p', None),
                                 ('t-cc', 'c/q', 'c/r', None), ('t-ad', 'a/d', 'a/e', 'c')):
         w.put(Task(id=tid, source=src, destination=dst, created=1.0, source_image_id=tid,
                    layout=Layout(data_pool=data)))
-    return Commands(w, RbdPort(), lambda: {}, lambda p, ns: (p, ns) in pools, lambda: 1.0,
-                    lambda: unscoped)
+    return Commands(table=w, scheduler=w, adapter=adapter or RbdPort(),
+                    pools=lambda: pool_info or {},
+                    authorized=lambda p, ns: (p, ns) in pools, clock=lambda: 1.0,
+                    unscoped=lambda: unscoped)
 
 
 def call(fn: Any, *args: Any) -> Tuple[int, Any]:
@@ -65,9 +73,9 @@ def test_queue_wide_pause_needs_unscoped_caps() -> None:
     c = commands({('a', '')})
     assert call(c.pause, None, True)[0] == -errno.EACCES
     assert call(c.pause, None, False)[0] == -errno.EACCES
-    assert not c.worker.queue_paused
+    assert not c.table.queue_paused
     c = commands({('a', '')}, unscoped=True)
-    assert call(c.pause, None, True)[0] == 0 and c.worker.queue_paused
+    assert call(c.pause, None, True)[0] == 0 and c.table.queue_paused
 
 
 def test_data_pool_is_authorized_at_add() -> None:
@@ -104,25 +112,23 @@ class MigratingInto(RbdPort):
 
 
 def test_adopt_authorizes_the_end_the_header_names() -> None:
-    c = commands({('a', ''), ('b', '')})
-    c.adapter = MigratingInto()
-    before = [t.id for t in c.worker.all()]
+    c = commands({('a', ''), ('b', '')}, adapter=MigratingInto())
+    before = [t.id for t in c.table.all()]
     r, msg = call(c.adopt, 'b/dst')
     assert r == -errno.EACCES and "'c'" in msg, msg
-    assert [t.id for t in c.worker.all()] == before
+    assert [t.id for t in c.table.all()] == before
 
 
 def test_adopt_returns_the_failed_task_that_owns_the_migration() -> None:
-    c = commands({('a', ''), ('b', ''), ('c', '')})
-    c.adapter = MigratingInto()
-    c.worker.put(Task(id='t-failed', source='c/src', destination='b/dst', created=1.0,
-                      source_image_id='sid', state=State.FAILED, error='boom'))
+    c = commands({('a', ''), ('b', ''), ('c', '')}, adapter=MigratingInto())
+    c.table.put(Task(id='t-failed', source='c/src', destination='b/dst', created=1.0,
+                     source_image_id='sid', state=State.FAILED, error='boom'))
     r, view = call(c.adopt, 'b/dst')
     assert r == 0 and view['id'] == 't-failed', view
-    assert len([t for t in c.worker.all() if t.source_image_id == 'sid']) == 1
+    assert len([t for t in c.table.all() if t.source_image_id == 'sid']) == 1
     # and a retry of a failed task whose migration another task runs is refused
-    c.worker.put(Task(id='t-live', source='c/src', destination='b/dst2', created=2.0,
-                      source_image_id='sid', state=State.QUEUED))
+    c.table.put(Task(id='t-live', source='c/src', destination='b/dst2', created=2.0,
+                     source_image_id='sid', state=State.QUEUED))
     r, msg = call(c.retry, 't-failed')
     assert r == -errno.EBUSY and 't-live' in msg
 
@@ -163,9 +169,7 @@ POOLS = {n: PoolInfo(n, i, True, False, False, None)
 ])
 def test_pools_librbd_writes_besides_the_ends(clones: List[str], conf: Dict[str, str],
                                               ok: bool) -> None:
-    c = commands({('a', ''), ('b', '')})
-    c.adapter = OneImage(clones, conf)
-    c.pools = lambda: POOLS
+    c = commands({('a', ''), ('b', '')}, adapter=OneImage(clones, conf), pool_info=POOLS)
     r, out = call(c.add, 'a/img', 'b/img', AddRequest(allow_descendants=True, dry_run=True))
     if ok:
         assert r == 0 and out['ok'], out
@@ -175,8 +179,21 @@ def test_pools_librbd_writes_besides_the_ends(clones: List[str], conf: Dict[str,
 
 
 def test_another_tenants_task_is_not_described() -> None:
-    c = commands({('a', '')})
-    c.adapter = OneImage([], {})
-    c.pools = lambda: POOLS
+    c = commands({('a', '')}, adapter=OneImage([], {}), pool_info=POOLS)
     r, msg = call(c.add, 'a/p', 'a/q', AddRequest())     # a/p is t-ab's source (a -> b)
     assert r == -errno.EBUSY and 'b/p' not in msg and 't-ab' not in msg, msg
+
+
+def test_commands_reach_the_scheduler_only_through_its_handle() -> None:
+    """The commands and the importer import neither the scheduler nor the
+    runner (handles.SchedulerHandle is their door); the worker fits the door."""
+    handle: SchedulerHandle = worker()          # mypy checks the Worker fits it
+    assert callable(handle.kick)
+    code = ('import sys\n'
+            'sys.modules["rbd_livemigrate.scheduler"] = None\n'   # an import of it raises
+            'sys.modules["rbd_livemigrate.pipeline"] = None\n'
+            'import rbd_livemigrate.commands, rbd_livemigrate.importer\n')
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, UNITTEST='1', PYTHONPATH=os.path.join(here, '..', '..'))
+    p = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

@@ -234,9 +234,14 @@ def importer(allowed: Any = lambda p, ns: p != 'c') -> Importer:
             store.pop(k, None)
         else:
             store[k] = v
-    c = Commands(w, Cluster(), lambda: {}, allowed, lambda: 5.0, lambda: True)
-    i = Importer(c, set_store, lambda p: {k: v for k, v in store.items() if k.startswith(p)},
-                 lambda k: None, ImportGuard(lambda: LOOPBACK_ALLOWED, Endpoints),
+    c = Commands(table=w, scheduler=w, adapter=Cluster(), pools=lambda: {}, authorized=allowed,
+                 clock=lambda: 5.0)
+    i = Importer(table=w, scheduler=w, adapter=c.adapter, access=c.access, adder=c.adder,
+                 views=c.views, clock=c.clock, set_store=set_store,
+                 get_store_prefix=lambda p: {k: v for k, v in store.items()
+                                             if k.startswith(p)},
+                 config_get=lambda k: None,
+                 guard=ImportGuard(lambda: LOOPBACK_ALLOWED, Endpoints),
                  probe_stream=lambda s, get: 4 << 20)
     i.store = store       # type: ignore[attr-defined]
     return i
@@ -254,7 +259,7 @@ def call(i: Importer, dest: str, spec: Any, **req: Any) -> Any:
 def test_import_stores_credentials_apart_and_sweeps_them() -> None:
     i = importer()
     v = call(i, 'b/new', S3, priority=5, bandwidth_limit='10M')
-    task = i.worker.get(v['id'])
+    task = i.table.get(v['id'])
     assert task.import_spec and 'SECRET' not in task.import_spec and 'AKID' not in task.dumps()
     assert task.size_bytes == 4 << 20 and task.priority == 5
     assert task.bandwidth_limit_bytes == 10 << 20 and task.source == task.destination
@@ -269,7 +274,7 @@ def test_import_stores_credentials_apart_and_sweeps_them() -> None:
     assert call(i, 'b/new', other) == -errno.EEXIST
     i.sweep()
     assert len(store) == 2                    # the task is live
-    i.worker.update(v['id'], lambda t: t.evolve(state=State.ABORTED))
+    i.table.update(v['id'], lambda t: t.evolve(state=State.ABORTED))
     i.sweep()
     assert store == {}
 
@@ -287,14 +292,14 @@ def test_import_stores_credentials_apart_and_sweeps_them() -> None:
 def test_refusals_queue_nothing(dest: str, spec: Any, req: Dict[str, Any], err: int) -> None:
     i = importer()
     assert call(i, dest, spec, **req) == -err
-    assert i.worker.all() == [] and i.store == {}       # type: ignore[attr-defined]
+    assert i.table.all() == [] and i.store == {}       # type: ignore[attr-defined]
 
 
 def test_dry_run_queues_nothing() -> None:
     i = importer()
     v = call(i, 'b/x', S3, dry_run=True)
     assert v['dry_run'] and v['size_bytes'] == 4 << 20 and 'SECRET' not in json.dumps(v)
-    assert i.worker.all() == [] and i.store == {}       # type: ignore[attr-defined]
+    assert i.table.all() == [] and i.store == {}       # type: ignore[attr-defined]
 
 
 def test_probe_errors_pass_through() -> None:
@@ -303,7 +308,7 @@ def test_probe_errors_pass_through() -> None:
     def refuse(s: Stream, get: Any) -> int:
         raise LiveMigrateError('unreachable', errno.ECONNREFUSED)
     i.probe = refuse
-    assert call(i, 'b/x', S3) == -errno.ECONNREFUSED and i.worker.all() == []
+    assert call(i, 'b/x', S3) == -errno.ECONNREFUSED and i.table.all() == []
 
 
 # -- the header librbd writes --------------------------------------------------------

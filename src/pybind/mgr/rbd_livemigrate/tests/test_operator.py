@@ -19,8 +19,7 @@ class NoNamespace(Fleet):
 
 
 def test_add_pool_refuses_what_it_can_check_at_once() -> None:
-    c = commands(3)
-    c.adapter = c.batches.adapter = NoNamespace(3)
+    c = commands(3, fleet=NoNamespace(3))
     for args, err, word in ((('a', 'nopool'), errno.ENOENT, 'nopool'),
                             (('nopool', 'b'), errno.ENOENT, 'nopool'),
                             (('a/ns9', 'b'), errno.ENOENT, 'ns9'),
@@ -30,7 +29,7 @@ def test_add_pool_refuses_what_it_can_check_at_once() -> None:
         assert r == -err and word in msg, (args, r, msg)
     r, msg = call(c.add_pool, 'a', 'b', None, AddRequest(data_pool='nopool'))
     assert r == -errno.ENOENT and 'nopool' in msg
-    assert c.worker.all_batches() == [] and c.worker.all() == []
+    assert c.table.all_batches() == [] and c.table.all() == []
     # the same pool with a layout change is a batch
     r, b = call(c.add_pool, 'a', 'a', None, AddRequest(object_size='1M'))
     assert r == 0 and b['id'].startswith('batch-')
@@ -50,7 +49,7 @@ def test_add_again_with_other_options_is_refused_naming_them() -> None:
         r, msg = call(c.add, 'a/img0000', 'b/img0000', req)
         assert r == -errno.EEXIST and word in msg and t['id'] in msg, (req, msg)
         assert '\n' not in msg
-    task = c.worker.get(t['id'])
+    task = c.table.get(t['id'])
     assert not task.manual_commit and task.priority == 0
 
 
@@ -61,7 +60,7 @@ def test_nonsense_is_refused() -> None:
     r, t = call(c.add, 'a/img0000', 'b/img0000', AddRequest(manual_commit=True))
     r, msg = call(c.pause, t['id'], False)
     assert r == -errno.EINVAL and 'not paused' in msg
-    c.worker.update(t['id'], lambda x: x.evolve(state=State.COMMITTED))
+    c.table.update(t['id'], lambda x: x.evolve(state=State.COMMITTED))
     r, msg = call(c.commit, t['id'])
     assert r == -errno.EINVAL and 'already committed' in msg and 'by itself' not in msg
 
@@ -69,9 +68,9 @@ def test_nonsense_is_refused() -> None:
 def test_cancel_of_a_finished_batch_is_refused() -> None:
     c = commands(2)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
-    for t in c.worker.all():
-        c.worker.update(t.id, lambda x: x.evolve(state=State.COMMITTED))
+    c.batches.expand(b['id'])
+    for t in c.table.all():
+        c.table.update(t.id, lambda x: x.evolve(state=State.COMMITTED))
     r, msg = call(c.cancel, b['id'])
     assert r == -errno.EINVAL and 'finished' in msg
 
@@ -80,22 +79,22 @@ def test_waits_are_explained() -> None:
     c = commands(1)
     r, t = call(c.add, 'a/img0000', 'b/img0000', AddRequest(manual_commit=True))
     # right after add, with slots free: not "waiting for a free slot"
-    assert 'free slot' not in str(c.view(c.worker.get(t['id']))['waiting_reason'])
-    task = c.worker.update(t['id'], lambda x: x.evolve(state=State.EXECUTED, progress=0.95))
-    v: Any = c.view(task)
+    assert 'free slot' not in str(c.views.task(c.table.get(t['id']))['waiting_reason'])
+    task = c.table.update(t['id'], lambda x: x.evolve(state=State.EXECUTED, progress=0.95))
+    v: Any = c.views.task(task)
     assert v['waiting_reason'] == 'executed: waiting for ceph rbd livemigrate commit {}'.format(
         t['id'])
     assert 'commit ' + t['id'] in task_rows([v])
     assert 'waiting for ceph rbd livemigrate commit' in message(task)
     # paused: the rate and time left are not shown as if the copy ran
-    task = c.worker.update(t['id'], lambda x: x.evolve(
+    task = c.table.update(t['id'], lambda x: x.evolve(
         state=State.EXECUTING, rate_bytes_per_sec=1e6, size_bytes=1 << 30, bytes_copied=0))
-    assert c.view(task)['eta_seconds'] is not None
+    assert c.views.task(task)['eta_seconds'] is not None
     r, v = call(c.pause, t['id'], True)
     assert v['rate_bytes_per_sec'] is None and v['eta_seconds'] is None
-    assert 'resume ' + t['id'] in message(c.worker.get(t['id']))
+    assert 'resume ' + t['id'] in message(c.table.get(t['id']))
     # an aborted task is at 0, not at its last share
-    task = c.worker.update(t['id'], lambda x: x.moved_to(State.ABORTED, 2.0))
+    task = c.table.update(t['id'], lambda x: x.moved_to(State.ABORTED, 2.0))
     assert task.progress == 0.0
     assert human_duration(3723) == '1h02m03s' and human_duration(65) == '1m05s'
 
@@ -115,8 +114,8 @@ def test_rm_takes_finished_tasks_out_of_the_history() -> None:
     c = commands(3)
     ids = [call(c.add, 'a/img000{}'.format(i), 'b/img000{}'.format(i), AddRequest())[1]['id']
            for i in range(3)]
-    c.worker.update(ids[0], lambda x: x.evolve(state=State.COMMITTED))
-    c.worker.update(ids[1], lambda x: x.evolve(state=State.FAILED))
+    c.table.update(ids[0], lambda x: x.evolve(state=State.COMMITTED))
+    c.table.update(ids[1], lambda x: x.evolve(state=State.FAILED))
     r, msg = call(c.forget, ids[1], False)
     assert r == -errno.EBUSY and 'retry or cancel' in msg
     r, msg = call(c.forget, ids[2], False)
@@ -124,27 +123,27 @@ def test_rm_takes_finished_tasks_out_of_the_history() -> None:
     assert call(c.forget, None, False)[0] == -errno.EINVAL
     r, out = call(c.forget, ids[0], False)
     assert r == 0 and out == {'removed_tasks': 1}
-    assert c.worker.find(ids[0]) is None and c.worker.find(ids[1]) is not None
-    c.worker.update(ids[2], lambda x: x.evolve(state=State.ABORTED))
+    assert c.table.find(ids[0]) is None and c.table.find(ids[1]) is not None
+    c.table.update(ids[2], lambda x: x.evolve(state=State.ABORTED))
     assert call(c.forget, None, True)[1] == {'removed_tasks': 1}
-    assert [t.id for t in c.worker.all()] == [ids[1]]
+    assert [t.id for t in c.table.all()] == [ids[1]]
 
 
 def test_rm_of_a_batch_and_its_count() -> None:
     c = commands(2)
     r, b = call(c.add_pool, 'a', 'b', None, AddRequest())
-    c._expand(b['id'])
-    tasks = c.worker.all()
-    c.worker.update(tasks[0].id, lambda x: x.evolve(state=State.COMMITTED))
+    c.batches.expand(b['id'])
+    tasks = c.table.all()
+    c.table.update(tasks[0].id, lambda x: x.evolve(state=State.COMMITTED))
     assert call(c.forget, b['id'], False)[0] == -errno.EBUSY
     # one task forgotten alone: the batch still counts it
     assert call(c.forget, tasks[0].id, False)[0] == 0
     v = call(c.status, b['id'], 'json')[1]
     assert v['committed'] == 1 and v['tasks'] == 2
-    c.worker.update(tasks[1].id, lambda x: x.evolve(state=State.COMMITTED))
+    c.table.update(tasks[1].id, lambda x: x.evolve(state=State.COMMITTED))
     r, out = call(c.forget, b['id'], False)
     assert r == 0 and out['removed_batch'] == b['id']
-    assert c.worker.all() == [] and c.worker.all_batches() == []
+    assert c.table.all() == [] and c.table.all_batches() == []
 
 
 def test_the_partial_state_sample_covers_every_cell_over_offsets() -> None:
