@@ -1,7 +1,15 @@
-"""Output of the read commands: JSON, pretty JSON or a plain table."""
+"""
+Every reply as text: JSON, pretty JSON, YAML or plain.
+
+``views.py`` builds each kind of reply as data; here each kind has its one
+plain renderer: the replies of the commands that change something
+(``reply``: a task, a batch, a dry run, a refusal, ``rm``, the queue's
+pause), ``ls`` (``task_rows``, ``batch_ls_line``) and ``status``
+(``status_text``, ``batch_text``).
+"""
 
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InvalidArgument
 
@@ -52,40 +60,73 @@ def _next_step(v: Dict[str, Any]) -> str:
     return 'see ceph rbd livemigrate status {}'.format(tid)
 
 
+def _removed_text(data: Dict[str, Any]) -> str:
+    """``rm`` (views.removed_entry)."""
+    return 'removed {} task(s){}\n'.format(data['removed_tasks'], ' and batch {}'.format(
+        data['removed_batch']) if data.get('removed_batch') else '')
+
+
+def _queue_text(data: Dict[str, Any]) -> str:
+    """``pause``/``resume`` of the queue (views.queue_entry)."""
+    return 'queue {}\n'.format('paused' if data['queue_paused'] else 'resumed')
+
+
+def _dry_run_text(data: Dict[str, Any]) -> str:
+    """``add``/``import``/``add-pool --dry-run``, one image (views.dry_run_report)."""
+    head = 'dry run {} -> {}'.format(data.get('source', 'import'), data.get('destination'))
+    blockers = data.get('blockers') or []
+    if not blockers:
+        size = data.get('size_bytes')
+        return '{}: ok{}\n'.format(head, ' ({})'.format(human_bytes(size))
+                                   if size is not None else '')
+    return '{}: {} blocker(s)\n'.format(head, len(blockers)) + ''.join(
+        '  {}: {}{}\n'.format(b.get('error'), b.get('message'),
+                              ' (the task would wait)' if b.get('can_wait') else '')
+        for b in blockers)
+
+
+def _refusal_text(data: Dict[str, Any]) -> str:
+    """An image ``add-pool --dry-run`` refused (views.refusal_entry)."""
+    return '{} -> {}: refused: {}\n'.format(data.get('source'), data.get('destination'),
+                                            data['error'])
+
+
+def _batch_line(data: Dict[str, Any]) -> str:
+    """A batch a command returned (views.Views.batch_json)."""
+    line = 'batch {}: {} {} -> {}: {} task(s), {} committed'.format(
+        data['id'], data.get('state'), data.get('source'), data.get('destination'),
+        data.get('tasks', 0), data.get('committed', 0))
+    return '{}; {}\n'.format(line, data.get('action') or
+                             'ceph rbd livemigrate status {}'.format(data['id']))
+
+
+def _task_line(data: Dict[str, Any]) -> str:
+    """A task a command returned (views.Views.task_json)."""
+    return 'task {}: {} {} -> {}: {}\n'.format(
+        data['id'], data['state'], data.get('source'), data.get('destination'),
+        _next_step(data))
+
+
+# each kind of reply of the commands that change something, known by its
+# keys, and its one line of plain text; the first that matches renders it
+_KINDS: List[Tuple[Callable[[Dict[str, Any]], bool], Callable[[Dict[str, Any]], str]]] = [
+    (lambda d: 'removed_tasks' in d, _removed_text),
+    (lambda d: 'queue_paused' in d, _queue_text),
+    (lambda d: bool(d.get('dry_run')), _dry_run_text),
+    (lambda d: 'errno' in d and 'error' in d, _refusal_text),
+    (lambda d: str(d.get('id', '')).startswith('batch-'), _batch_line),
+    (lambda d: 'id' in d and 'state' in d, _task_line),
+]
+
+
 def _plain(data: Any) -> str:
     if isinstance(data, list):
         return ''.join(_plain(d) for d in data)
     if not isinstance(data, dict):
         return '{}\n'.format(data)
-    if 'removed_tasks' in data:
-        return 'removed {} task(s){}\n'.format(data['removed_tasks'], ' and batch {}'.format(
-            data['removed_batch']) if data.get('removed_batch') else '')
-    if 'queue_paused' in data:
-        return 'queue {}\n'.format('paused' if data['queue_paused'] else 'resumed')
-    if data.get('dry_run'):
-        head = 'dry run {} -> {}'.format(data.get('source', 'import'), data.get('destination'))
-        blockers = data.get('blockers') or []
-        if not blockers:
-            size = data.get('size_bytes')
-            return '{}: ok{}\n'.format(head, ' ({})'.format(human_bytes(size))
-                                       if size is not None else '')
-        return '{}: {} blocker(s)\n'.format(head, len(blockers)) + ''.join(
-            '  {}: {}{}\n'.format(b.get('error'), b.get('message'),
-                                  ' (the task would wait)' if b.get('can_wait') else '')
-            for b in blockers)
-    if 'errno' in data and 'error' in data:
-        return '{} -> {}: refused: {}\n'.format(data.get('source'), data.get('destination'),
-                                                data['error'])
-    if str(data.get('id', '')).startswith('batch-'):
-        line = 'batch {}: {} {} -> {}: {} task(s), {} committed'.format(
-            data['id'], data.get('state'), data.get('source'), data.get('destination'),
-            data.get('tasks', 0), data.get('committed', 0))
-        return '{}; {}\n'.format(line, data.get('action') or
-                                 'ceph rbd livemigrate status {}'.format(data['id']))
-    if 'id' in data and 'state' in data:
-        return 'task {}: {} {} -> {}: {}\n'.format(
-            data['id'], data['state'], data.get('source'), data.get('destination'),
-            _next_step(data))
+    for matches, render in _KINDS:
+        if matches(data):
+            return render(data)
     return dump(data, 'json-pretty') + '\n'
 
 

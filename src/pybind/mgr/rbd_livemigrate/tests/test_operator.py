@@ -2,12 +2,15 @@
 silently dropped, every wait explained (issue 25)."""
 
 import errno
+import json
 from typing import Any
 
 from rbd_livemigrate.commands import AddRequest
-from rbd_livemigrate.formatting import human_duration, task_rows
+from rbd_livemigrate.formatting import human_duration, reply, task_rows
 from rbd_livemigrate.progress import message
+from rbd_livemigrate.spec import ImageSpec
 from rbd_livemigrate.task import State
+from rbd_livemigrate.views import queue_entry, refusal_entry, removed_entry
 
 from test_batch import Fleet, commands
 from test_commands_auth import call
@@ -163,3 +166,23 @@ def test_the_partial_state_sample_covers_every_cell_over_offsets() -> None:
     for offset in range(3 * max(len(g) for g in partial_states.GRIDS.values()) * 4):
         seen |= {c.name for c in partial_states.sample_cases(offset=offset)}
     assert seen == full, sorted(full - seen)[:5]
+
+
+def test_each_kind_of_reply_has_its_plain_line() -> None:
+    """formatting.reply renders each kind of reply views.py builds."""
+    def plain(data: Any) -> str:
+        return reply((0, json.dumps(data), ''), 'plain')[1]
+    assert plain(removed_entry(2, 'batch-0123abcd')) == 'removed 2 task(s) and batch ' \
+        'batch-0123abcd\n'
+    assert plain(queue_entry(False)) == 'queue resumed\n'
+    assert plain(refusal_entry(ImageSpec('a', '', 'x'), ImageSpec('b', '', 'x'), -13,
+                               'denied')) == 'a/x -> b/x: refused: denied\n'
+    assert plain({'id': 'batch-0123abcd', 'state': 'expanded', 'source': 'a',
+                  'destination': 'b', 'tasks': 3, 'committed': 1}) == (
+        'batch batch-0123abcd: expanded a -> b: 3 task(s), 1 committed; '
+        'ceph rbd livemigrate status batch-0123abcd\n')
+    assert plain([{'id': 't1', 'state': 'failed', 'source': 'a/x', 'destination': 'b/x',
+                   'error': 'boom'}, queue_entry(True)]) == (
+        'task t1: failed a/x -> b/x: failed: boom; ceph rbd livemigrate retry t1 or cancel '
+        't1\nqueue paused\n')
+    assert reply((0, json.dumps(queue_entry(True)), ''), 'json')[1] == '{"queue_paused": true}'
