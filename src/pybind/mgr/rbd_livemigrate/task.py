@@ -4,7 +4,10 @@ The migration task: a record and its state machine.
 A task is a frozen dataclass.  Every change makes a new record
 (``Task.evolve``); a state change goes through ``Task.moved_to``, which
 refuses transitions the machine does not have.  Nothing here touches the
-cluster, so the whole machine is unit-tested without one.
+cluster, so the whole machine is unit-tested without one.  A stored record
+is read by ``records.py`` (every field checked against its annotation; the
+few checks a type does not make are ``TASK_SCHEMA``); the layout a task
+gives its destination is ``spec.Layout``.
 
     queued -> preparing -> prepared -> executing -> executed
            -> committing -> committed
