@@ -36,6 +36,7 @@ MAX_PASSES = 20
 ABORT_BUSY_RETRY_SECONDS = 90.0
 PERSIST_PROGRESS_SECONDS = 5.0
 RECORD_EVERY_SECONDS = 0.25
+CUTOVER_LOOK_SECONDS = 0.005       # how often a cutover looks for the destination
 
 
 class Abandoned(Exception):
@@ -464,6 +465,18 @@ class Runner(RunnerHandle):
         return self._prepare_now(self.worker.get(self.task_id), source, dest, info, reused,
                                  looked)
 
+    def protect_ahead(self) -> None:
+        """The scheduler saw the source's clients (``Worker._protect_ahead``):
+        take the protective snapshot now, on this thread, the runner not
+        started."""
+        try:
+            task = self.worker.find(self.task_id)
+            if task is None or task.state != State.QUEUED or task.protect_snap is not None:
+                return
+            self._protect_early(task, ImageSpec.parse(task.source))
+        finally:
+            self._release_client()
+
     def _protect_early(self, task: Task, source: ImageSpec) -> None:
         """Take the protective snapshot while the source's clients still hold
         it, so that the cutover (their close to the destination's existence)
@@ -511,13 +524,20 @@ class Runner(RunnerHandle):
                    source_image_id=info.id,
                    size_bytes=info.size, dest_image_id=None, blocked_reason=None,
                    blocked_kind=None, blocked_since=None, next_retry=None, error=None,
-                   protect_snap=protect, rollback_source=False, verification=None)
+                   protect_snap=protect, rollback_source=False, verification=None,
+                   cutover_ms=None)
         # the durable intent, before the trash move: prepare copies it to the
         # destination it creates, where it names this task and source whatever
         # the record (written behind) and the headers (gone after a commit) say
         self._mark(source, info.id, Intent(task.id, 'prepare', info.id))
         self.protect_known = True
         taken = False
+        # the cutover: from the moment the module saw the source without
+        # clients (the scheduler's last look, else this preflight's) to the
+        # destination's name resolving, which clients see first (prepare
+        # goes on after it: the destination's snapshots, its header)
+        gone = task.clients_gone_at if task.clients_gone_at is not None else looked
+        appeared = self._watch_for(dest, gone) if task.clients_gone_at is not None else None
         try:
             if protect is not None and not early:
                 taken = self.adapter.protect_source(self._client(), source, protect)
@@ -526,6 +546,8 @@ class Runner(RunnerHandle):
                                        persist=False)
             self.adapter.prepare(self._client(), source, dest, task.layout, info)
         except LiveMigrateError as e:
+            if appeared is not None:
+                appeared.set()
             busy = reused and e.errno == errno.EBUSY
             if protect is not None and (taken or (early and not busy)):
                 # nothing was prepared (or the next pass finds what was): the
@@ -547,16 +569,38 @@ class Runner(RunnerHandle):
                 self.worker.update(self.task_id, lambda t: t.evolve(protect_snap=None),
                                    persist=False)
             raise
-        # the cutover: from the moment the module saw the source without
-        # clients (the scheduler's last look, else this preflight's) to the
-        # destination being there; kept with the next stored change
-        gone = task.clients_gone_at if task.clients_gone_at is not None else looked
-        cutover_ms = round((self._now() - gone) * 1000.0, 1)
+        if appeared is not None:
+            appeared.set()
+        cutover_ms = self.worker.get(self.task_id).cutover_ms
+        if appeared is None or cutover_ms is None:
+            cutover_ms = round((self._now() - gone) * 1000.0, 1)
+        # kept with the next stored change
         self._move(State.PREPARED, persist=False, cutover_ms=cutover_ms,
                    cutover_requested=False)
         log.info('task %s: prepared %s -> %s (cutover %.0f ms)', task.id, source, dest,
                  cutover_ms)
         return True
+
+    def _watch_for(self, dest: ImageSpec, gone: float) -> threading.Event:
+        """Look up ``dest``'s name every few milliseconds (one directory read)
+        until it resolves, then record the cutover in the task (not stored);
+        set the returned event to stop looking."""
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                try:
+                    if self.adapter.image_id(dest) is not None:
+                        ms = round((self._now() - gone) * 1000.0, 1)
+                        self.worker.update(self.task_id, lambda t: t.evolve(cutover_ms=ms)
+                                           if t.state == State.PREPARING else t, persist=False)
+                        return
+                except LiveMigrateError:
+                    pass
+                stop.wait(CUTOVER_LOOK_SECONDS)
+        threading.Thread(target=watch, daemon=True,
+                         name='lm-cutover-{}'.format(self.task_id)).start()
+        return stop
 
     def _prepare_import(self, task: Task, dest: ImageSpec) -> bool:
         """``migration_prepare_import`` of the stored source-spec (its

@@ -254,6 +254,10 @@ class RunnerHandle:
     def start(self) -> None:
         raise NotImplementedError
 
+    def protect_ahead(self) -> None:
+        """Take the task's protective snapshot while the clients still hold
+        its source (called on a thread of its own, the runner not started)."""
+
     def interrupt(self) -> None:
         """Make a running copy stop now (cancel, shutdown)."""
         raise NotImplementedError
@@ -300,6 +304,7 @@ class Worker(TaskTable):
         self.health_block_since: Optional[float] = None
         self.chores: List[Chore] = []
         self.drawn: Set[str] = set()         # waiting tasks whose bar this mgr drew
+        self.protect_tried: Set[str] = set()  # sources with clients snapshotted ahead
 
     def kick(self) -> None:
         """Make the scheduler pass run now."""
@@ -435,6 +440,12 @@ class Worker(TaskTable):
             # drawn once per mgr (after a failover too), saying what it waits for
             waiting_bars = [t for t in notable if t.id not in self.runners
                             and t.id not in self.drawn and waiting_note(t) is not None]
+            # a manual cutover's snapshot, taken while the operator is awaited
+            awaited = [t for t in (self.tasks[i] for i in self.live)
+                       if t.awaiting_cutover and t.protect_snap is None
+                       and t.id not in self.protect_tried and t.id not in self.runners]
+        for t in awaited:
+            self._protect_ahead(t)
         for t in waiting_bars:
             self.progress.update(t, force=True)
             self.drawn.add(t.id)
@@ -495,6 +506,7 @@ class Worker(TaskTable):
                 addrs = []
             seen = self.clock()
             if addrs:
+                self._protect_ahead(task)
                 reason = watchers_reason(task.source, addrs)
                 due = seen + (FAST_RECHECK_SECONDS if task_id in fast
                               else self.options.blocked_recheck_seconds)
@@ -514,6 +526,19 @@ class Worker(TaskTable):
                 log.info('task %s: the clients of %s are gone', task_id, task.source)
                 self.kick()
         return soon
+
+    def _protect_ahead(self, task: Task) -> None:
+        """The protective snapshot of a source whose clients hold it is taken
+        now, on a thread of its own (a monitor round trip), so that the
+        cutover waits on no monitor commit when they close (pipeline.Runner.
+        protect_ahead).  Once per task and mgr."""
+        if (task.verify.value == 'off' or task.protect_snap is not None
+                or task.import_spec is not None or task.id in self.protect_tried):
+            return
+        self.protect_tried.add(task.id)
+        runner = self.runner_factory(self, task.id)
+        threading.Thread(target=runner.protect_ahead, daemon=True,
+                         name='lm-protect-{}'.format(task.id)).start()
 
     def serve(self) -> None:
         while True:

@@ -3,10 +3,14 @@ monitor commit on it.  The protective snapshot is taken while the clients
 still hold the source (or while a manual cutover is awaited), and the look
 that finds them gone writes no record."""
 
-from typing import Any, List
+import threading
+from typing import Any, Dict, List, Optional
 
 from rbd_livemigrate.interface import ImageInfo
 from rbd_livemigrate.pipeline import Runner
+from rbd_livemigrate.progress import ProgressReporter
+from rbd_livemigrate.scheduler import RunnerHandle, Worker
+from rbd_livemigrate.store import TaskStore
 from rbd_livemigrate.spec import ImageSpec
 from rbd_livemigrate.task import State, Task, VerifyMode
 from rbd_livemigrate.verify import protect_name
@@ -15,6 +19,7 @@ from fakes import S, FakeLibrbd, VerifyingLibrbd
 from test_pipeline import POOLS, worker
 
 P = protect_name('t1')
+NOW = 1000.0
 
 
 class Held(VerifyingLibrbd):
@@ -98,3 +103,65 @@ def test_cancel_while_waiting_removes_the_early_snapshot() -> None:
     t = w.get('t1')
     assert t.state == State.ABORTED and t.protect_snap is None
     assert fake.calls == ['snap ' + P, 'remove snap of a/img'], fake.calls
+
+
+# -- the scheduler asks for the snapshot while the clients hold the source --
+
+class AheadRunner(RunnerHandle):
+    ahead: List[str] = []
+    started: List[str] = []
+
+    def __init__(self, worker: Worker, task_id: str) -> None:
+        self.task_id = task_id
+
+    def start(self) -> None:
+        AheadRunner.started.append(self.task_id)
+
+    def protect_ahead(self) -> None:
+        AheadRunner.ahead.append(self.task_id)
+
+
+def _worker(clients: Dict[str, List[str]]) -> Worker:
+    kv: Dict[str, str] = {}
+
+    def set_key(k: str, v: Optional[str]) -> None:
+        if v is None:
+            kv.pop(k, None)
+        else:
+            kv[k] = v
+    store = TaskStore(lambda p: {k: v for k, v in kv.items() if k.startswith(p)}, set_key)
+    AheadRunner.ahead, AheadRunner.started = [], []
+    w = Worker(store, ProgressReporter(lambda *a, **k: None), AheadRunner, lambda c: None,
+               lambda: None, clock=lambda: NOW, watchers=lambda spec: clients.get(spec, []))
+    w.load()
+    return w
+
+
+def _wait_for(cond: Any) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError('never happened')
+
+
+def test_the_scheduler_has_the_snapshot_taken_once_while_clients_hold_the_source() -> None:
+    w = _worker({'a/img1': ['127.0.0.1:0/1']})
+    w.put(Task(id='t1', source='a/img1', destination='b/img1', created=NOW,
+               verify=VerifyMode.AUTO, blocked_kind='watchers', blocked_reason='x'))
+    w.put(Task(id='t2', source='a/img1', destination='b/img2', created=NOW + 1,
+               verify=VerifyMode.OFF, blocked_kind='watchers', blocked_reason='x'))
+    w.tick()
+    _wait_for(lambda: AheadRunner.ahead == ['t1'])
+    w.update('t1', lambda t: t.evolve(next_retry=None), persist=False)
+    w.tick()
+    assert AheadRunner.ahead == ['t1'] and AheadRunner.started == []
+
+
+def test_a_task_awaiting_its_manual_cutover_has_the_snapshot_taken() -> None:
+    w = _worker({})
+    w.put(Task(id='t1', source='a/img1', destination='b/img1', created=NOW,
+               verify=VerifyMode.AUTO, manual_cutover=True))
+    w.tick()
+    _wait_for(lambda: AheadRunner.ahead == ['t1'])
+    assert AheadRunner.started == []
