@@ -14,10 +14,9 @@ so that they are known without the binding.
 
 import enum
 import json
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from .spec import ImageSpec, PoolSpec
-from .task import Layout
+from .spec import ImageSpec, Layout, PoolSpec
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -199,6 +198,45 @@ class ImageInfo(NamedTuple):
     header_version: Optional[int] = None
 
 
+class PrepareArgs(NamedTuple):
+    """What ``migration_prepare`` is given for a layout (None: the source's)."""
+    order: Optional[int]
+    stripe_unit: Optional[int]
+    stripe_count: Optional[int]
+    features: Optional[int]
+    data_pool: Optional[str]
+    flatten: bool
+
+
+def prepare_args(layout: Layout, info: ImageInfo) -> PrepareArgs:
+    """The layout as librbd's prepare options, given the source.
+
+    librbd keeps the source's stripe unit when only the object size
+    changes, and it must divide the new size: a plainly striped source
+    moves to plain striping of the new size unless asked otherwise.
+    Preflight checks these (``preflight.image_blockers``); the adapter's
+    ``prepare`` passes them.
+    """
+    object_size = layout.object_size
+    stripe_unit, stripe_count = layout.stripe_unit, layout.stripe_count
+    if object_size is not None and stripe_unit is None and stripe_count is None:
+        if info.stripe_count == 1 or info.stripe_unit > object_size:
+            stripe_unit, stripe_count = object_size, 1
+    if stripe_unit is not None:
+        stripe_count = stripe_count or 1
+    elif stripe_count is not None:
+        stripe_unit = info.stripe_unit
+    features = None
+    if layout.features is not None:
+        features = 0
+        for f in layout.features:
+            features |= FEATURES[f]
+    return PrepareArgs(order=object_size.bit_length() - 1 if object_size else None,
+                       stripe_unit=stripe_unit, stripe_count=stripe_count,
+                       features=features, data_pool=layout.data_pool,
+                       flatten=layout.flatten)
+
+
 class OrphanKind(str, enum.Enum):
     """What a migration without a task is (shown by ``ls``)."""
     MIGRATION = 'migration'              # a live migration no task knows
@@ -220,7 +258,7 @@ class MigrationRef(NamedTuple):
 
 
 class Client:
-    """What the pipeline needs of a rados client (rbd_adapter.Client)."""
+    """What the pipeline needs of a rados client (rbd_clients.Client)."""
     addr: str
     closed: bool
 
@@ -249,6 +287,50 @@ class VerifyInputs(NamedTuple):
     src_snaps: List[Tuple[str, int]]
     dst_snaps: List[Tuple[str, int]]
     client_writes: Optional[int]
+
+
+# the label of the comparison of the heads (``verify.Pair``); the head as of
+# prepare is labelled HEAD followed by a note
+HEAD = 'HEAD'
+
+
+def mismatch_line(label: str, offset: int, object_size: int, why: str = 'differs') -> str:
+    """The message of a difference ``RbdPort.compare`` found."""
+    where = 'the head' if label == HEAD else (
+        'the head as of prepare' if label.startswith(HEAD) else 'snapshot {}'.format(label))
+    return '{} {} at offset {} (object {})'.format(where, why, offset, offset // object_size)
+
+
+def merge_extents(extents: Sequence[Tuple[int, int]], size: int,
+                  chunk: int) -> List[Tuple[int, int]]:
+    """The union of ``extents`` (offset, length), cut to at most ``chunk``
+    bytes each and clipped to ``size``, in order: what ``compare`` reads."""
+    spans = sorted((max(0, o), min(size, o + n)) for o, n in extents if n > 0 and o < size)
+    merged: List[Tuple[int, int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        elif hi > lo:
+            merged.append((lo, hi))
+    out: List[Tuple[int, int]] = []
+    for lo, hi in merged:
+        while lo < hi:
+            n = min(chunk, hi - lo)
+            out.append((lo, n))
+            lo += n
+    return out
+
+
+def first_difference(a: bytes, b: bytes, block: int = 4096) -> int:
+    """The offset of the first byte where ``a`` and ``b`` differ (their
+    common length if one is a prefix of the other)."""
+    n = min(len(a), len(b))
+    for off in range(0, n, block):
+        if a[off:off + block] != b[off:off + block]:
+            for i in range(off, min(n, off + block)):
+                if a[i] != b[i]:
+                    return i
+    return n
 
 
 class RbdPort:

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import Blocked, InvalidArgument, NotFound
 from .interface import FEATURES, ImageInfo, MirrorMode, RbdPort
+# what prepare is given (beside RbdPort.prepare, which passes it)
+from .interface import PrepareArgs, prepare_args  # noqa: F401
 from .spec import ImageSpec, is_power_of_two, validate_name
 from .task import Layout
 
@@ -22,43 +24,6 @@ POOL_TYPE_ERASURE = 3
 # the slowest copy rate a task may be given (--bandwidth-limit): below it a
 # 100 GiB image takes more than a day; bytes per second
 MIN_BANDWIDTH_BYTES = 1 << 20
-
-
-class PrepareArgs(NamedTuple):
-    """What ``migration_prepare`` is given for a layout (None: the source's)."""
-    order: Optional[int]
-    stripe_unit: Optional[int]
-    stripe_count: Optional[int]
-    features: Optional[int]
-    data_pool: Optional[str]
-    flatten: bool
-
-
-def prepare_args(layout: Layout, info: ImageInfo) -> PrepareArgs:
-    """The layout as librbd's prepare options, given the source.
-
-    librbd keeps the source's stripe unit when only the object size
-    changes, and it must divide the new size: a plainly striped source
-    moves to plain striping of the new size unless asked otherwise.
-    """
-    object_size = layout.object_size
-    stripe_unit, stripe_count = layout.stripe_unit, layout.stripe_count
-    if object_size is not None and stripe_unit is None and stripe_count is None:
-        if info.stripe_count == 1 or info.stripe_unit > object_size:
-            stripe_unit, stripe_count = object_size, 1
-    if stripe_unit is not None:
-        stripe_count = stripe_count or 1
-    elif stripe_count is not None:
-        stripe_unit = info.stripe_unit
-    features = None
-    if layout.features is not None:
-        features = 0
-        for f in layout.features:
-            features |= FEATURES[f]
-    return PrepareArgs(order=object_size.bit_length() - 1 if object_size else None,
-                       stripe_unit=stripe_unit, stripe_count=stripe_count,
-                       features=features, data_pool=layout.data_pool,
-                       flatten=layout.flatten)
 
 
 class PoolInfo(NamedTuple):

@@ -34,10 +34,11 @@ abort, which gives the source exactly as it was before prepare.
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
+# HEAD and the comparison's mechanics live beside ``RbdPort.compare``, which uses them
+from .interface import HEAD, first_difference, merge_extents, mismatch_line  # noqa: F401
 from .task import VerifyMode
 
 PROTECT_PREFIX = 'rbd_livemigrate-'
-HEAD = 'HEAD'
 
 
 def protect_name(task_id: str) -> str:
@@ -129,41 +130,3 @@ def rollback_safe(client_writes: Optional[int]) -> bool:
     """Rolling the source back to the protective snapshot after an abort
     loses nothing: no client wrote to the destination since prepare."""
     return client_writes == 0
-
-
-def mismatch_line(label: str, offset: int, object_size: int, why: str = 'differs') -> str:
-    where = 'the head' if label == HEAD else (
-        'the head as of prepare' if label.startswith(HEAD) else 'snapshot {}'.format(label))
-    return '{} {} at offset {} (object {})'.format(where, why, offset, offset // object_size)
-
-
-def merge_extents(extents: Sequence[Tuple[int, int]], size: int,
-                  chunk: int) -> List[Tuple[int, int]]:
-    """The union of ``extents`` (offset, length), cut to at most ``chunk``
-    bytes each and clipped to ``size``, in order."""
-    spans = sorted((max(0, o), min(size, o + n)) for o, n in extents if n > 0 and o < size)
-    merged: List[Tuple[int, int]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        elif hi > lo:
-            merged.append((lo, hi))
-    out: List[Tuple[int, int]] = []
-    for lo, hi in merged:
-        while lo < hi:
-            n = min(chunk, hi - lo)
-            out.append((lo, n))
-            lo += n
-    return out
-
-
-def first_difference(a: bytes, b: bytes, block: int = 4096) -> int:
-    """The offset of the first byte where ``a`` and ``b`` differ (their
-    common length if one is a prefix of the other)."""
-    n = min(len(a), len(b))
-    for off in range(0, n, block):
-        if a[off:off + block] != b[off:off + block]:
-            for i in range(off, min(n, off + block)):
-                if a[i] != b[i]:
-                    return i
-    return n
