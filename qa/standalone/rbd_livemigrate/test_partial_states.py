@@ -33,8 +33,20 @@ def _offset() -> int:
 
 OFFSET = _offset()
 CASES = partial_states.sample_cases(offset=OFFSET)
-print('partial states: offset {} (PARTIAL_STATES_OFFSET), cells: {}'.format(
-    OFFSET, ', '.join(c.name for c in CASES)))
+SAMPLE = 'partial states: offset {} (PARTIAL_STATES_OFFSET), cells: {}'.format(
+    OFFSET, ', '.join(c.name for c in CASES))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def announce(request: pytest.FixtureRequest) -> None:
+    """CI's log says which cells of the grid this commit ran (a print at
+    collection is swallowed by pytest's capture)."""
+    capture = request.config.pluginmanager.get_plugin('capturemanager')
+    reporter = request.config.pluginmanager.get_plugin('terminalreporter')
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line('')
+            reporter.write_line(SAMPLE)
 
 
 @pytest.fixture(scope='module')
