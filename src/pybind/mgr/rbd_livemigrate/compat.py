@@ -35,6 +35,7 @@ the cls_rbd MigrationSpec (encoding v3) and snapshot namespaces; the OSD
 map's ``blocklist`` (address -> expiry); ``Rados.blocklist_add`` (int expiry).
 """
 
+import errno
 import inspect
 import logging
 import threading
@@ -161,3 +162,42 @@ def prepare_takes_flatten(migration_prepare: Callable[..., Any]) -> bool:
     doc = getattr(migration_prepare, '__doc__', None) or ''
     first = doc.strip().split('\n', 1)[0]
     return ':param flatten:' in doc or 'flatten=' in first
+
+
+# A native source-spec that names a client but no cluster: librbd that knows
+# ``cluster_name`` refuses it (EINVAL) before connecting or creating anything;
+# older librbd ignores both keys and fails opening the pool named here
+# (ENOENT, nothing created).
+CROSS_CLUSTER_PROBE_SPEC = ('{"type": "native", "client_name": "client.rbd_livemigrate-probe", '
+                            '"pool_name": "rbd_livemigrate-probe-no-such-pool", '
+                            '"image_name": "probe", "snap_name": "probe"}')
+CROSS_CLUSTER_RELEASE = 'Tentacle (20.2)'
+
+
+def cross_cluster_import(prepare_import: Callable[[str], Any]) -> bool:
+    """Does the running librbd import from another cluster (the ``native``
+    source's ``cluster_name``/``client_name``: Tentacle 20.2; Squid 19.2.3 by
+    its release notes, not run here)?
+
+    ``prepare_import(spec_json)`` runs ``migration_prepare_import`` of that
+    spec to a destination that is never created, raising an error with an
+    ``errno`` attribute.  Measured with the binding of each release:
+    Tentacle 20.2.4 EINVAL, Reef 18.2.7 ENOENT, Pacific 16.2.15 ENOENT, no
+    image created.  Anything but EINVAL, or no error, is "no".
+    """
+    try:
+        prepare_import(CROSS_CLUSTER_PROBE_SPEC)
+    except Exception as e:
+        err = abs(getattr(e, 'errno', 0) or 0)
+        log.debug('cross-cluster probe: %s errno %s', type(e).__name__, err)
+        return err == errno.EINVAL
+    log.warning('cross-cluster probe: migration_prepare_import of a spec with no '
+                'cluster succeeded; treating this librbd as without cross-cluster import')
+    return False
+
+
+def cross_cluster_refusal() -> str:
+    """The one line EOPNOTSUPP carries where ``cross_cluster_import`` is False."""
+    return ('moving images from another cluster needs the mgr on Ceph {} or later (its '
+            'librbd imports from a remote cluster); this one has no such import'.format(
+                CROSS_CLUSTER_RELEASE))
