@@ -2,6 +2,7 @@
 resume, add-pool, the total bandwidth option."""
 
 import datetime
+import json
 import threading
 import time
 from typing import Dict, Iterator, List, Set
@@ -85,17 +86,36 @@ def _window(minutes_from_now: int, length: int) -> str:
     return '{:%H:%M}-{:%H:%M}'.format(start, end)
 
 
+def witness(cluster: Cluster, name: str, objects: int = 5) -> None:
+    """A clock read from the cluster, for checks that something does NOT
+    happen: a client writes ``objects`` 4 MiB objects to an image of its own
+    under librbd QoS at 4 MiB/s, and they are counted in the pool; a copy at
+    4 MiB/s that was not held would have written about as many meanwhile."""
+    spec = 'a/{}-witness'.format(name)
+    rbdtools.create_image(cluster.conf, spec, objects * 4 * MiB, written=0)
+    cluster.rbd('image-meta', 'set', spec, 'conf_rbd_qos_bps_limit', str(4 * MiB))
+    with rbdtools.opened(cluster.conf, spec) as image:
+        rbdtools.write(image, 0, objects * 4 * MiB, 'witness')
+    wid = json.loads(cluster.rbd('info', '--format', 'json', spec).stdout)['id']
+    assert rbdtools.data_objects(cluster.conf, 'a', wid) == objects
+
+
 def test_window_closed_then_open(cluster: Cluster, lm: Livemigrate, name: str) -> None:
     src = images(cluster, name, 1)[0]
+    dst = src.replace('a/', 'b/', 1)
     before = rbdtools.checksums(cluster.conf, src)
     lm.set_option('maintenance_window', _window(120, 60))       # opens in two hours
     try:
-        task = lm.add(src, src.replace('a/', 'b/', 1))
+        task = lm.add(src, dst)
         t = lm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
         assert t['state'] == 'queued' and 'maintenance window' in t['blocked_reason']
         assert 'maintenance window' in lm.ok('status', task['id'])
-        time.sleep(1)
+        witness(cluster, name)
+        # nothing prepared, read from the cluster: the source in its place, no destination
         assert lm.status(task['id'])['state'] == 'queued'
+        assert not rbdtools.image_exists(cluster.conf, dst)
+        assert rbdtools.image_exists(cluster.conf, src)
+        assert name not in ' '.join(rbdtools.trash_names(cluster.conf, 'a'))
         lm.set_option('maintenance_window', _window(-1, 60))    # open now
         lm.wait(task['id'])
     finally:
@@ -108,14 +128,18 @@ def test_window_closing_pauses_running_copy(cluster: Cluster, lm: Livemigrate,
     src = images(cluster, name, 1, 32 * MiB)[0]
     before = rbdtools.checksums(cluster.conf, src)
     task = lm.add(src, src.replace('a/', 'b/', 1), '--bandwidth-limit', '4M')
-    lm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    t = lm.wait(task['id'], pred=lambda t: t['state'] == 'executing' and t['progress'] > 0.05)
+    did = t['dest_image_id']
     lm.set_option('maintenance_window', _window(120, 60))
     try:
         t = lm.wait(task['id'], pred=lambda t: bool(t['blocked_reason']))
         assert t['state'] == 'executing'
-        p1 = lm.status(task['id'])['bytes_copied']
-        time.sleep(3)
-        assert lm.status(task['id'])['bytes_copied'] <= p1 + 8 * MiB   # held (in-flight ops)
+        # held: while the witness writes 5 objects at the copy's rate, the
+        # destination gets at most the object that was in flight
+        held = rbdtools.data_objects(cluster.conf, 'b', did)
+        witness(cluster, name)
+        assert rbdtools.data_objects(cluster.conf, 'b', did) <= held + 1
+        assert held < 8                     # 32 MiB: 8 objects; not done before the window
     finally:
         lm.rm_option('maintenance_window')
     lm.wait(task['id'])
