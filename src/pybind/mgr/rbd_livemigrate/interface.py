@@ -470,6 +470,13 @@ class RbdPort:
         ahead of a cutover, while they still hold it."""
         raise NotImplementedError
 
+    def restore_head(self, client: Client, source: ImageSpec, source_id: str,
+                     dest: ImageSpec) -> int:
+        """Write the source's head (by id: in its trash during a migration)
+        over every extent where the destination's head differs from it;
+        the number of bytes written."""
+        raise NotImplementedError
+
     def unprotect(self, client: Client, spec: ImageSpec, name: str, rollback: bool) -> bool:
         """Roll ``spec`` back to snapshot ``name`` (``rollback``), then remove
         it; False when there is no such snapshot (done before)."""

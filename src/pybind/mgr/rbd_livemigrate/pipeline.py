@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .errors import Blocked, LiveMigrateError, Transient
 from .hold import Hold, HoldKind
 from .interface import Client, Intent, MigState, Observation, RbdPort
-from .planner import Act, Action, import_dest_id, plan
+from .planner import Act, Action, Phase, import_dest_id, plan, plan_known
 from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
 from .scheduler import RunnerHandle, Worker, retry_delay
@@ -46,6 +46,13 @@ class Abandoned(Exception):
 # stable states to fall back to when a step is interrupted before librbd
 # changed anything; a commit or abort under way stays what it is
 _FALLBACK = {State.PREPARING: State.QUEUED, State.EXECUTING: State.PREPARED}
+
+# what librbd shows right after the runner's own step succeeded, by the state
+# that step leaves the record in (a commit: committing, until it is marked)
+_KNOWN = {State.PREPARED: Phase.PREPARED, State.EXECUTED: Phase.EXECUTED,
+          State.COMMITTING: Phase.COMMITTED}
+# the actions done without reading librbd back (``Runner._straight_on``)
+_STRAIGHT = (Act.EXECUTE, Act.VERIFY, Act.COMMIT, Act.DROP_SNAP, Act.MARK)
 
 
 class Runner(RunnerHandle):
@@ -359,6 +366,8 @@ class Runner(RunnerHandle):
                      if safe else 'the abort keeps their writes')
             if safe != task.rollback_source:
                 self.worker.update(self.task_id, lambda t: t.evolve(rollback_source=safe))
+        if task.cancel_requested and self._unsnapshotted_mismatch(task, action, obs):
+            self._restore_head(task, source, dest)
         log.info('task %s: aborting through %s%s', task.id, target,
                  ' ({})'.format(action.detail) if action.detail else '')
         if task.source_image_id is not None and obs.source.exists:
@@ -368,6 +377,36 @@ class Runner(RunnerHandle):
         if action.retry:
             raise Transient(action.detail)
         return True
+
+    @staticmethod
+    def _unsnapshotted_mismatch(task: Task, action: Action, obs: Observation) -> bool:
+        """A batch's task without a protective snapshot whose comparison found
+        a difference, its destination still whole (not under abort)."""
+        v = task.verification
+        return (task.protect_snap is None and task.batch_id is not None
+                and task.source_image_id is not None and not action.by_source
+                and v is not None and v.result == VerifyResult.MISMATCH
+                and obs.dest.exists and obs.dest.header is not None
+                and obs.dest.header.state != MigState.ABORTING)
+
+    def _restore_head(self, task: Task, source: ImageSpec, dest: ImageSpec) -> None:
+        """librbd's abort copies the destination's head back into the source
+        from the source's last snapshot on (all of it without one), damage
+        included (its ``revert_data``).  Without a protective snapshot, first
+        write the source's bytes over every extent of the destination's head
+        that differs, so that the abort copies back exactly the source.  Only
+        while no client has the destination open (a batch is for images no
+        client uses; with one, the abort keeps its writes)."""
+        assert task.source_image_id is not None
+        clients = self.adapter.watchers(dest)
+        if clients:
+            log.warning('task %s: %s has clients (%s): the abort copies its head back into '
+                        'the source as it is', task.id, dest, ', '.join(clients[:3]))
+            return
+        written = self.adapter.restore_head(self._client(), source, task.source_image_id, dest)
+        log.warning('task %s: wrote %d byte(s) of the source over the destination %s where '
+                    'its head differed, before the abort copies it back', task.id, written,
+                    dest)
 
     def _wait(self, task: Task, action: Action, source: ImageSpec) -> None:
         if action.state is not None and task.state != action.state:
@@ -510,6 +549,12 @@ class Runner(RunnerHandle):
         protect = protect_name(task.id) if task.verify != VerifyMode.OFF else None
         # taken while the clients held the source (``_protect_early``)
         early = protect is not None and task.protect_snap == protect
+        if protect is not None and task.batch_id is not None and not early:
+            # a batch's source that no client held: no snapshot, which would
+            # be an OSDMap change on the task's path (its creation, its copy
+            # at prepare, its removals); the head is compared instead, and a
+            # cancel after a mismatch restores the source (see verify.py)
+            protect = None
         # Waited for only when no record of the task was ever written (a
         # batch's, written behind at add, and prepared at once): a source
         # prepared for a task that no stored record knows would be found by
@@ -711,43 +756,48 @@ class Runner(RunnerHandle):
         log.info('task %s: executed in %.1fs', task.id, self._now() - started)
 
     def _straight_on(self, source: ImageSpec, dest: ImageSpec) -> bool:
-        """After a prepare or an execute that succeeded, the next steps
-        without reading librbd back: what it would show is known (prepared,
-        then executed, then committed).  Anything else (a cancel, a hold, a
-        manual commit, a flatten to do after commit, an interrupt) goes back
-        to observing and planning.  True: observe again; False: done."""
-        task = self.worker.get(self.task_id)
-        if self._detour(task):
-            return True
-        if task.state == State.PREPARED:
-            if task.dest_image_id is None:
-                # the id prepare gave the destination: one directory lookup
-                dest_id = self.adapter.image_id(dest)
-                task = self.worker.update(self.task_id, lambda t: t.evolve(
-                    dest_image_id=dest_id), persist=False)
-            self._execute(task, dest)
+        """After a step of its own that succeeded (a prepare, an execute),
+        librbd's state is known without reading it back: ask the planner
+        what is next in that state (``planner.plan_known``) and do it at once
+        while it is the copy's next step (execute, verify, commit, then the
+        protective snapshot and the record).  Anything else (a cancel, a
+        hold, an interrupt, a manual commit's wait, a flatten) goes back to
+        observing and planning.  True: observe again; False: done."""
+        while True:
             task = self.worker.get(self.task_id)
             if self._detour(task):
                 return True
-        if (task.state != State.EXECUTED or task.layout.flatten
-                or (task.manual_commit and not task.commit_requested)):
-            return True
-        if not task.verified:
-            if not self._verify(task, source, dest):
+            phase = _KNOWN.get(task.state)
+            if phase is None:
+                return True
+            action = plan_known(task, phase, self.worker.hold_reason(task))
+            if action is None or action.act not in _STRAIGHT or (
+                    action.act == Act.COMMIT and task.layout.flatten):
+                return True
+            if action.act == Act.EXECUTE:
+                if task.dest_image_id is None:
+                    # the id prepare gave the destination: one directory lookup
+                    dest_id = self.adapter.image_id(dest)
+                    task = self.worker.update(self.task_id, lambda t: t.evolve(
+                        dest_image_id=dest_id), persist=False)
+                self._execute(task, dest)
+            elif action.act == Act.VERIFY:
+                if not self._verify(task, source, dest):
+                    return False
+            elif action.act == Act.COMMIT:
+                if not self._clones_allowed(task, dest):
+                    return False
+                self._commit(task, dest)
+            elif action.act == Act.DROP_SNAP:
+                assert task.protect_snap is not None
+                self.adapter.unprotect(self._client(), dest, task.protect_snap, False)
+                # stored with the record's end, next
+                self.worker.update(self.task_id, lambda t: t.evolve(
+                    protect_snap=None, rollback_source=False), persist=False)
+                self.protect_known = True
+            else:
+                self._finish(action)
                 return False
-            task = self.worker.get(self.task_id)
-            if self._detour(task):
-                return True
-        if not self._clones_allowed(task, dest):
-            return False
-        self._commit(task, dest)
-        task = self.worker.get(self.task_id)
-        if task.state != State.COMMITTING:
-            return True                       # a cancel came first: plan again
-        if task.protect_snap is not None:
-            self.adapter.unprotect(self._client(), dest, task.protect_snap, False)
-        self._finish(Action(Act.MARK, State.COMMITTED), protect_snap=None)
-        return False
 
     def _verify(self, task: Task, source: ImageSpec, dest: ImageSpec) -> bool:
         """Compare the destination with its source before commit (see
@@ -760,7 +810,10 @@ class Runner(RunnerHandle):
         # one look at both sides: their snapshots and what clients wrote
         inputs = self.adapter.verify_inputs(source, source_id, dest, protect)
         writes = inputs.client_writes
-        cmp = plan_comparison(task.verify, inputs.src_snaps, inputs.dst_snaps, protect, writes)
+        unused = (protect is None and task.batch_id is not None and task.verify == VerifyMode.AUTO
+                  and not self.adapter.watchers(dest))
+        cmp = plan_comparison(task.verify, inputs.src_snaps, inputs.dst_snaps, protect, writes,
+                              unused)
         first = Verification(task.verify, VerifyResult.RUNNING, task.dest_image_id,
                              [p.label for p in cmp.pairs], cmp.note, started=started,
                              client_writes=writes)

@@ -292,8 +292,26 @@ def plan(task: Task, obs: Observation, hold: Optional[Hold] = None) -> Action:
     return action
 
 
-def plan_phase(task: Task, verdict: Verdict, obs: Observation,
+def plan_known(task: Task, phase: Phase, hold: Optional[Hold] = None) -> Optional[Action]:
+    """The next action right after the runner's own step succeeded, when
+    librbd's state is known without reading it back: ``phase`` is what that
+    step leaves (prepared, executed, committed).  None when the headers must
+    be read first: a cancel, whose abort depends on them."""
+    if task.cancel_requested or phase not in (Phase.PREPARED, Phase.EXECUTED,
+                                              Phase.COMMITTED):
+        return None
+    verdict = Verdict(phase)
+    action = (plan_import(task, verdict, hold) if task.import_spec is not None
+              else plan_phase(task, verdict, None, hold))
+    if action.state is not None and not can_move(task.state, action.state):
+        return None
+    return action
+
+
+def plan_phase(task: Task, verdict: Verdict, obs: Optional[Observation],
                hold: Optional[Hold] = None) -> Action:
+    """``obs`` is read only where a half-done step must be undone (None:
+    not read, see ``plan_known``)."""
     phase = verdict.phase
     cancel = task.cancel_requested
     if phase == Phase.STRANDED:
@@ -301,7 +319,7 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
         return Action(Act.RESTORE_SOURCE, State.ABORTING if cancel else State.QUEUED,
                       'a prepare was cut short before it wrote a migration header: restoring '
                       'the source from the trash')
-    if phase == Phase.HALF_PREPARED and _half_created(obs):
+    if phase == Phase.HALF_PREPARED and obs is not None and _half_created(obs):
         # librbd's abort cannot undo this (EINVAL, or EEXIST in place): the
         # destination it created has no header yet; it holds nothing but what
         # prepare copied, so remove it, then abort through the source
@@ -369,16 +387,23 @@ def plan_phase(task: Task, verdict: Verdict, obs: Observation,
     if phase == Phase.ABORTING:
         # someone's abort was cut short: finish it (the intent it shows)
         return Action(Act.ABORT, None, by_source=_abort_by_source(phase, obs))
+    assert phase in (Phase.PREPARED, Phase.EXECUTING, Phase.EXECUTED), phase
+    return _copy_and_commit(task, phase, hold, verifies=True)
+
+
+def _copy_and_commit(task: Task, phase: Phase, hold: Optional[Hold], verifies: bool) -> Action:
+    """The tail a migration and an import share, from prepared on: the copy
+    (which a hold keeps from starting), a manual commit's wait, the
+    comparison (a migration's), the commit."""
     if phase in (Phase.PREPARED, Phase.EXECUTING):
         if hold is not None:
             return Action(Act.WAIT, State.PREPARED, hold=hold)
         return Action(Act.EXECUTE, State.PREPARED)
-    assert phase == Phase.EXECUTED, phase
     if task.manual_commit and not task.commit_requested:
         return Action(Act.WAIT, State.EXECUTED, hold=Hold(
             HoldKind.MANUAL_COMMIT, 'executed: waiting for ceph rbd livemigrate commit {}'.format(
                 task.id)))
-    if not task.verified:
+    if verifies and not task.verified:
         # just before the commit (a manual commit's may come much later)
         return Action(Act.VERIFY, State.EXECUTED)
     return Action(Act.COMMIT, State.COMMITTING)
@@ -389,13 +414,14 @@ def cutover_hold(task: Task) -> Hold:
                 'with --manual-cutover)'.format(task.id))
 
 
-def _abort_by_source(phase: Phase, obs: Observation) -> bool:
+def _abort_by_source(phase: Phase, obs: Optional[Observation]) -> bool:
     """Abort through the source's name once the destination has no header.
 
     librbd finds a migration by either name; through the destination it
     needs the destination's header, through the source (in its trash) the
     source's.
     """
+    assert obs is not None, phase
     return obs.dest.header is None or not obs.dest.exists
 
 
@@ -543,15 +569,7 @@ def plan_import(task: Task, verdict: Verdict, hold: Optional[Hold] = None) -> Ac
                           verdict.detail or 'no detail'), retry=True)
     if phase == Phase.ABORTING:
         return Action(Act.ABORT, None)
-    if phase in (Phase.PREPARED, Phase.EXECUTING):
-        if hold is not None:
-            return Action(Act.WAIT, State.PREPARED, hold=hold)
-        return Action(Act.EXECUTE, State.PREPARED)
-    if phase != Phase.EXECUTED:
+    if phase not in (Phase.PREPARED, Phase.EXECUTING, Phase.EXECUTED):
         return Action(Act.FAIL, State.FAILED, verdict.detail or 'import is {}'.format(
             phase.value))
-    if task.manual_commit and not task.commit_requested:
-        return Action(Act.WAIT, State.EXECUTED, hold=Hold(
-            HoldKind.MANUAL_COMMIT, 'executed: waiting for ceph rbd livemigrate commit {}'.format(
-                task.id)))
-    return Action(Act.COMMIT, State.COMMITTING)
+    return _copy_and_commit(task, phase, hold, verifies=False)

@@ -97,6 +97,27 @@ class Verify(ControlClient):
                                     None if protect is None
                                     else _client_writes(di, protect))
 
+    def restore_head(self, client: ClientBase, source: ImageSpec, source_id: str,
+                     dest: ImageSpec) -> int:
+        """Chunk by chunk over what either head holds: where the destination
+        differs, the source's bytes are written over it (through librbd,
+        like a client's write: what librbd's abort then copies back)."""
+        what = "cannot write the source's head over '{}'".format(dest)
+        written = 0
+        with open_ioctx(client, source) as src_io, \
+                open_ioctx(client, dest, what, RBD_ERRORS) as dst_io:
+            with rbd.Image(src_io, image_id=source_id, read_only=True) as si, \
+                    rbd.Image(dst_io, dest.image) as di:
+                size = min(si.size(), di.size())
+                for off, n in merge_extents(_allocated(si, size) + _allocated(di, size), size,
+                                            COMPARE_CHUNK):
+                    want = si.read(off, n)
+                    if di.read(off, n) != want:
+                        di.write(want, off)
+                        written += n
+                di.flush()
+        return written
+
     def compare(self, client: ClientBase, source: ImageSpec, source_id: str, dest: ImageSpec,
                 pairs: List[Any], on_progress: Callable[[int, int], bool]
                 ) -> Optional[Mismatch]:

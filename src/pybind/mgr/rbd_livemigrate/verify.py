@@ -64,11 +64,15 @@ Snaps = Sequence[Tuple[str, int]]         # user snapshots (name, size), oldest 
 
 
 def plan_comparison(mode: VerifyMode, src_snaps: Snaps, dst_snaps: Snaps,
-                    protect: Optional[str], client_writes: Optional[int]) -> ComparisonPlan:
+                    protect: Optional[str], client_writes: Optional[int],
+                    unused: bool = False) -> ComparisonPlan:
     """The comparisons ``mode`` asks for.  ``src_snaps``/``dst_snaps`` are the
     user snapshots of each side with the protective one (``protect``, None:
     there is none) left out; ``client_writes`` is how many destination
-    objects clients wrote since prepare (None: unknown)."""
+    objects clients wrote since prepare (None: unknown).  ``unused``: there
+    is no protective snapshot because the task is a batch's whose source no
+    client held, and no client has the destination open: the head is
+    compared (for ``auto`` as for ``full``)."""
     src = [(n, s) for n, s in src_snaps if n != protect]
     dst = dict((n, s) for n, s in dst_snaps if n != protect)
     notes: List[str] = []
@@ -93,6 +97,12 @@ def plan_comparison(mode: VerifyMode, src_snaps: Snaps, dst_snaps: Snaps,
     pairs = [Pair(name, name, name) for name, _ in src]
     if mode == VerifyMode.FULL:
         return _planned(pairs + [Pair(HEAD, None, None)], notes)
+    if protect is None and unused:
+        # a batch's task whose source no client held takes no snapshot (an
+        # OSDMap change each): its destination has no client either
+        return _planned(pairs + [Pair(HEAD, None, None)], notes + [
+            'no protective snapshot (a batch task whose source no client held); no client '
+            'has the destination open: the head is compared'])
     if protect is None:
         return _planned(pairs, notes + [
             'head not compared: no protective snapshot (an adopted migration, or the source '
