@@ -305,6 +305,7 @@ class Worker(TaskTable):
         self.chores: List[Chore] = []
         self.drawn: Set[str] = set()         # waiting tasks whose bar this mgr drew
         self.protect_tried: Set[str] = set()  # sources with clients snapshotted ahead
+        self.clients_seen: Dict[str, float] = {}  # the last look that saw a source's clients
 
     def kick(self) -> None:
         """Make the scheduler pass run now."""
@@ -506,6 +507,7 @@ class Worker(TaskTable):
                 addrs = []
             seen = self.clock()
             if addrs:
+                self.clients_seen[task_id] = seen
                 self._protect_ahead(task)
                 reason = watchers_reason(task.source, addrs)
                 due = seen + (FAST_RECHECK_SECONDS if task_id in fast
@@ -516,12 +518,17 @@ class Worker(TaskTable):
                     next_retry=due, blocked_reason=reason, clients_gone_at=None),
                     persist=False)
             else:
-                # not written: a store write is a monitor commit, which would
+                # they closed between the last look that saw them and this
+                # one (FAST_RECHECK_SECONDS apart for the first few): the
+                # middle is the cutover's start within half of that.  Not
+                # written: a store write is a monitor commit, which would
                 # hold the prepare's snapshot copies (OSDMap changes) for up
                 # to a paxos interval; the runner's next stored change has it
+                last = self.clients_seen.pop(task_id, seen)
+                gone = (last + seen) / 2 if seen - last <= 2 * FAST_RECHECK_SECONDS else seen
                 self.update(task_id, lambda t: t.evolve(
                     blocked_kind=None, blocked_reason=None, blocked_since=None,
-                    next_retry=None, clients_gone_at=seen)
+                    next_retry=None, clients_gone_at=gone)
                     if t.blocked_kind == HoldKind.WATCHERS.value else t, persist=False)
                 log.info('task %s: the clients of %s are gone', task_id, task.source)
                 self.kick()

@@ -165,3 +165,20 @@ def test_a_task_awaiting_its_manual_cutover_has_the_snapshot_taken() -> None:
     w.tick()
     _wait_for(lambda: AheadRunner.ahead == ['t1'])
     assert AheadRunner.started == []
+
+
+def test_the_cutover_starts_between_the_last_look_with_clients_and_the_first_without() -> None:
+    clients = {'a/img1': ['127.0.0.1:0/1']}
+    w = _worker(clients)
+    clock = [NOW]
+    w.clock = lambda: clock[0]
+    w.put(Task(id='t1', source='a/img1', destination='b/img1', created=NOW,
+               verify=VerifyMode.OFF, blocked_kind='watchers', blocked_reason='x'))
+    w.tick()
+    assert w.get('t1').blocked_kind == 'watchers'
+    clients.clear()
+    clock[0] = NOW + 0.04
+    w.update('t1', lambda t: t.evolve(next_retry=None), persist=False)
+    w.tick()
+    t = w.get('t1')
+    assert t.blocked_kind is None and abs((t.clients_gone_at or 0) - (NOW + 0.02)) < 1e-9
