@@ -447,6 +447,7 @@ class Bench:
                         verify: Optional[str] = 'off') -> Dict[str, Any]:
         """add-pool of ``names``; ``verify`` None: the product's default mode."""
         mgr_cur, mon_cur = self.cursors()
+        epoch0 = self.osdmap_epoch()
         cpu = CpuMeter(self.cluster)
         cpu.start()
         t0 = time.monotonic()
@@ -459,7 +460,9 @@ class Bench:
         t_end, _ = self.wait_tasks(ids, timeout=900)
         polled = t_end - t0
         res: Dict[str, Any] = {'polled_seconds': round(polled, 3),
-                               'add_pool_seconds': round(t_added - t0, 3)}
+                               'add_pool_seconds': round(t_added - t0, 3),
+                               # OSDMap changes while the batch ran (snapshots are ones)
+                               'osdmap_epochs': self.osdmap_epoch() - epoch0}
         res.update(cpu.stop(polled))
         events = module_events(mgr_cur.lines())
         res['phases'] = phase_summary(events, store_writes(mon_cur.lines()), ids)
@@ -598,14 +601,18 @@ class Bench:
             'compares': {
                 'module': f'add-pool --verify off at max_concurrent {conc}',
                 'module_defaults': f'add-pool at the operator\'s defaults (--verify auto: a '
-                                   f'protective snapshot and a comparison per image; '
-                                   f'max_concurrent {conc})',
+                                   f'comparison per image, no protective snapshot for '
+                                   f'sources without clients; max_concurrent {conc})',
                 'cli_loop': 'rbd migration prepare/execute/commit, one image after the other '
                             '(concurrency 1, nothing verified)',
                 'rbd_support': 'rbd migration prepare (CLI) for each, then ceph rbd task add '
                                'migration execute and commit (rbd_support\'s own queue)',
             },
             'module_seconds': spread([x['module']['seconds'] for x in runs]),
+            'ratio_defaults_vs_verify_off': spread([x['module_defaults']['seconds']
+                                                    / x['module']['seconds'] for x in runs]),
+            'osdmap_epochs_per_image_defaults': spread([x['module_defaults']['osdmap_epochs'] / n
+                                                        for x in runs]),
             'module_defaults_seconds': spread([x['module_defaults']['seconds'] for x in runs]),
             'ratio_defaults_vs_cli_loop': spread([x['ratio_defaults_vs_cli_loop']
                                                   for x in runs]),
@@ -615,6 +622,12 @@ class Bench:
             'ratio_vs_rbd_support': spread([x['ratio_vs_rbd_support'] for x in runs]),
             'module_options': opts,
         }
+
+    def osdmap_epoch(self) -> int:
+        ret, out, err = self.mon('osd dump', format='json')
+        if ret != 0:
+            raise RuntimeError(f'osd dump: {err}')
+        return int(json.loads(out)['epoch'])
 
     def module_settings(self) -> Dict[str, Optional[str]]:
         out: Dict[str, Optional[str]] = {}
@@ -773,8 +786,10 @@ class Bench:
         src_io, dst_io = self.ioctx(SRC_POOL), self.ioctx(DST_POOL)
         try:
             image = rbd.Image(src_io, name)
+            # the product's default verify mode (its protective snapshot is
+            # what an operator's cutover carries)
             kw: Dict[str, Any] = {'source_spec': f'{SRC_POOL}/{name}',
-                                  'dest_spec': f'{DST_POOL}/{name}', 'verify': 'off'}
+                                  'dest_spec': f'{DST_POOL}/{name}'}
             if manual:
                 kw['manual_cutover'] = True
             task = self.mgr_ok('rbd livemigrate add', **kw)
@@ -788,7 +803,17 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f'task {task["id"]} never waited: {st}')
                 time.sleep(0.05)
-            time.sleep(0.5)       # the module settled into watching the clients
+            # the module settled into watching the clients: its protective
+            # snapshot was taken meanwhile (as for a client that runs on for
+            # a while after the add); then one paxos interval, so that the
+            # snapshot's own monitor commit is not what the cutover meets
+            while not st.get('protect_snap'):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'task {task["id"]} took no snapshot: {st}')
+                time.sleep(0.05)
+                st = self.mgr_ok('rbd livemigrate status', task_or_image=task['id'],
+                                 format='json')
+            time.sleep(1.5)
             t0 = time.monotonic()
             image.close()
             cut: Optional[Dict[str, Any]] = None
@@ -813,7 +838,7 @@ class Bench:
 
     def section_cutover(self) -> Dict[str, Any]:
         a = self.args
-        res: Dict[str, Any] = {'runs_per_mode': a.cutover_runs}
+        res: Dict[str, Any] = {'runs_per_mode': a.cutover_runs, 'verify': 'auto (default)'}
         self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_concurrent', value='4')
         for manual in (False, True):
             mode = 'manual' if manual else 'auto'
