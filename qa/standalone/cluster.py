@@ -750,6 +750,25 @@ class Cluster:
         """Name of the active mgr from ``ceph mgr dump`` ('' if there is none)."""
         return str(self.ceph_json('mgr', 'dump').get('active_name', ''))
 
+    @property
+    def mon_host(self) -> str:
+        """The monitor address as another cluster's client is given it (``mon_host``)."""
+        return f'v2:127.0.0.1:{self.port}'
+
+    def create_user(self, entity: str, caps: Dict[str, str]) -> Tuple[str, str]:
+        """``ceph auth get-or-create`` ``entity`` with ``caps`` (e.g. {'mon': 'profile rbd',
+        'osd': 'profile rbd'}), its keyring written to DIR/<entity>.keyring (0600): returns
+        (keyring path, key).  For a second cluster's clients (a remote source)."""
+        args = [x for kv in sorted(caps.items()) for x in kv]
+        out = self.ceph('auth', 'get-or-create', entity, *args).stdout
+        key = next((line.split('=', 1)[1].strip() for line in out.splitlines()
+                    if line.strip().startswith('key')), '')
+        if not key:
+            raise ClusterError(f'auth get-or-create {entity}: no key in its answer')
+        path = os.path.join(self.dir, f'{entity}.keyring')
+        _write(path, out if out.endswith('\n') else out + '\n', 0o600)
+        return path, key
+
     def create_pool(self, name: str, rbd_init: bool = True, pg_num: int = 8) -> None:
         """Create a replicated pool (size 1) and, by default, ``rbd pool init`` it."""
         self.ceph('osd', 'pool', 'create', name, str(pg_num), str(pg_num))
