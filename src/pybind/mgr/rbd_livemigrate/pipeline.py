@@ -25,7 +25,8 @@ from .interface import Client, Intent, MigState, Observation, RbdPort
 from .planner import Act, Action, Phase, import_dest_id, plan, plan_known
 from .preflight import PoolInfo, find_blockers
 from .progress import EXECUTE_SHARE
-from .scheduler import RunnerHandle, Worker, retry_delay
+from .options import retry_delay
+from .runctx import RunContext, RunnerHandle
 from .spec import ImageSpec
 from .task import State, Task, Verification, VerifyMode, VerifyResult
 from .verify import explain_mismatch, plan_comparison, protect_name, rollback_safe
@@ -56,7 +57,7 @@ _STRAIGHT = (Act.EXECUTE, Act.VERIFY, Act.COMMIT, Act.DROP_SNAP, Act.MARK)
 
 
 class Runner(RunnerHandle):
-    def __init__(self, worker: Worker, task_id: str, adapter: RbdPort,
+    def __init__(self, worker: RunContext, task_id: str, adapter: RbdPort,
                  pools: Callable[[], Dict[str, PoolInfo]],
                  import_gate: Optional[Callable[[str, ImageSpec, str], None]] = None) -> None:
         self.worker = worker

@@ -19,7 +19,9 @@ from .health import HealthChecks, build_checks
 from .hold import Hold, HoldKind
 from .planner import cutover_hold
 from .preflight import MIN_BANDWIDTH_BYTES, watchers_reason
+from .options import Options, retry_delay  # noqa: F401 (re-exported)
 from .progress import ProgressReporter, waiting_note
+from .runctx import RunnerHandle  # re-exported for the tests and benchmarks
 from .store import TaskStore
 from .table import TaskTable, order_key
 from .task import State, Task
@@ -35,24 +37,6 @@ MIN_TICK_SECONDS = 0.05
 FAST_WATCH_TASKS = 4
 FAST_RECHECK_SECONDS = 0.05
 CUTOVER_STATES = (State.QUEUED, State.PREPARING)
-
-
-@dataclass(frozen=True)
-class Options:
-    max_concurrent: int = 2
-    max_concurrent_per_pool: int = 0
-    max_history: int = 100
-    stall_warn_seconds: float = 600
-    blocked_warn_seconds: float = 300
-    retry_max_attempts: int = 5
-    retry_backoff_seconds: float = 10
-    retry_backoff_max_seconds: float = 600
-    blocked_recheck_seconds: float = 5
-    bandwidth_limit_bytes: int = 0
-    total_bandwidth_limit_bytes: int = 0
-    maintenance_window: str = ''
-    health_pause_checks: str = ''
-    verify_default: str = 'auto'
 
 
 @dataclass
@@ -209,12 +193,6 @@ def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set
     return Decision(cancelled + start, waiting, max(0.05, next_tick), [t.id for t in due])
 
 
-def retry_delay(attempts: int, opts: Options) -> float:
-    """Capped exponential backoff: base, 2*base, 4*base ... max."""
-    return float(min(opts.retry_backoff_max_seconds,
-                     opts.retry_backoff_seconds * (2 ** max(0, attempts - 1))))
-
-
 def history_to_drop(tasks: Iterable[Task], max_history: int) -> List[str]:
     """Ids of the oldest finished tasks beyond ``max_history``."""
     finished = sorted((t for t in tasks if t.terminal),
@@ -238,32 +216,6 @@ HOUSEKEEPING_MIN_SECONDS = 0.2
 WAITING_DETAIL = 64
 # a batch whose tasks all left the history is kept this long after listing
 EMPTY_BATCH_KEPT_SECONDS = 86400.0
-
-
-class RunnerHandle:
-    """What the worker needs of a running task (see pipeline.Runner)."""
-    task_id: str
-
-    def client_addr(self) -> Optional[str]:
-        """The address of the rados client this runner copies with, if any."""
-        return None
-
-    def abandon(self) -> None:
-        """Detach from a copy stuck in librbd: the thread may never return."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def protect_ahead(self) -> None:
-        """Take the task's protective snapshot while the clients still hold
-        its source (called on a thread of its own, the runner not started)."""
-
-    def interrupt(self) -> None:
-        """Make a running copy stop now (cancel, shutdown)."""
-        raise NotImplementedError
-
-    def join(self, timeout: float) -> None:
-        raise NotImplementedError
 
 
 class Worker(TaskTable):
