@@ -41,7 +41,7 @@ t=qa/standalone/rbd_livemigrate
 # (Reef on Debian 12) a core of it, to keep CI under 45 minutes on 2 cores
 newest="$t/test_acceptance.py $t/test_lifecycle.py $t/test_faults.py $t/test_caps.py
     $t/test_security.py $t/test_import_security.py $t/test_partial_states.py
-    $t/test_reconcile.py $t/test_verify.py
+    $t/test_reconcile.py $t/test_cut_abort.py $t/test_verify.py
     $t/test_cutover.py $t/test_import.py $t/test_dashboard.py"
 core="$t/test_acceptance.py $t/test_caps.py $t/test_dashboard.py"
 last=$(/usr/bin/python3 -c 'import sys; sys.path.insert(0, "qa/standalone")

@@ -6,7 +6,8 @@ answers in each state the fake models (``FakeLibrbd.open_error``): ENOENT
 where the image is not there; for a destination whose header says ABORTING
 (an abort cut after its first writes) EROFS to an open for writing, while a
 read-only open succeeds (measured by ``qa/standalone/rbd_livemigrate/
-test_cut_abort.py`` on Pacific 16.2.15: read-only 0, read-write EROFS);
+test_cut_abort.py`` on Pacific 16.2.15, Reef and Tentacle: read-only 0,
+read-write EROFS);
 ``ro_refused`` makes the read-only open refuse too, for a release that
 would.  Calls nobody expected raise (``RbdPort``'s NotImplementedError).
 """
@@ -167,6 +168,11 @@ class FakeLibrbd(RbdPort):
         self.phase = 'committed'
 
     def abort(self, client: Client, spec: ImageSpec, on_progress: Any = None) -> None:
+        if self.phase == 'half-aborted':
+            # only the source's header is left: librbd's own abort fails ENOENT
+            # (measured, doc/dev: finish_abort does that last write)
+            self.calls.append('abort via {}: ENOENT'.format(spec))
+            raise NotFound('abort failed: [errno 2] No such file or directory')
         self.calls.append('abort via ' + str(spec))
         self.phase = 'not-prepared'
 

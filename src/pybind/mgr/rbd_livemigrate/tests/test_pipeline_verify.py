@@ -85,6 +85,9 @@ def test_the_fake_opens_a_destination_under_abort_like_librbd() -> None:
     assert VerifyingLibrbd('executed').client_writes(dest, P) == 0
     with pytest.raises(NotFound):
         VerifyingLibrbd('half-aborted').client_writes(dest, P)
+    # an abort cut at its last write: librbd's own abort fails ENOENT
+    with pytest.raises(NotFound):
+        VerifyingLibrbd('half-aborted').abort(None, ImageSpec.parse('a/img'))
 
 
 # -- a cancel whose abort was cut ----------------------------------------
