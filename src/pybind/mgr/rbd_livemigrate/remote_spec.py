@@ -290,3 +290,13 @@ def keyring_text(client_name: str, key: str) -> str:
 def pool_images(names: List[str]) -> List[str]:
     """Images of a remote pool, in the order add-pool queues them."""
     return sorted(n for n in names if n)
+
+
+def summary(spec: Dict[str, Any]) -> str:
+    """``<remote>:<pool>[/<ns>]/<image>@<snap>`` for ``ls``, the log and the
+    progress message (a remote spec holds no secret; the conf path is left
+    out as noise)."""
+    name = remote_of_spec(spec) or '?'
+    ns = spec.get('pool_namespace') or ''
+    return '{}:{}/{}{}@{}'.format(name, spec.get('pool_name', '?'), ns + '/' if ns else '',
+                                  spec.get('image_name', '?'), spec.get('snap_name', '?'))

@@ -392,3 +392,10 @@ def test_cross_cluster_probe(release: str, err: int, want: bool) -> None:
 
 def test_cross_cluster_probe_success_is_no() -> None:
     assert compat.cross_cluster_import(lambda spec: None) is False
+
+
+def test_summary() -> None:
+    spec = remote_spec.build_source_spec('/d', 'east', 'client.lm', 'rbd', 'ns', 'img', 's1')
+    assert remote_spec.summary(spec) == 'east:rbd/ns/img@s1'
+    spec['pool_namespace'] = ''
+    assert remote_spec.summary(spec) == 'east:rbd/img@s1'
