@@ -404,8 +404,8 @@ def test_a_finishing_step_waits_out_a_dead_clients_watch(monkeypatch: Any) -> No
     """Removing a half-created destination answers EBUSY while the killed
     mgr's client still watches it: waited out (not a retry counted towards
     failing the task), like an abort."""
-    import rbd_livemigrate.pipeline as pipeline
-    monkeypatch.setattr(pipeline.time, 'sleep', lambda s: None)
+    import time
+    monkeypatch.setattr(time, 'sleep', lambda s: None)
     fake = FakeLibrbd('half-committed')
     busy = [3]
 
