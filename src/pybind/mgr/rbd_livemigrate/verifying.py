@@ -17,6 +17,8 @@ from .verify import explain_mismatch, plan_comparison
 
 log = logging.getLogger(__name__)
 
+VERIFY_BAR_AFTER_SECONDS = 1.0
+
 
 class Verifying(RunnerBase):
     """The verify step."""
@@ -41,7 +43,9 @@ class Verifying(RunnerBase):
                              client_writes=writes)
         task = self.worker.update(self.task_id, lambda t: t.evolve(verification=first),
                                   persist=False)
-        self.worker.progress.verify(task, force=True)
+        # a bar of its own only for a comparison that lasts: drawn once it
+        # has run VERIFY_BAR_AFTER_SECONDS (a pool of small images would
+        # otherwise start and end a bar per image, each a progress-module call)
         last = [started]
 
         def on_progress(done: int, total: int) -> bool:
@@ -59,7 +63,8 @@ class Verifying(RunnerBase):
                         t.verification, bytes_compared=done, bytes_total=total,
                         seconds=now - started))
                 t = self.worker.update(self.task_id, counted, persist=False)
-                self.worker.progress.verify(t)
+                if now - started >= VERIFY_BAR_AFTER_SECONDS:
+                    self.worker.progress.verify(t)
             return True
         if cmp.mismatch is not None:
             found: Optional[Tuple[str, int, str]] = ('', 0, cmp.mismatch)
