@@ -239,7 +239,8 @@ class ConfFiles:
     running tasks need.  Only files with those suffixes (and our temporary
     files) are ever written or removed here."""
 
-    def __init__(self, dir: str) -> None:
+    def __init__(self, dir: str, op_timeout_seconds: int = 0) -> None:
+        self.op_timeout_seconds = op_timeout_seconds
         if not os.path.isabs(dir):
             raise InvalidArgument('remote conf dir {!r} is not absolute'.format(dir))
         self.dir = os.path.normpath(dir)
@@ -304,7 +305,8 @@ class ConfFiles:
         with self._lock:
             self._ensure_dir()
             self._write(keyring, remote_spec.keyring_text(remote.client_name, key))
-            self._write(conf, remote_spec.conf_text(remote.mon_host, keyring))
+            text = remote_spec.conf_text(remote.mon_host, keyring, self.op_timeout_seconds)
+            self._write(conf, text)
         return remote_spec.cluster_path(self.dir, remote.name)
 
     def remove(self, name: str) -> None:

@@ -399,3 +399,12 @@ def test_summary() -> None:
     assert remote_spec.summary(spec) == 'east:rbd/ns/img@s1'
     spec['pool_namespace'] = ''
     assert remote_spec.summary(spec) == 'east:rbd/img@s1'
+
+
+def test_conf_op_timeout(tmp_path: Any) -> None:
+    assert 'op_timeout' not in remote_spec.conf_text('h', '/k')
+    conf = remote_spec.conf_text('h', '/k', 60)
+    assert 'rados_osd_op_timeout = 60' in conf and 'rados_mon_op_timeout = 60' in conf
+    files = ConfFiles(str(tmp_path / 'r'), op_timeout_seconds=30)
+    files.write(Remote('east', 'h', 'client.lm', 'f', 1.0), KEY)
+    assert 'rados_osd_op_timeout = 30' in open(files.paths('east')[0]).read()
