@@ -56,13 +56,15 @@ def test_a_pool_with_the_default_verify_changes_no_osdmap(
     after = _epoch(cluster)
     tasks = _tasks(lm, b['id'])
     assert len(tasks) == 8
-    for t in (lm.ok('status', x['id']) for x in tasks):
+    for t in (lm.ok('status', x['id'], '--format', 'json') for x in tasks):
         v = t['verification']
         assert v['mode'] == 'auto' and v['result'] == 'passed', t
         assert v['compared'] == ['HEAD'], t          # the head itself, not a stand-in
         assert t['protect_snap'] is None
-    # no snapshot was taken, copied or removed for any of them
-    assert after == before, 'OSDMap epoch {} -> {} for 8 images'.format(before, after)
+    # no snapshot was taken, copied or removed for any of them (each would be
+    # OSDMap changes: with one per image the epoch would move by 24); one
+    # change of the cluster's own (a young cluster's PG creation) is allowed
+    assert after - before <= 1, 'OSDMap epoch {} -> {} for 8 images'.format(before, after)
     for s in specs:
         dest = s.replace('c/{}/'.format(src_ns), 'b/{}/'.format(dst_ns))
         assert rbdtools.checksums(cluster.conf, dest) == sums[s]
@@ -93,8 +95,9 @@ def test_a_damaged_batch_destination_is_caught_and_cancel_restores_the_source(
     v = t['verification']
     assert v['result'] == 'mismatch' and v['compared'] == ['HEAD'], v
     assert 'the head differs at offset {} (object 1)'.format(4 * MiB) in t['error'], t['error']
-    out = lm.ok('cancel', b['id'])
-    assert out
+    # the failed task, then the rest of the batch
+    lm.ok('cancel', victim['id'])
+    lm.ok('cancel', b['id'])
     for t in _tasks(lm, b['id']):
         lm.wait(t['id'], ('aborted',))
     for s in specs:
