@@ -284,8 +284,11 @@ def plan(task: Task, obs: Observation, hold: Optional[Hold] = None) -> Action:
     else:
         verdict = judge(obs, source, dest)
         action = plan_phase(task, verdict, obs, hold)
-    if action.state is not None and not can_move(task.state, action.state):
+    if action.state is not None and (not can_move(task.state, action.state) or (
+            task.state == State.ABORTING and action.act == Act.COMMIT)):
         # a record and headers no sequence of steps produces: touch nothing
+        # (an abort under way never turns into a commit; a commit found under
+        # way is finished by FINISH_COMMIT, not started again)
         return Action(Act.FAIL, State.FAILED, 'librbd shows the migration {} but the task '
                       'is {}: check with rbd status {}, then cancel or retry'.format(
                           verdict.phase.value, task.state, dest))

@@ -266,7 +266,9 @@ def test_plan_table(case: str, state: State, cancel: bool, manual: bool) -> None
         # only where no step sequence leads from the record to what librbd shows
         assert action.state == State.FAILED
         assert 'but the task is' in action.detail, action
-        assert not can_move(state, _intended_state(phase, state, cancel, manual))
+        # (an aborting record never starts a commit: test_planner_table.py)
+        assert not can_move(state, _intended_state(phase, state, cancel, manual)) or (
+            state == State.ABORTING and want == Act.COMMIT)
         return
     assert action.act == want, (phase, action)
     # invariants of every cell
