@@ -11,6 +11,8 @@ one JSON object.  The key is read from a keyring file, never from argv.
     remote_driver.py move NAME MON_HOST CLIENT KEYRING CONF_DIR SRC DEST_POOL/DEST_IMAGE
         SRC is pool[/ns]/image[@snap]; without @snap the driver takes a snapshot named
         like the module's and removes it at the end
+    remote_driver.py prepare NAME MON_HOST CLIENT KEYRING CONF_DIR SRC@SNAP DEST [--op-timeout S]
+    remote_driver.py step execute|commit DEST_POOL/DEST_IMAGE    (errno in the answer)
 """
 
 import argparse
@@ -141,6 +143,37 @@ def cmd_move(a: argparse.Namespace) -> Dict[str, Any]:
     return out
 
 
+def cmd_prepare(a: argparse.Namespace) -> Dict[str, Any]:
+    """Files (with the op timeout) and prepare only: the steps follow with ``step``."""
+    pool, ns, image, snap = _split(a.src)
+    dpool, dimage = a.dest.split('/')
+    files = ConfFiles(a.conf_dir, op_timeout_seconds=a.op_timeout)
+    files.write(Remote(a.name, a.mon_host, a.client, '', time.time()),
+                _key(a.keyring, a.client))
+    spec = remote_spec.build_source_spec(a.conf_dir, a.name, a.client, pool, ns, image, snap)
+    local = _local()
+    try:
+        rbd.RBD().migration_prepare_import(json.dumps(spec), local.open_ioctx(dpool), dimage)
+    finally:
+        local.shutdown()
+    return {'spec': spec, 'conf': open(files.paths(a.name)[0]).read()}
+
+
+def cmd_step(a: argparse.Namespace) -> Dict[str, Any]:
+    dpool, dimage = a.dest.split('/')
+    local = _local()
+    t = time.monotonic()
+    try:
+        io = local.open_ioctx(dpool)
+        getattr(rbd.RBD(), 'migration_' + a.what)(io, dimage)
+        return {'ok': True, 'seconds': round(time.monotonic() - t, 2)}
+    except rbd.Error as e:
+        return {'ok': False, 'errno': abs(getattr(e, 'errno', 0) or 0),
+                'error': str(e), 'seconds': round(time.monotonic() - t, 2)}
+    finally:
+        local.shutdown()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest='cmd', required=True)
@@ -162,6 +195,15 @@ def main() -> int:
             s.add_argument('dest')
             s.add_argument('--keep-snap', action='store_true')
         s.set_defaults(func=func)
+    s = sub.add_parser('prepare')
+    for arg in ('name', 'mon_host', 'client', 'keyring', 'conf_dir', 'src', 'dest'):
+        s.add_argument(arg)
+    s.add_argument('--op-timeout', type=int, default=0)
+    s.set_defaults(func=cmd_prepare)
+    s = sub.add_parser('step')
+    s.add_argument('what', choices=('execute', 'commit', 'abort'))
+    s.add_argument('dest')
+    s.set_defaults(func=cmd_step)
     a = p.parse_args()
     print(json.dumps(a.func(a)))
     return 0

@@ -16,7 +16,10 @@ from another cluster).  Run:
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 import uuid
 from typing import Any, Dict, Iterator, Tuple
 
@@ -185,3 +188,39 @@ def test_head_moved_after_snapshot(pair: Tuple[Cluster, Cluster], rw_user: Tuple
     got = sums(dest, 'rbd/vm3')
     assert got['snap1'] == r['snap1']
     assert got['HEAD'] == r['HEAD'], 'librbd now copies the snapshot: revisit remote_spec.py'
+
+
+def test_remote_stopped_mid_copy(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str],
+                                 conf_dir: str) -> None:
+    """The remote's OSD stops mid-copy: with the op timeout in the remote conf
+    the execute fails ETIMEDOUT (without it librbd waits), and an execute
+    again once the remote is back completes with the data matching."""
+    dest, remote = pair
+    keyring, _ = rw_user
+    rbdtools.create_image(remote.conf, 'rbd/vm4', 160 << 20, seed='vm4')
+    remote.rbd('snap', 'create', 'rbd/vm4@m')
+    out = drive(dest, 'prepare', 'east', remote.mon_host, 'client.lmrw', keyring, conf_dir,
+                'rbd/vm4@m', 'rbd/vm4', '--op-timeout', '5')
+    assert 'rados_osd_op_timeout = 5' in out['conf']
+    osd = remote.osd_pid(0)
+    assert osd is not None
+    p = subprocess.Popen(dest.wrap_argv(['/usr/bin/python3', DRIVER, 'step', 'execute',
+                                         'rbd/vm4']),
+                         env=dest.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        time.sleep(0.3)
+        os.kill(osd, signal.SIGSTOP)
+        stdout, _ = p.communicate(timeout=120)
+    finally:
+        os.kill(osd, signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+    first = json.loads(stdout.strip().splitlines()[-1])
+    if first['ok']:
+        pytest.skip('the copy ended before the remote stopped ({} s)'.format(first['seconds']))
+    assert first['errno'] == 110, first
+    again = drive(dest, 'step', 'execute', 'rbd/vm4')
+    assert again['ok'], again
+    assert drive(dest, 'step', 'commit', 'rbd/vm4')['ok']
+    assert sums(dest, 'rbd/vm4')['HEAD'] == sums(remote, 'rbd/vm4')['m']
