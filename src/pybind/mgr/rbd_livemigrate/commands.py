@@ -240,9 +240,10 @@ class Commands:
         self.scheduler.kick()
 
         def settled() -> bool:
+            # prepared (cutover_ms is set earlier, once the destination's
+            # name resolves: clients should wait for the end of prepare)
             t = self.table.get(task.id)
-            return (t.cutover_ms is not None or not t.cutover_requested
-                    or t.state not in (State.QUEUED, State.PREPARING))
+            return not t.cutover_requested or t.state not in (State.QUEUED, State.PREPARING)
         self.table.wait_for(settled, CUTOVER_WAIT_SECONDS)
         task = self.table.get(task.id)
         if task.cutover_ms is not None:
