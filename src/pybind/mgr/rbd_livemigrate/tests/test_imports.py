@@ -43,7 +43,9 @@ def test_the_new_pure_parts_load_without_librbd() -> None:
             'sys.modules["rados"] = None\n'
             'sys.modules["rbd"] = None\n'
             + ''.join('import rbd_livemigrate.{}\n'.format(m) for m in (
-                'options', 'runctx', 'verify', 'rbd_decode', 'batches', 'importer')))
+                'options', 'runctx', 'verify', 'rbd_decode', 'batches', 'importer', 'adding',
+                'orphans', 'views', 'access', 'handles', 'records', 'request', 'runner_base',
+                'cutover', 'copying', 'verifying', 'remote_spec')))
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, UNITTEST='1', PYTHONPATH=os.path.join(here, '..', '..'))
     p = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
