@@ -6,8 +6,8 @@ progress callback), the clones looked at again, the commit.
 import logging
 from typing import List
 
-from .hold import Hold, HoldKind
 from .interface import Intent
+from .planner import descendants_hold
 from .progress import EXECUTE_SHARE
 from .runner_base import PERSIST_PROGRESS_SECONDS, RECORD_EVERY_SECONDS, RunnerBase, _CancelWins
 from .spec import ImageSpec
@@ -124,20 +124,10 @@ class Copying(RunnerBase):
         is retried like any other."""
         if task.allow_descendants:
             return True
-        clones = self.adapter.descendants(dest)
-        if not clones:
+        hold = descendants_hold(dest, self.adapter.descendants(dest))
+        if hold is None:
             return True
-        # name only the clones in the destination's own pool and namespace:
-        # status shows this to callers scoped to the task's pools
-        mine = [c for c in clones if ImageSpec.parse(c).pool_spec == dest.pool_spec]
-        others = len(clones) - len(mine)
-        named = ', '.join(mine[:3]) + (' and ' if mine and others else '') + (
-            '{} in other pools'.format(others) if others else '')
-        self._set_hold(Hold(HoldKind.DESCENDANTS, (
-            "'{}' has {} clone(s) made during the migration ({}): commit waits until they "
-            'are flattened or removed, or cancel the task'
-        ).format(dest, len(clones), named)),
-            self._now() + self.worker.options.blocked_recheck_seconds)
+        self._set_hold(hold, self._now() + self.worker.options.blocked_recheck_seconds)
         return False
 
     def _commit(self, task: Task, dest: ImageSpec) -> None:

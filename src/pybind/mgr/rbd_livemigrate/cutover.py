@@ -10,8 +10,9 @@ import threading
 from typing import Any, Optional
 
 from .errors import Blocked, LiveMigrateError
-from .hold import Hold, HoldKind
+from .hold import HoldKind
 from .interface import Intent
+from .planner import prepare_hold
 from .preflight import find_blockers
 from .runner_base import CUTOVER_LOOK_SECONDS, RunnerBase
 from .spec import ImageSpec
@@ -71,27 +72,18 @@ class Cutover(RunnerBase):
         if task.source_image_id and info is not None and info.id != task.source_image_id:
             blockers.append(Blocked("'{}' is now another image (id {} instead of {})".format(
                 source, info.id, task.source_image_id), 2))
-        if blockers:
-            # space can come back (and a mgr that just started reports no
-            # free space until the OSDs' stats arrive): wait, as for watchers
-            hard = [b for b in blockers if not b.wait and b.errno != errno.ENOSPC]
-            if hard:
-                raise hard[0]
-            kind = HoldKind.NO_SPACE if blockers[0].errno == errno.ENOSPC else HoldKind.WATCHERS
-            if task.cutover_requested:
+        held = prepare_hold(task, blockers, self.worker.options.blocked_recheck_seconds)
+        if held is not None:
+            if held.end_cutover:
                 # the operator's cutover answers EBUSY with the clients;
                 # the task waits for the next cutover
                 self.worker.update(self.task_id, lambda t: t.evolve(
-                    cutover_requested=False, blocked_reason=str(blockers[0])), wait=False)
+                    cutover_requested=False, blocked_reason=str(held.hold)), wait=False)
                 if task.manual_cutover:
                     return False
-            # sources with clients are looked at again by the scheduler
-            # (watchers only: quickly for the first few in queue order)
-            recheck = (self.worker.options.blocked_recheck_seconds
-                       if kind == HoldKind.NO_SPACE else 0.0)
-            if kind == HoldKind.WATCHERS:
+            if held.hold.kind == HoldKind.WATCHERS:
                 self._protect_early(task, source)
-            self._set_hold(Hold(kind, str(blockers[0])), self._now() + recheck)
+            self._set_hold(held.hold, self._now() + held.recheck_seconds)
             return False
         assert info is not None
         return self._prepare_now(self.worker.get(self.task_id), source, dest, info, reused,

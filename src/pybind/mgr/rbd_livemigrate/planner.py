@@ -49,9 +49,11 @@ verify.py), and the snapshot is removed.
 """
 
 import enum
-from typing import NamedTuple, Optional
+import errno
+from typing import List, NamedTuple, Optional
 
 from . import source_spec
+from .errors import Blocked
 from .hold import Hold, HoldKind
 from .interface import End, HeaderType, MigrationHeader, MigState, Observation, TrashSource
 from .spec import ImageSpec
@@ -410,6 +412,48 @@ def _copy_and_commit(task: Task, phase: Phase, hold: Optional[Hold], verifies: b
         # just before the commit (a manual commit's may come much later)
         return Action(Act.VERIFY, State.EXECUTED)
     return Action(Act.COMMIT, State.COMMITTING)
+
+
+class PrepareHold(NamedTuple):
+    """What the look before prepare found in the way (``prepare_hold``)."""
+    hold: Hold
+    recheck_seconds: float       # when the runner looks again (0: the scheduler's watch)
+    end_cutover: bool            # an operator's cutover is answered (EBUSY) and ends
+
+
+def prepare_hold(task: Task, blockers: List[Blocked], recheck_seconds: float
+                 ) -> Optional[PrepareHold]:
+    """The hold the look before prepare makes of what it found in the way
+    (None: nothing, prepare now); raises the first blocker that is not
+    waited for.  Clients of the source are waited for (the scheduler
+    watches them); so is space (it can come back, and a mgr that just
+    started reports none until the OSDs' stats arrive)."""
+    if not blockers:
+        return None
+    hard = [b for b in blockers if not b.wait and b.errno != errno.ENOSPC]
+    if hard:
+        raise hard[0]
+    space = blockers[0].errno == errno.ENOSPC
+    kind = HoldKind.NO_SPACE if space else HoldKind.WATCHERS
+    return PrepareHold(Hold(kind, str(blockers[0])), recheck_seconds if space else 0.0,
+                       task.cutover_requested)
+
+
+def descendants_hold(dest: ImageSpec, clones: List[str]) -> Optional[Hold]:
+    """Commit waits while the destination has clones made during the
+    migration (a task added without --allow-descendants): they may be open
+    read-only and would not see their parent move.  Only the clones in the
+    destination's own pool and namespace are named (``status`` shows this
+    to callers scoped to the task's pools)."""
+    if not clones:
+        return None
+    mine = [c for c in clones if ImageSpec.parse(c).pool_spec == dest.pool_spec]
+    others = len(clones) - len(mine)
+    named = ', '.join(mine[:3]) + (' and ' if mine and others else '') + (
+        '{} in other pools'.format(others) if others else '')
+    return Hold(HoldKind.DESCENDANTS, (
+        "'{}' has {} clone(s) made during the migration ({}): commit waits until they "
+        'are flattened or removed, or cancel the task').format(dest, len(clones), named))
 
 
 def cutover_hold(task: Task) -> Hold:

@@ -59,3 +59,34 @@ def test_a_cancel_or_another_phase_reads_the_headers_first() -> None:
     assert plan_known(_task(state=State.PREPARED, cancel_requested=True),
                       Phase.PREPARED) is None
     assert plan_known(_task(state=State.ABORTING), Phase.ABORTING) is None
+
+
+# -- the holds the planner makes of what the runner found -----------------
+
+def test_prepare_hold_waits_for_clients_and_space_and_raises_the_rest() -> None:
+    import errno
+    import pytest
+    from rbd_livemigrate.errors import Blocked
+    from rbd_livemigrate.planner import prepare_hold
+    t = _task(state=State.QUEUED)
+    assert prepare_hold(t, [], 5.0) is None
+    held = prepare_hold(t, [Blocked('a/img has watchers', errno.EBUSY, wait=True)], 5.0)
+    assert held is not None and held.hold.kind == HoldKind.WATCHERS
+    assert held.recheck_seconds == 0.0 and not held.end_cutover     # the scheduler watches
+    held = prepare_hold(t.evolve(cutover_requested=True),
+                        [Blocked('no room', errno.ENOSPC)], 5.0)
+    assert held is not None and held.hold.kind == HoldKind.NO_SPACE
+    assert held.recheck_seconds == 5.0 and held.end_cutover
+    with pytest.raises(Blocked):
+        prepare_hold(t, [Blocked('a/img has watchers', errno.EBUSY, wait=True),
+                         Blocked('no such pool', errno.ENOENT)], 5.0)
+
+
+def test_descendants_hold_names_only_the_destinations_own_pool() -> None:
+    from rbd_livemigrate.planner import descendants_hold
+    from rbd_livemigrate.spec import ImageSpec
+    dest = ImageSpec.parse('b/img')
+    assert descendants_hold(dest, []) is None
+    hold = descendants_hold(dest, ['b/c1', 'x/secret'])
+    assert hold is not None and hold.kind == HoldKind.DESCENDANTS
+    assert 'b/c1' in str(hold) and 'x/secret' not in str(hold) and '1 in other pools' in str(hold)
