@@ -282,9 +282,8 @@ class Runner(Cutover, Copying, Verifying):
             self.worker.progress.update(task, force=True)
             return
         if hold.kind == HoldKind.MANUAL_CUTOVER:
-            # ls words it; nothing to warn about.  The snapshot is taken now,
-            # off the path from the operator's cutover to the destination
-            self._protect_early(task, source)
+            # ls words it; nothing to warn about.  The source is left as it
+            # is until the operator's cutover (no protective snapshot yet)
             return
         self._set_hold(hold)
 

@@ -393,12 +393,6 @@ class Worker(TaskTable):
             # drawn once per mgr (after a failover too), saying what it waits for
             waiting_bars = [t for t in notable if t.id not in self.runners
                             and t.id not in self.drawn and waiting_note(t) is not None]
-            # a manual cutover's snapshot, taken while the operator is awaited
-            awaited = [t for t in (self.tasks[i] for i in self.live)
-                       if t.awaiting_cutover and t.protect_snap is None
-                       and t.id not in self.protect_tried and t.id not in self.runners]
-        for t in awaited:
-            self._protect_ahead(t)
         for t in waiting_bars:
             self.progress.update(t, force=True)
             self.drawn.add(t.id)

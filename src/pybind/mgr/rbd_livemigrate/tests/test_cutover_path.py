@@ -80,12 +80,14 @@ def test_verify_off_takes_no_snapshot_even_while_clients_hold_it() -> None:
     assert fake.calls == [] and t.protect_snap is None and t.blocked_kind == 'watchers'
 
 
-def test_a_manual_cutover_is_snapshotted_while_awaited() -> None:
+def test_a_manual_cutover_leaves_the_source_alone_until_the_operator_acts() -> None:
+    """Nothing is taken while the operator is awaited (a queued task changes
+    nothing of its source); the snapshot is taken at the cutover."""
     fake = Held()
     fake.busy = False
     t = _run(fake, verify=VerifyMode.AUTO, manual_cutover=True)
     assert t.state == State.QUEUED and t.awaiting_cutover
-    assert fake.calls == ['snap ' + P] and t.protect_snap == P
+    assert fake.calls == [] and t.protect_snap is None
     w = worker()
     w.put(t.evolve(cutover_requested=True))
     Runner(w, 't1', fake, lambda: POOLS)._main()
@@ -158,13 +160,13 @@ def test_the_scheduler_has_the_snapshot_taken_once_while_clients_hold_the_source
     assert AheadRunner.ahead == ['t1'] and AheadRunner.started == []
 
 
-def test_a_task_awaiting_its_manual_cutover_has_the_snapshot_taken() -> None:
+def test_a_task_awaiting_its_manual_cutover_is_not_snapshotted_ahead() -> None:
     w = _worker({})
     w.put(Task(id='t1', source='a/img1', destination='b/img1', created=NOW,
                verify=VerifyMode.AUTO, manual_cutover=True))
     w.tick()
-    _wait_for(lambda: AheadRunner.ahead == ['t1'])
-    assert AheadRunner.started == []
+    w.tick()
+    assert AheadRunner.ahead == [] and AheadRunner.started == []
 
 
 def test_the_cutover_starts_between_the_last_look_with_clients_and_the_first_without() -> None:
