@@ -7,6 +7,7 @@ Commands, options and lifecycle only; each command is one call into
 
 import enum
 import errno
+import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
@@ -14,8 +15,9 @@ import mgr_module
 from mgr_module import MgrModule, NotifyType, Option
 
 from .commands import Commands
-from .compat import ClientRegistry, command_decorators
-from .errors import LiveMigrateError, handle_errors
+from .compat import (ClientRegistry, command_decorators, cross_cluster_import,
+                     cross_cluster_refusal)
+from .errors import LiveMigrateError, NotAuthorized, handle_errors
 from .formatting import reply
 from .health import HealthChecks, full_pools, health_block, pool_full_raised, pool_holds
 from .heap import HEAP_CHECK_SECONDS, Allocator, HeapKeeper
@@ -27,10 +29,14 @@ from .pipeline import Runner
 from .preflight import PoolInfo, pools_from_maps
 from .progress import ProgressReporter
 from .rbd_adapter import Adapter, ClientFactory
+from .rbd_remote import RemoteClient, connect_check
+from .remote_sources import RemoteSources, spec_of
+from .remotes import ConfFiles, RemoteRegistry
 from .request import MAX_BANDWIDTH_BYTES, request_of
 from .scheduler import Options, Worker
 from .spec import ImageSpec
 from .store import TaskStore
+from .views import remotes_reply
 from .window import in_window, parse_window
 
 ORPHAN_SCAN_SECONDS = 300.0
@@ -117,6 +123,14 @@ class Module(MgrModule):
         Option('release_memory', type='bool', default=True, runtime=True,
                desc='give memory the mgr process freed back to the OS after migrations and '
                     'listings, and map large buffers on their own (process-wide)'),
+        Option('remote_op_timeout_seconds', type='int', default=60, min=0, max=3600,
+               runtime=False,
+               desc='bound on each mon/OSD operation on a remote cluster (0: none, librbd '
+                    'then waits for a stopped remote); written into the remote conf'),
+        Option('remote_conf_dir', type='str', default='', runtime=False,
+               desc='absolute directory for the conf and keyring files of remote clusters '
+                    '(default: <run_dir>/rbd_livemigrate); clients that open a destination '
+                    'before commit need the same files at the same path'),
     ]
 
     if TYPE_CHECKING:
@@ -138,6 +152,8 @@ class Module(MgrModule):
         import_allowed_networks: str
         import_credential_prefix: str
         release_memory: bool
+        remote_op_timeout_seconds: int
+        remote_conf_dir: str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -151,17 +167,31 @@ class Module(MgrModule):
             unregister=registry.unregister)
         self.adapter = Adapter(self.factory)
         guard = ImportGuard(self.import_policy, self.cluster_endpoints)
+        self._cross_cluster: Optional[bool] = None
+        conf_dir = (self.get_module_option('remote_conf_dir')
+                    or os.path.join(str(self.get_ceph_option('run_dir')), 'rbd_livemigrate'))
+        self.remotes = RemoteSources(
+            RemoteRegistry(self.get_store_prefix, self.set_store,
+                           connect_check=connect_check,
+                           supported=self.cross_cluster_supported,
+                           refusal=cross_cluster_refusal,
+                           local_fsid=lambda: str(self.get('mon_map')['fsid'])),
+            ConfFiles(str(conf_dir), int(str(self.get_module_option('remote_op_timeout_seconds')))),
+            client_for=lambda r, key: RemoteClient(r.name, r.mon_host, r.client_name, key),
+            live_specs=lambda: [(t.id, t.import_spec) for t in self.worker.all()
+                                if not t.terminal])
         self.worker = Worker(
             store=TaskStore(self.get_store_prefix, self.set_store),
             progress=ProgressReporter(self.remote),
             runner_factory=lambda w, task_id: Runner(w, task_id, self.adapter, self.pools,
-                                                     import_gate=guard.check_text),
+                                                     import_gate=guard.check_text,
+                                                     remote=self.remotes),
             set_health=self.set_health,
             cluster_block=self.cluster_block,
             pool_holds=self.pool_holds,
             blocklisted=self.blocklisted,
             on_blocklist=self.factory.discard_idle,
-            watchers=lambda spec: self.adapter.watchers(ImageSpec.parse(spec)),
+            watchers=self.source_watchers,
             write_behind=True)
         # the worker is the task table and, through a narrow handle, the scheduler
         self.commands = Commands(table=self.worker, scheduler=self.worker,
@@ -173,7 +203,8 @@ class Module(MgrModule):
                                  access=c.access, adder=c.adder, views=c.views, clock=time.time,
                                  set_store=self.set_store,
                                  get_store_prefix=self.get_store_prefix,
-                                 config_get=config_key_getter(self.mon_command), guard=guard)
+                                 config_get=config_key_getter(self.mon_command), guard=guard,
+                                 remotes=self.remotes)
         self.heap = HeapKeeper(Allocator(),
                                activity=lambda: self.worker.writes + self.commands.listings,
                                busy=lambda: bool(self.worker.runners))
@@ -198,6 +229,11 @@ class Module(MgrModule):
             self.log.exception('orphan scan failed')
         self.worker.add_chore(ORPHAN_SCAN_SECONDS, self.commands.orphans.scan)
         self.worker.add_chore(SWEEP_SECONDS, self.importer.sweep)
+        try:
+            self.remotes.start()       # sweep a killed mgr's files, rewrite live ones
+        except Exception:
+            self.log.exception('remote conf dir')
+        self.worker.add_chore(SWEEP_SECONDS, lambda: None if self.remotes.tidy() else None)
         self.worker.add_chore(HEAP_CHECK_SECONDS, self.tidy)
         self.worker.serve()
 
@@ -223,6 +259,24 @@ class Module(MgrModule):
         return Policy(parse_dirs(self.import_file_dirs),
                       parse_networks(self.import_allowed_networks),
                       self.import_credential_prefix or '')
+
+    def cross_cluster_supported(self) -> bool:
+        """Does this mgr's librbd import from another cluster?  Probed once
+        (``compat.cross_cluster_import``: nothing is created)."""
+        if self._cross_cluster is None:
+            pool = next(iter(sorted(self.pools())), None)  # any pool: the spec fails first
+            if pool is None:
+                return False                    # asked again once a pool exists
+            self._cross_cluster = self.adapter.probe_prepare_import(pool, cross_cluster_import)
+        return self._cross_cluster
+
+    def source_watchers(self, spec: str) -> List[str]:
+        """The clients of a waiting task's source: a remote task's are those
+        of its image in the other cluster."""
+        for t in self.worker.naming(spec):
+            if not t.terminal and spec_of(t.import_spec) is not None:
+                return self.remotes.watchers(t.import_spec)
+        return self.adapter.watchers(ImageSpec.parse(spec))
 
     def cluster_endpoints(self) -> Endpoints:
         return cluster_endpoints(self.get('mon_map'), self.get('osd_map'), self.get('mgr_map'))
@@ -261,6 +315,12 @@ class Module(MgrModule):
     def authorized(self, pool: str, namespace: str) -> bool:
         return bool(self.is_authorized({'pool': pool, 'namespace': namespace}))
 
+    def operator_only(self, what: str) -> None:
+        """EACCES for a caller whose mgr caps are limited to pools."""
+        if not self.unscoped():
+            raise NotAuthorized('{} needs mgr caps on every pool (not limited with '
+                                'pool=...): ask an operator'.format(what))
+
     def unscoped(self) -> bool:
         """No pool constraint limits the caller: a grant with ``pool=...``
         requires that argument, so only unconstrained grants match ``{}``."""
@@ -294,11 +354,14 @@ class Module(MgrModule):
             dry_run: bool = False, manual_cutover: bool = False,
             verify: Optional[VerifyChoice] = None,
             format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
-        """Live-migrate an RBD image (spec: pool[/namespace]/image) to dest_spec or, without it, to a new layout in place; priority -1000..1000, bandwidth_limit bytes/s with K/M/G/T (0: none)"""  # noqa: E501
+        """Live-migrate an RBD image (spec: pool[/namespace]/image, or remote:pool[/namespace]/image[@snap] from a registered remote) to dest_spec or, without it, to a new layout in place; priority -1000..1000, bandwidth_limit bytes/s with K/M/G/T (0: none)"""  # noqa: E501
         # the request is the handler's own arguments, by name (request.request_of;
         # tests/test_spec.py checks add, import and add-pool declare every option)
-        return reply(self.commands.add(source_spec, dest_spec, request_of(locals())),
-                     _text(format))
+        req = request_of(locals())
+        remote = self.remotes.image_source(source_spec)   # EOPNOTSUPP without support
+        if remote is not None:
+            return reply(self.importer.add_remote(remote, dest_spec, req), _text(format))
+        return reply(self.commands.add(source_spec, dest_spec, req), _text(format))
 
     @CLI.write('rbd livemigrate import')
     @handle_errors
@@ -396,3 +459,28 @@ class Module(MgrModule):
               format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
         """Make a task of a migration (its target image spec) that no task knows"""
         return reply(self.commands.adopt(image_spec), _text(format))
+
+    @CLI.write('rbd livemigrate remote add')
+    @handle_errors
+    def remote_add(self, remote_name: str, mon_host: str, client_name: Optional[str] = None,
+                   format: Optional[ReplyFormat] = ReplyFormat.plain,
+                   inbuf: Optional[str] = None) -> Any:
+        """Register another cluster to move images from: remote add <name> <mon_host> [--client-name client.X] -i <keyring> (checked by connecting)"""  # noqa: E501
+        # the keyring comes as inbuf (-i), never as an argument: the audit logs never see it
+        self.operator_only('registering a remote cluster')
+        return remotes_reply(self.remotes.add_remote(remote_name, mon_host, client_name, inbuf),
+                             _text(format))
+
+    @CLI.read('rbd livemigrate remote ls')
+    @handle_errors
+    def remote_ls(self, format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
+        """List registered remote clusters (never their keys)"""
+        return remotes_reply(self.remotes.ls(), _text(format))
+
+    @CLI.write('rbd livemigrate remote rm')
+    @handle_errors
+    def remote_rm(self, remote_name: str) -> Any:
+        """Forget a remote cluster (EBUSY while a task uses it)"""
+        self.operator_only('removing a remote cluster')
+        self.remotes.rm(remote_name)
+        return 0, '', ''

@@ -24,8 +24,8 @@ from typing import Any, Dict
 
 from .copying import Copying
 from .cutover import Cutover
-from .errors import LiveMigrateError, Transient
-from .hold import HoldKind
+from .errors import Blocked, LiveMigrateError, Transient
+from .hold import Hold, HoldKind
 from .interface import Intent, MigState, Observation
 from .options import retry_delay
 from .planner import Act, Action, Phase, import_dest_id, plan, plan_known
@@ -77,6 +77,11 @@ class Runner(Cutover, Copying, Verifying):
             source = ImageSpec.parse(task.source)
             dest = ImageSpec.parse(task.destination)
             try:
+                if self._remote_task(task):
+                    # librbd opens the remote through these files whenever the
+                    # destination is opened before commit (after a restart too)
+                    assert self.remote is not None
+                    self.remote.ensure_files(task.import_spec)
                 if task.import_spec is not None:
                     obs = self.adapter.observe_import(dest, task.dest_image_id)
                 else:
@@ -164,7 +169,10 @@ class Runner(Cutover, Copying, Verifying):
                 log.info('task %s: flattened %s', task.id, dest)
             self._finish(action)
             return False
-        if act in (Act.PREPARE, Act.EXECUTE) and task.import_spec is not None \
+        if act in (Act.PREPARE, Act.EXECUTE) and self._remote_task(task):
+            if not self._remote_gate(task):
+                return False
+        elif act in (Act.PREPARE, Act.EXECUTE) and task.import_spec is not None \
                 and self.import_gate is not None:
             self.import_gate(task.import_spec, dest, task.id)
         if act == Act.PREPARE and task.import_spec is not None:
@@ -200,6 +208,42 @@ class Runner(Cutover, Copying, Verifying):
         if act in (Act.FINISH_COMMIT, Act.FINISH_ABORT, Act.RESTORE_SOURCE, Act.DISCARD_DEST):
             return self._finish_cut_step(task, action, source, dest, obs)
         return self._do_abort(task, action, source, dest, obs)
+
+    def _remote_task(self, task: Task) -> bool:
+        return self.remote is not None and self.remote.is_remote(task.import_spec)
+
+    def _remote_gate(self, task: Task) -> bool:
+        """Before a remote task's prepare and execute: its image has no
+        clients, the module's snapshot exists, HEAD has not moved since it
+        (``RemoteSources.before_prepare``).  A finding holds the task like a
+        local source's clients; False: wait."""
+        assert self.remote is not None and task.import_spec is not None
+        try:
+            self.remote.before_prepare(task.id, task.import_spec)
+        except Blocked as e:
+            if not e.wait:
+                raise
+            log.info('task %s: %s', task.id, e)
+            self._set_hold(Hold(HoldKind.WATCHERS, str(e)),
+                           self._now() + self.worker.options.blocked_recheck_seconds)
+            return False
+        if task.blocked_kind is not None:
+            self.worker.update(self.task_id, lambda t: t.evolve(
+                blocked_reason=None, blocked_kind=None, blocked_since=None), wait=False)
+        return True
+
+    def _remote_end(self, task: Task, state: State) -> None:
+        """A remote task ends: the module's snapshot leaves the remote and,
+        after a commit, the destination (librbd copied it); files no task
+        needs go.  A failure (the remote away) raises: the end is tried again."""
+        assert self.remote is not None
+        dest = ImageSpec.parse(task.destination)
+
+        def drop_dest_snap(snap: str) -> None:
+            if state == State.COMMITTED and self.adapter.unprotect(self._client(), dest, snap,
+                                                                   False):
+                log.info('task %s: removed snapshot %s from %s', task.id, snap, dest)
+        self.remote.after_end(task.id, task.import_spec, drop_dest_snap)
 
     def _finish_cut_step(self, task: Task, action: Action, source: ImageSpec, dest: ImageSpec,
                          obs: Observation) -> bool:
@@ -294,6 +338,9 @@ class Runner(Cutover, Copying, Verifying):
         if action.detail or state == State.COMMITTED:
             changes['error'] = action.detail or None
         self._sweep_protect(self.worker.get(self.task_id), state, action.detail)
+        ending = self.worker.get(self.task_id)
+        if self._remote_task(ending):
+            self._remote_end(ending, state)
         task = self._move(state, **changes)
         if state == State.COMMITTED:
             self.worker.progress.complete(task)

@@ -10,7 +10,7 @@ the cluster.
 
 import logging
 import struct
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import rados
 import rbd
@@ -43,6 +43,15 @@ class Reads(ControlClient):
     def pool_exists(self, pool: str) -> bool:
         with self.controlled() as c:
             return bool(c.handle.pool_exists(pool))
+
+    def probe_prepare_import(self, pool: str,
+                             probe: Callable[[Callable[[str], Any]], bool]) -> bool:
+        """``probe(prepare_import)`` with ``migration_prepare_import`` of a spec
+        into ``pool`` (``compat.cross_cluster_import``: the spec fails before
+        any image is created)."""
+        with self.controlled() as c, open_ioctx(c, PoolSpec(pool)) as io:
+            return probe(lambda spec: rbd.RBD().migration_prepare_import(
+                spec, io, 'rbd_livemigrate-probe-dest'))
 
     def namespace_exists(self, pool: str, namespace: str) -> bool:
         if not namespace:

@@ -129,6 +129,10 @@ class RemoteSources:
 
     # -- the task's steps -----------------------------------------------
 
+    @staticmethod
+    def is_remote(spec_text: Optional[str]) -> bool:
+        return spec_of(spec_text) is not None
+
     def _remote_of(self, spec: Dict[str, Any]) -> Tuple[Remote, str]:
         name = remote_spec.remote_of_spec(spec)
         if name is None:
@@ -163,6 +167,17 @@ class RemoteSources:
                               'the newer data (stop its clients, then remove the snapshot or '
                               'name a newer one)'.format(where, snap), EBUSY, wait=True)
         self.files.write(remote, key)
+
+    def watchers(self, spec_text: Optional[str]) -> List[str]:
+        """The clients of a remote task's image (the scheduler's look at a
+        waiting task, as at a local source's)."""
+        spec = spec_of(spec_text)
+        if spec is None:
+            return []
+        remote, key = self._remote_of(spec)
+        with self.client_for(remote, key) as c:
+            return c.watchers(spec['pool_name'], spec.get('pool_namespace', ''),
+                              spec['image_name'])
 
     def ensure_files(self, spec_text: Optional[str]) -> None:
         """Before any librbd call that opens the destination before commit

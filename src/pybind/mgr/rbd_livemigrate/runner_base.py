@@ -8,7 +8,7 @@ import errno
 import logging
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Protocol
 
 from .errors import LiveMigrateError, Transient
 from .hold import Hold
@@ -45,13 +45,30 @@ _KNOWN = {State.PREPARED: Phase.PREPARED, State.EXECUTED: Phase.EXECUTED,
 _STRAIGHT = (Act.EXECUTE, Act.VERIFY, Act.COMMIT, Act.DROP_SNAP, Act.MARK)
 
 
+class RemoteHooks(Protocol):
+    """What a runner asks of ``remote_sources.RemoteSources`` for a task whose
+    source is in another cluster (issue 27)."""
+
+    def is_remote(self, spec_text: Optional[str]) -> bool: ...
+
+    def before_prepare(self, task_id: str, spec_text: str) -> None: ...
+
+    def ensure_files(self, spec_text: Optional[str]) -> None: ...
+
+    def after_end(self, task_id: str, spec_text: Optional[str],
+                  remove_dest_snap: Callable[[str], None]) -> None: ...
+
+
 class RunnerBase(RunnerHandle):
     """The runner's state and the helpers its steps share."""
 
     def __init__(self, worker: RunContext, task_id: str, adapter: RbdPort,
                  pools: Callable[[], Dict[str, PoolInfo]],
-                 import_gate: Optional[Callable[[str, ImageSpec, str], None]] = None) -> None:
+                 import_gate: Optional[Callable[[str, ImageSpec, str], None]] = None,
+                 remote: Optional[RemoteHooks] = None) -> None:
         self.worker = worker
+        # a source in another cluster: its gate, files and end (remote_sources)
+        self.remote = remote
         # judges an import's stored source-spec again just before librbd
         # opens its streams (import_guard.ImportGuard.check_text)
         self.import_gate = import_gate

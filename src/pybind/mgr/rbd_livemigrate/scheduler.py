@@ -455,7 +455,9 @@ class Worker(TaskTable):
             if addrs:
                 self.clients_seen[task_id] = seen
                 self._protect_ahead(task)
-                reason = watchers_reason(task.source, addrs)
+                # a remote source's (an import): the runner's words name it
+                reason = (task.blocked_reason if task.import_spec is not None
+                          and task.blocked_reason else watchers_reason(task.source, addrs))
                 due = seen + (FAST_RECHECK_SECONDS if task_id in fast
                               else self.options.blocked_recheck_seconds)
                 if task_id in fast:

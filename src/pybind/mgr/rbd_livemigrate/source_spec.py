@@ -16,6 +16,7 @@ import struct
 import urllib.parse
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from . import remote_spec
 from .errors import InvalidArgument
 
 FORMATS = ('raw', 'qcow')
@@ -292,6 +293,8 @@ def summary(text: Optional[str]) -> str:
     """One line naming what is imported, never a secret: 'raw file /tmp/x (+2 snapshots)'."""
     try:
         spec = json.loads(text or '')
+        if remote_spec.is_remote_spec(spec):        # another cluster's image (issue 27)
+            return 'remote image {}'.format(remote_spec.summary(spec))
         stream = spec['stream']
         snaps = len(spec.get('snapshots') or [])
         return '{} {} {}{}'.format(spec['type'], stream['type'], location(stream),

@@ -16,13 +16,15 @@ JSON, YAML); nothing else builds a reply.
 """
 
 import errno
+import json
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .batch import Batch
 from .errors import Blocked
-from .formatting import dump
+from .formatting import check_format, dump, table
 from .handles import SchedulerHandle
 from .interface import ImageInfo, MigrationRef, OrphanKind
+from .remote_spec import is_remote_spec, summary
 from .source_spec import import_view
 from .spec import ImageSpec, Layout
 from .table import TaskTable
@@ -46,6 +48,9 @@ class Views:
         v = task.view()
         if task.import_spec is not None:
             import_view(v)
+            remote = _remote_spec(task.import_spec)
+            if remote is not None:        # holds no secret (remote_spec.check_no_secret)
+                v['source'] = summary(remote)
         v['orphan'] = False
         v['running'] = task.id in running
         reason = None if v['running'] else self.scheduler.why(task, running, waiting)
@@ -178,3 +183,26 @@ def import_dry_run_report(dest: ImageSpec, redacted: Dict[str, Any], layout: Lay
     the size of each stream (``head``: the image's)."""
     return {'dry_run': True, 'destination': str(dest), 'ok': True, 'import': redacted,
             'layout': layout.to_json(), 'size_bytes': sizes['head'], 'stream_sizes': sizes}
+
+
+def remotes_reply(data: Any, fmt: Optional[str]) -> Tuple[int, str, str]:
+    """``remote add`` (one remote) and ``remote ls`` (a list): no key in
+    either (``remotes.Remote.view``)."""
+    fmt = check_format(fmt)
+    if fmt != 'plain':
+        return 0, dump(data, fmt), ''
+    if isinstance(data, dict):
+        return 0, 'remote {} {}: {} as {} (fsid {}); conf {}\n'.format(
+            data['name'], 'added' if data.get('added') else 'already registered',
+            data['mon_host'], data['client_name'], data['fsid'], data.get('conf_path', '-')), ''
+    return 0, table(['NAME', 'MON_HOST', 'CLIENT', 'FSID', 'TASKS', 'CONF'],
+                    [[r['name'], r['mon_host'], r['client_name'], r['fsid'], r.get('tasks', 0),
+                      r.get('conf_path', '-')] for r in data]), ''
+
+
+def _remote_spec(text: str) -> Optional[Dict[str, Any]]:
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    return spec if is_remote_spec(spec) else None
