@@ -6,8 +6,11 @@ The pieces the module will wire into ``remote add`` and remote ``add``
 (remote_spec, remotes.ConfFiles, rbd_remote, compat's probe) run here under
 the destination's own release through ``qa/standalone/remote_driver.py``;
 data is checked with checksums of the destination against the remote.
+The module's own commands (``remote add/ls/rm``, ``add <remote>:...``) run
+on the destination cluster, which loads the module (``test_module_*``).
 Skipped unless LM_RELEASE=tentacle (the first release whose librbd imports
-from another cluster).  Run:
+from another cluster), but for ``test_remote_add_refused_without_support``,
+which runs everywhere else.  Run:
 
     LM_RELEASE=tentacle flock /tmp/lm-integ.lock tox -e integration -- \
         qa/standalone/rbd_livemigrate/test_remote.py
@@ -21,15 +24,15 @@ import subprocess
 import tempfile
 import time
 import uuid
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from conftest import RELEASE, rbdtools
-from cluster import Cluster
+from conftest import RELEASE, Livemigrate, as_tenant, make_tenant, rbdtools
+from cluster import DEFAULT_MODULE, Cluster, wait_for
 
-pytestmark = pytest.mark.skipif(RELEASE != 'tentacle',
-                                reason='cross-cluster import: LM_RELEASE=tentacle only')
+tentacle = pytest.mark.skipif(RELEASE != 'tentacle',
+                              reason='cross-cluster import: LM_RELEASE=tentacle only')
 
 DRIVER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       'remote_driver.py')
@@ -38,17 +41,18 @@ RW_CAPS = {'mon': 'profile rbd', 'osd': 'profile rbd'}
 RO_CAPS = {'mon': 'profile rbd', 'osd': 'profile rbd-read-only'}
 
 
-def _start(prefix: str, pools: Any) -> Cluster:
+def _start(prefix: str, pools: Any, module: Any = None) -> Cluster:
     c = Cluster(dir=tempfile.mkdtemp(prefix=prefix, dir='/tmp'), osds=1, mgrs=1,
-                osd_bytes=1 << 30, module=None, pools=pools, release=RELEASE)
+                osd_bytes=1 << 30, module=module, pools=pools, release=RELEASE)
     c.start()
     return c
 
 
 @pytest.fixture(scope='module')
 def pair(request: pytest.FixtureRequest) -> Iterator[Tuple[Cluster, Cluster]]:
-    """(destination, remote): two clusters of the same release on one host."""
-    dest = _start('lm-remote-dst-', ['rbd'])
+    """(destination, remote): two clusters of the same release on one host;
+    the destination runs the module."""
+    dest = _start('lm-remote-dst-', ['rbd'], DEFAULT_MODULE)
     try:
         remote = _start('lm-remote-src-', ['rbd', 'p2'])
     except BaseException:
@@ -87,18 +91,21 @@ def fsid(c: Cluster) -> str:
     return str(c.ceph_json('fsid')['fsid'])
 
 
+@tentacle
 def test_two_clusters_side_by_side(pair: Tuple[Cluster, Cluster]) -> None:
     dest, remote = pair
     assert fsid(dest) != fsid(remote)
     assert dest.mon_host != remote.mon_host
 
 
+@tentacle
 def test_release_probe(pair: Tuple[Cluster, Cluster]) -> None:
     out = drive(pair[0], 'probe')
     assert out['supported'] is True
     assert out['probe_dest_created'] is False
 
 
+@tentacle
 def test_connect_check(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str]) -> None:
     dest, remote = pair
     keyring, key = rw_user
@@ -121,6 +128,7 @@ def test_connect_check(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str]) 
     assert gone.get('errno') == 110 and gone['seconds'] < 10, gone
 
 
+@tentacle
 def test_move_image_with_snapshots(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str],
                                    conf_dir: str) -> None:
     """Two snapshots and data written after each; no @snap: a snapshot is taken
@@ -152,6 +160,7 @@ def test_move_image_with_snapshots(pair: Tuple[Cluster, Cluster], rw_user: Tuple
     assert set(got) == {'HEAD', 'snap1', 'snap2', snap}
 
 
+@tentacle
 def test_clone_is_flattened(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str],
                             conf_dir: str) -> None:
     dest, remote = pair
@@ -169,6 +178,7 @@ def test_clone_is_flattened(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, s
     assert rbdtools.parent_of(remote.conf, 'p2/vm2') == 'rbd/golden@base'
 
 
+@tentacle
 def test_head_moved_after_snapshot(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str],
                                    conf_dir: str) -> None:
     """librbd 20.2.4 copies the remote HEAD, not the spec's snapshot (tracker
@@ -190,6 +200,7 @@ def test_head_moved_after_snapshot(pair: Tuple[Cluster, Cluster], rw_user: Tuple
     assert got['HEAD'] == r['HEAD'], 'librbd now copies the snapshot: revisit remote_spec.py'
 
 
+@tentacle
 def test_remote_stopped_mid_copy(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str],
                                  conf_dir: str) -> None:
     """The remote's OSD stops mid-copy: with the op timeout in the remote conf
@@ -224,3 +235,177 @@ def test_remote_stopped_mid_copy(pair: Tuple[Cluster, Cluster], rw_user: Tuple[s
     assert again['ok'], again
     assert drive(dest, 'step', 'commit', 'rbd/vm4')['ok']
     assert sums(dest, 'rbd/vm4')['HEAD'] == sums(remote, 'rbd/vm4')['m']
+
+
+# -- the module's commands (the wiring) ------------------------------------
+
+def _lm(dest: Cluster) -> Livemigrate:
+    lm = Livemigrate(dest)
+    lm.set_option('retry_backoff_seconds', '1')
+    lm.set_option('blocked_recheck_seconds', '1')
+    return lm
+
+
+class Seen:
+    """Every reply the test got, to grep for the key at the end."""
+
+    def __init__(self, lm: Livemigrate) -> None:
+        self.lm = lm
+        self.texts: List[str] = []
+
+    def run(self, *args: str) -> Tuple[int, str, str]:
+        rc, out, err = self.lm.run(*args)
+        self.texts += [out, err]
+        return rc, out, err
+
+    def ok(self, *args: str) -> Any:
+        rc, out, err = self.run(*args)
+        assert rc == 0, 'ceph rbd livemigrate {} -> {}: {}'.format(' '.join(args), rc, err)
+        return json.loads(out) if out.strip().startswith(('{', '[')) else out
+
+
+def _register(dest: Cluster, remote: Cluster, keyring: str, seen: Seen) -> Dict[str, Any]:
+    rc, out, err = seen.run('remote', 'add', 'east', remote.mon_host, '--client-name',
+                            'client.lmrw', '-i', keyring, '--format', 'json')
+    assert rc == 0, err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope='module')
+def registered(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str]) -> Seen:
+    dest, remote = pair
+    seen = Seen(_lm(dest))
+    _register(dest, remote, rw_user[0], seen)
+    return seen
+
+
+@tentacle
+def test_module_remote_add_ls_rm(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str]
+                                 ) -> None:
+    """remote add checks by connecting (a wrong key: EACCES), is idempotent,
+    operator-wide (a pool-scoped caller: EACCES); ls shows no key; rm."""
+    dest, remote = pair
+    keyring, key = rw_user
+    seen = Seen(_lm(dest))
+    _, other_key = remote.create_user('client.other2', RO_CAPS)
+    wrong = os.path.join(dest.dir, 'wrong2.keyring')
+    with open(wrong, 'w') as f:
+        f.write('[client.lmrw]\n\tkey = {}\n'.format(other_key))
+    rc, out, err = seen.run('remote', 'add', 'west', remote.mon_host, '-i', wrong)
+    assert rc == 13, (rc, out, err)
+    assert other_key not in out + err
+    assert 'west' not in json.dumps(seen.ok('remote', 'ls', '--format', 'json'))
+    new = _register(dest, remote, keyring, seen)
+    assert new['name'] == 'east' and new['fsid'] == fsid(remote) and new['added'] is True
+    assert _register(dest, remote, keyring, seen)['added'] is False
+    rows = seen.ok('remote', 'ls', '--format', 'json')
+    assert [r['name'] for r in rows] == ['east'] and rows[0]['tasks'] == 0
+    assert rows[0]['client_name'] == 'client.lmrw'
+    assert 'east' in seen.ok('remote', 'ls')
+    tenant = make_tenant(dest, 'client.lmtenant', pools=('rbd',))
+    for args in (('remote', 'add', 'west', remote.mon_host, '-i', keyring),
+                 ('remote', 'rm', 'east'), ('add', 'east:rbd/none', 'rbd/none')):
+        p = dest.ceph('--name', 'client.lmtenant', '--keyring', tenant, 'rbd', 'livemigrate',
+                      *args, check=False)
+        assert p.returncode == 13, (args, p.returncode, p.stderr)
+    assert as_tenant(dest, 'client.lmtenant', tenant, 'remote', 'ls')[0] == 0
+    seen.ok('remote', 'rm', 'east')
+    assert seen.ok('remote', 'ls', '--format', 'json') == []
+    rc, _, err = seen.run('add', 'east:rbd/none', 'rbd/none')
+    assert rc != 0          # no longer a remote: a local spec with a ':' pool
+    assert key not in ''.join(seen.texts)
+
+
+def _snaps_on(c: Cluster, spec: str) -> List[str]:
+    return sorted(s['name'] for s in json.loads(
+        c.rbd('snap', 'ls', spec, '--format', 'json').stdout))
+
+
+@tentacle
+def test_module_moves_remote_image(pair: Tuple[Cluster, Cluster], rw_user: Tuple[str, str],
+                                   registered: Seen) -> None:
+    """add east:rbd/mv1 rbd/mv1: the module snapshots the remote image,
+    imports, commits; the data and both snapshots match the remote's; no
+    module snapshot is left on either end, nothing in either trash; the
+    remote is refused removal while the task lives; no key anywhere but its
+    own config-key entry."""
+    dest, remote = pair
+    _, key = rw_user
+    seen = registered
+    lm = seen.lm
+    rbdtools.create_image(remote.conf, 'rbd/mv1', 48 << 20, 40 << 20, seed='mv1', snaps=2)
+    before = sums(remote, 'rbd/mv1')
+    assert set(before) == {'HEAD', 'snap1', 'snap2'}
+    seen.ok('pause')                # the whole queue: the task waits, still live
+    try:
+        task = seen.ok('add', 'east:rbd/mv1', 'rbd/mv1', '--format', 'json')
+        assert task['source'] == 'east:rbd/mv1@rbd_livemigrate-{}'.format(task['id'])
+        again = seen.ok('add', 'east:rbd/mv1', 'rbd/mv1', '--format', 'json')
+        assert again['id'] == task['id']
+        rc, _, err = seen.run('remote', 'rm', 'east')
+        assert rc == 16 and task['id'] in err, (rc, err)
+        rows = seen.ok('remote', 'ls', '--format', 'json')
+        assert rows[0]['tasks'] == 1
+    finally:
+        seen.ok('resume')
+    done = lm.wait(task['id'], timeout=240)
+    seen.texts.append(json.dumps(done))
+    assert done['source'] == task['source']
+    seen.texts.append(seen.ok('status', task['id']))
+    seen.texts.append(json.dumps(seen.ok('ls', '--format', 'json')))
+    got = sums(dest, 'rbd/mv1')
+    assert got == before, 'destination differs from the remote (or a snapshot is left)'
+    assert sums(remote, 'rbd/mv1') == before, 'the remote image changed'
+    assert _snaps_on(remote, 'rbd/mv1') == ['snap1', 'snap2']
+    assert _snaps_on(dest, 'rbd/mv1') == ['snap1', 'snap2']
+    assert rbdtools.trash_names(dest.conf, 'rbd') == []
+    assert rbdtools.trash_names(remote.conf, 'rbd') == []
+    assert rbdtools.parent_of(dest.conf, 'rbd/mv1') is None
+    # the files go once no task needs them (the module's sweep, every 10 s)
+    conf_dir = os.path.join(dest.run_dir, 'rbd_livemigrate')
+    wait_for(lambda: not any(n.startswith('east.') for n in os.listdir(conf_dir)), 30,
+             'the remote files to be removed')
+    # secrets: in no reply, no log, and no config-key entry but its own
+    assert key not in ''.join(seen.texts)
+    for mgr in dest.mgr_ids:
+        with open(dest.mgr_log(mgr), errors='replace') as f:
+            assert key not in f.read(), 'the key is in the log of mgr.' + mgr
+    dump = json.loads(dest.ceph('config-key', 'dump').stdout)
+    holders = sorted(k for k, v in dump.items() if key in str(v))
+    assert holders == ['mgr/rbd_livemigrate/remote-key/east'], holders
+
+
+@tentacle
+def test_module_waits_for_remote_clients(pair: Tuple[Cluster, Cluster],
+                                         registered: Seen) -> None:
+    """A remote image that a client holds: the task waits (its reason names
+    the remote image), and goes on once the client closes it."""
+    dest, remote = pair
+    seen = registered
+    rbdtools.create_image(remote.conf, 'rbd/mv2', 16 << 20, 8 << 20, seed='mv2')
+    th, release = rbdtools.holder(remote.conf, 'rbd/mv2')
+    try:
+        task = seen.ok('add', 'east:rbd/mv2', 'rbd/mv2', '--format', 'json')
+        waiting = seen.lm.wait(task['id'], states=(), timeout=60, pred=lambda t: bool(
+            t.get('blocked_reason') and 'watcher' in t['blocked_reason']))
+        assert waiting['state'] == 'queued', waiting
+        assert 'east:rbd/mv2' in waiting['blocked_reason']
+    finally:
+        release.set()
+        th.join(30)
+    seen.lm.wait(task['id'], timeout=120)
+    assert sums(dest, 'rbd/mv2')['HEAD'] == sums(remote, 'rbd/mv2')['HEAD']
+    assert _snaps_on(remote, 'rbd/mv2') == [] and _snaps_on(dest, 'rbd/mv2') == []
+
+
+@pytest.mark.skipif(RELEASE == 'tentacle', reason='refused only without cross-cluster import')
+def test_remote_add_refused_without_support(cluster: Cluster) -> None:
+    """Pacific and Reef: remote add (and ls's neighbours) answer EOPNOTSUPP
+    with one line naming the release that has the import."""
+    keyring = os.path.join(cluster.dir, 'keyring')
+    p = cluster.ceph('rbd', 'livemigrate', 'remote', 'add', 'east', '127.0.0.1:1', '-i',
+                     keyring, check=False)
+    assert p.returncode == 95, (p.returncode, p.stderr)
+    assert 'Tentacle' in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = cluster.ceph('rbd', 'livemigrate', 'remote', 'ls', '--format', 'json')
+    assert json.loads(p.stdout) == []
