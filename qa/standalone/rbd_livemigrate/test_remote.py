@@ -398,6 +398,26 @@ def test_module_waits_for_remote_clients(pair: Tuple[Cluster, Cluster],
     assert _snaps_on(remote, 'rbd/mv2') == [] and _snaps_on(dest, 'rbd/mv2') == []
 
 
+@tentacle
+def test_module_cancel_leaves_the_remote_untouched(pair: Tuple[Cluster, Cluster],
+                                                   registered: Seen) -> None:
+    """cancel of an executed remote task (--manual-commit): the destination
+    is removed, the remote image is as it was (its module snapshot gone)."""
+    dest, remote = pair
+    seen = registered
+    rbdtools.create_image(remote.conf, 'rbd/mv3', 16 << 20, 8 << 20, seed='mv3', snaps=1)
+    before = sums(remote, 'rbd/mv3')
+    task = seen.ok('add', 'east:rbd/mv3', 'rbd/mv3', '--manual-commit', '--format', 'json')
+    seen.lm.wait(task['id'], states=('executed',), timeout=120)
+    assert _snaps_on(remote, 'rbd/mv3') == ['rbd_livemigrate-' + task['id'], 'snap1']
+    seen.ok('cancel', task['id'])
+    done = seen.lm.wait(task['id'], states=('aborted',), timeout=120)
+    assert not rbdtools.image_exists(dest.conf, 'rbd/mv3'), done
+    assert sums(remote, 'rbd/mv3') == before
+    assert _snaps_on(remote, 'rbd/mv3') == ['snap1']
+    assert rbdtools.trash_names(dest.conf, 'rbd') == []
+
+
 @pytest.mark.skipif(RELEASE == 'tentacle', reason='refused only without cross-cluster import')
 def test_remote_add_refused_without_support(cluster: Cluster) -> None:
     """Pacific and Reef: remote add (and ls's neighbours) answer EOPNOTSUPP
