@@ -6,6 +6,11 @@ background by a few threads, each image through the same check as ``add``
 ``BatchCommands`` is given narrow doors: the task table, a scheduler
 handle, the librbd port, the caller's rights (``access.Access``) and the
 one-image ``add``, never the ``Commands`` that owns it.
+
+``add-pool <remote>:<pool>[/<ns>] <pool>[/<ns>]`` (issue 27) is a batch too:
+its source names a registered remote, whose images are listed through
+``remotes`` and each added by the importer's ``add_remote`` (set by
+module.py); operator-wide, like every remote command.
 """
 
 import errno
@@ -13,7 +18,7 @@ import fnmatch
 import json
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .access import Access, Allowed, kept
 from .adding import Adder
@@ -28,7 +33,11 @@ from .request import AddRequest, Request
 from .spec import ImageSpec, PoolSpec
 from .table import TaskTable
 from .task import State
+from .remote_spec import RemoteImageSpec, RemotePoolSpec
 from .views import Views, refusal_entry
+
+if TYPE_CHECKING:
+    from .remote_sources import RemoteSources
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,9 @@ class BatchCommands:
         self.pools = pools
         self.clock = clock
         self.start: Callable[[str], None] = self.start_expansion
+        # remote sources (issue 27): set by module.py
+        self.remotes: Optional['RemoteSources'] = None
+        self.add_remote: Optional[Callable[..., CommandResult]] = None
 
     def add_pool(self, source_pool: str, dest_pool: str, pattern: Optional[str],
                  given: AddRequest) -> CommandResult:
@@ -78,6 +90,95 @@ class BatchCommands:
         log.info('batch %s: %s -> %s%s', batch.id, src, dst,
                  ' ({})'.format(pattern) if pattern else '')
         return 0, self.views.batch_json(batch), ''
+
+    # -- a remote pool (issue 27) -------------------------------------------
+
+    def add_remote_pool(self, src: RemotePoolSpec, dest_pool: str, pattern: Optional[str],
+                        given: AddRequest) -> CommandResult:
+        """``add-pool <remote>:<pool>[/<ns>] <dest_pool>``: one batch; each
+        image ``<remote>:<pool>/<image>`` -> ``<dest_pool>/<image>``."""
+        assert self.add_remote is not None
+        self.table.check_loaded()
+        if not self.access.unscoped():
+            raise NotAuthorized('moving images from another cluster needs mgr caps on every '
+                                'pool (not limited with pool=...): ask an operator')
+        dst = PoolSpec.parse(dest_pool)
+        self.adder.parse(given)
+        if not self.adapter.pool_exists(dst.pool):
+            raise NotFound("destination pool '{}' does not exist: check the pool spec (ceph "
+                           'osd pool ls)'.format(dst.pool))
+        if dst.namespace and not self.adapter.namespace_exists(dst.pool, dst.namespace):
+            raise NotFound("destination namespace '{}' does not exist in pool '{}'".format(
+                dst.namespace, dst.pool))
+        images = self._remote_images(src, pattern)         # the remote answers (or not)
+        if given.dry_run:
+            results: List[Dict[str, Any]] = []
+            worst = 0
+            for image in images:
+                s = RemoteImageSpec(src.remote, src.pool, src.namespace, image, None)
+                d = ImageSpec(dst.pool, dst.namespace, image)
+                try:
+                    r, out, err = self.add_remote(s, str(d), given)
+                except LiveMigrateError as e:
+                    r, out, err = e.to_result()
+                results.append(json.loads(out) if out else {
+                    'source': str(s), 'destination': str(d), 'errno': r, 'message': err})
+                worst = worst or r
+            if worst:
+                return worst, dump(results, 'json'), 'some image(s) blocked; see the JSON'
+            return 0, dump(results, 'json'), ''
+        batch = Batch(id=self._new_batch_id(), source=str(src), destination=str(dst),
+                      pattern=pattern, request=given._asdict(), allowed=['*'],
+                      created=self.clock())
+        self.table.put_batch(batch)
+        self.start(batch.id)
+        log.info('batch %s: %s -> %s%s', batch.id, src, dst,
+                 ' ({})'.format(pattern) if pattern else '')
+        return 0, self.views.batch_json(batch), ''
+
+    def _remote_images(self, src: RemotePoolSpec, pattern: Optional[str]) -> List[str]:
+        assert self.remotes is not None
+        images = self.remotes.pool_images(src)
+        if pattern is not None:
+            images = [i for i in images if fnmatch.fnmatchcase(i, pattern)]
+        return images
+
+    def _remote_of(self, batch: Batch) -> Optional[RemotePoolSpec]:
+        if self.remotes is None or ':' not in batch.source:
+            return None
+        return self.remotes.pool_source(batch.source)
+
+    def _expand_remote(self, batch: Batch, src: RemotePoolSpec) -> None:
+        """A remote pool's images, one by one (each check connects to the
+        remote; the copies do not wait for the listing)."""
+        assert self.add_remote is not None
+        dst = PoolSpec.parse(batch.destination)
+        given = AddRequest(**batch.request)._replace(dry_run=False)
+        images = self._remote_images(src, batch.pattern)
+        self.table.update_batch(batch.id, lambda b: b.evolve(images=len(images)))
+        have = {t.destination for t in self.table.batch_tasks(batch.id)}
+        refused = {str(r.get('source')) for r in batch.refused}
+        for n, image in enumerate(images):
+            current = self.table.get_batch(batch.id)
+            if current.state != BatchState.EXPANDING or self.table.stopping:
+                return
+            s = RemoteImageSpec(src.remote, src.pool, src.namespace, image, None)
+            d = ImageSpec(dst.pool, dst.namespace, image)
+            if str(d) in have or str(s) in refused:
+                continue
+            try:
+                self.add_remote(s, str(d), given, batch_id=batch.id, paused=current.paused)
+            except LiveMigrateError as e:
+                err = e
+                self.table.update_batch(batch.id, lambda b: b.with_refusal(
+                    str(s), err.errno, str(err)))
+            if n % KICK_EVERY_IMAGES == 0:
+                self.scheduler.kick()
+        self.table.update_batch(batch.id, lambda b: b.evolve(
+            state=BatchState.EXPANDED, expanded=self.clock())
+            if b.state == BatchState.EXPANDING else b)
+        self.scheduler.kick()
+        log.info('batch %s: %d remote image(s) listed', batch.id, len(images))
 
     def _check_pools(self, src: PoolSpec, dst: PoolSpec, req: AddRequest) -> None:
         """What ``add-pool`` can check at once, before a batch exists: the
@@ -154,6 +255,10 @@ class BatchCommands:
 
     def _expand_batch(self, batch_id: str) -> None:
         batch = self.table.get_batch(batch_id)
+        remote = self._remote_of(batch)
+        if remote is not None:
+            self._expand_remote(batch, remote)
+            return
         src, dst = PoolSpec.parse(batch.source), PoolSpec.parse(batch.destination)
         req = self.adder.parse(AddRequest(**batch.request)._replace(dry_run=False))
         allowed = kept(batch.allowed)

@@ -146,15 +146,16 @@ class Importer:
     # -- add of a remote image (issue 27) -------------------------------
 
     def add_remote(self, src: remote_spec.RemoteImageSpec, dest_spec: Optional[str],
-                   given: AddRequest) -> CommandResult:
+                   given: AddRequest, batch_id: Optional[str] = None,
+                   paused: bool = False) -> CommandResult:
         """``add <remote>:<pool>[/<ns>]/<image>[@<snap>] <pool>/<image>``: an
         import task whose spec names the remote image at ``@snap``, or at the
         snapshot the module takes when the task starts (``rbd_livemigrate-<id>``).
         Operator-wide, like the remote's registration: the remote's key is
-        not the caller's."""
+        not the caller's (a batch's images: its caller was checked)."""
         assert self.remotes is not None
         self.table.check_loaded()
-        if not self.access.unscoped():
+        if batch_id is None and not self.access.unscoped():
             raise NotAuthorized('moving an image from another cluster needs mgr caps on every '
                                 'pool (not limited with pool=...): ask an operator')
         if dest_spec is None:
@@ -179,6 +180,8 @@ class Importer:
                            'namespace create'.format(dest.namespace, dest.pool))
         existing = self._existing_remote(dest, src)
         if existing is not None:
+            if batch_id is not None and existing.batch_id != batch_id:
+                raise AlreadyExists('{} already has task {}'.format(dest, existing.id))
             return 0, self.views.task_json(existing), ''
         if self.adapter.image_exists(dest) or self.adapter.trashed_source(dest):
             raise AlreadyExists("destination image '{}' exists: choose another name or remove "
@@ -201,8 +204,8 @@ class Importer:
                         manual_commit=req.manual_commit, priority=req.priority,
                         bandwidth_limit_bytes=req.bandwidth_limit, size_bytes=info['size'],
                         created=now, import_spec=source_spec.dumps(spec),
-                        version=IMPORT_TASK_VERSION,
-                        added_by=self.adder.added_by(None, dest, dest))
+                        version=IMPORT_TASK_VERSION, batch_id=batch_id, paused=paused,
+                        added_by=self.adder.added_by(batch_id, dest, dest))
             self.table.put(task)
         log.info('added task %s: import %s -> %s', task.id, remote_spec.summary(spec),
                  task.destination)

@@ -205,6 +205,8 @@ class Module(MgrModule):
                                  get_store_prefix=self.get_store_prefix,
                                  config_get=config_key_getter(self.mon_command), guard=guard,
                                  remotes=self.remotes)
+        c.batches.remotes = self.remotes
+        c.batches.add_remote = self.importer.add_remote
         self.heap = HeapKeeper(Allocator(),
                                activity=lambda: self.worker.writes + self.commands.listings,
                                busy=lambda: bool(self.worker.runners))
@@ -387,9 +389,14 @@ class Module(MgrModule):
                  dry_run: bool = False, manual_cutover: bool = False,
                  verify: Optional[VerifyChoice] = None,
                  format: Optional[ReplyFormat] = ReplyFormat.plain) -> Any:
-        """Live-migrate every image of a pool[/namespace] (or those matching --pattern GLOB) to another, as one batch (returns at once)"""  # noqa: E501
-        return reply(self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern,
-                                            request_of(locals())), _text(format))
+        """Live-migrate every image of a pool[/namespace] (or remote:pool[/namespace] of a registered remote, or those matching --pattern GLOB) to another, as one batch (returns at once)"""  # noqa: E501
+        req = request_of(locals())
+        remote = self.remotes.pool_source(source_pool_spec)   # EOPNOTSUPP without support
+        if remote is not None:
+            return reply(self.commands.batches.add_remote_pool(remote, dest_pool_spec, pattern,
+                                                               req), _text(format))
+        return reply(self.commands.add_pool(source_pool_spec, dest_pool_spec, pattern, req),
+                     _text(format))
 
     @CLI.read('rbd livemigrate ls')
     @handle_errors

@@ -172,3 +172,54 @@ def test_the_schedulers_look_keeps_the_remote_images_name(tmp_path: Any) -> None
     wk.recheck_watchers(['t1'], 10.0)
     t = wk.get('t1')
     assert t.blocked_reason == why and t.next_retry is not None
+
+
+# -- add-pool of a remote pool ----------------------------------------------------
+
+def batches(w: World, unscoped: bool = True) -> Any:
+    wk = worker()
+    wk.load()
+    c = Commands(table=wk, scheduler=wk, adapter=Cluster(), pools=lambda: {},
+                 authorized=lambda p, ns: True, unscoped=lambda: unscoped, clock=lambda: 5.0)
+    i = Importer(table=wk, scheduler=wk, adapter=c.adapter, access=c.access, adder=c.adder,
+                 views=c.views, clock=c.clock, set_store=lambda k, v: None,
+                 get_store_prefix=lambda p: {}, config_get=lambda k: None,
+                 guard=ImportGuard(lambda: Policy(), Endpoints), remotes=w.rs)
+    c.batches.remotes = w.rs
+    c.batches.add_remote = i.add_remote
+    c.batches.start = lambda batch_id: None          # expanded by the test
+    return c.batches
+
+
+def test_add_pool_of_a_remote_pool_is_one_batch(tmp_path: Any) -> None:
+    from rbd_livemigrate.remote_spec import RemotePoolSpec
+    w = world(tmp_path)
+    b = batches(w)
+    src = RemotePoolSpec.parse('east:rbd')
+    _, out, _ = b.add_remote_pool(src, 'b', None, AddRequest(priority=2))
+    batch = json.loads(out)
+    b.expand(batch['id'])
+    tasks = sorted(b.table.batch_tasks(batch['id']), key=lambda t: t.destination)
+    assert [t.destination for t in tasks] == ['b/vm1', 'b/vm2']
+    assert all(t.priority == 2 and t.import_spec and KEY not in t.import_spec for t in tasks)
+    assert b.views.task(tasks[0])['source'] == 'east:rbd/vm1@rbd_livemigrate-' + tasks[0].id
+    assert b.table.get_batch(batch['id']).state.value == 'expanded'
+    b.expand(batch['id'])                            # again (a restart): nothing doubled
+    assert len(b.table.batch_tasks(batch['id'])) == 2
+    _, out, _ = b.add_remote_pool(src, 'c', 'vm2*', AddRequest())
+    b.expand(json.loads(out)['id'])
+    assert [t.destination for t in b.table.batch_tasks(json.loads(out)['id'])] == ['c/vm2']
+
+
+def test_add_pool_of_a_remote_pool_refusals(tmp_path: Any) -> None:
+    from rbd_livemigrate.remote_spec import RemotePoolSpec
+    w = world(tmp_path)
+    src = RemotePoolSpec.parse('east:rbd')
+    for b, dest, want in ((batches(w, unscoped=False), 'b', errno.EACCES),
+                          (batches(w), 'nopool', errno.ENOENT)):
+        try:
+            b.add_remote_pool(src, dest, None, AddRequest())
+            got = 0
+        except LiveMigrateError as e:
+            got = e.errno
+        assert got == want and b.table.all_batches() == []
