@@ -418,6 +418,37 @@ def test_module_cancel_leaves_the_remote_untouched(pair: Tuple[Cluster, Cluster]
     assert rbdtools.trash_names(dest.conf, 'rbd') == []
 
 
+@tentacle
+def test_module_moves_a_remote_pool_as_one_batch(pair: Tuple[Cluster, Cluster],
+                                                 rw_user: Tuple[str, str],
+                                                 registered: Seen) -> None:
+    """add-pool east:pool20 rbd: 20 remote images as one batch, each equal
+    to the remote's after commit; no module snapshot left on either end."""
+    dest, remote = pair
+    seen = registered
+    remote.create_pool('pool20')
+    names = ['b20-{:02d}'.format(i) for i in range(20)]
+    for n in names:
+        rbdtools.create_image(remote.conf, 'pool20/' + n, 4 << 20, 1 << 20, seed=n)
+    before = {n: sums(remote, 'pool20/' + n) for n in names}
+    batch = seen.ok('add-pool', 'east:pool20', 'rbd', '--format', 'json')
+    assert batch['source'] == 'east:pool20'
+    last: Dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal last
+        last = seen.ok('status', batch['id'], '--format', 'json')
+        return bool(last['finished'])
+    wait_for(finished, 300, 'the batch to finish')
+    seen.texts.append(json.dumps(last))
+    assert last['committed'] == 20 and last['tasks'] == 20, last
+    for n in names:
+        assert sums(dest, 'rbd/' + n) == before[n], n
+        assert _snaps_on(remote, 'pool20/' + n) == [] and _snaps_on(dest, 'rbd/' + n) == []
+    assert rbdtools.trash_names(dest.conf, 'rbd') == []
+    assert rw_user[1] not in ''.join(seen.texts)
+
+
 @pytest.mark.skipif(RELEASE == 'tentacle', reason='refused only without cross-cluster import')
 def test_remote_add_refused_without_support(cluster: Cluster) -> None:
     """Pacific and Reef: remote add (and ls's neighbours) answer EOPNOTSUPP
