@@ -349,24 +349,7 @@ def plan_phase(task: Task, verdict: Verdict, obs: Optional[Observation],
         # it shows, like ABORTING below; a cancel's record says aborting)
         return Action(Act.FINISH_ABORT, State.ABORTING if cancel else None)
     if cancel:
-        if phase in _NOTHING_TO_UNDO:
-            before_prepare = task.state in (State.QUEUED, State.PREPARING) or (
-                task.state == State.FAILED and task.dest_image_id is None)
-            if phase == Phase.NOT_PREPARED and task.protect_snap is not None:
-                # back to exactly what it was before prepare when no client
-                # wrote to the destination (the runner looked before the abort)
-                return Action(Act.DROP_SNAP, by_source=True,
-                              rollback=task.rollback_source and not before_prepare)
-            if phase == Phase.NOT_PREPARED and not before_prepare:
-                why = 'cancelled: migration aborted, source restored'
-            elif phase == Phase.NOT_PREPARED:
-                why = 'cancelled before prepare'
-            else:
-                why = 'cancelled; nothing to undo: {}'.format(verdict.detail)
-            return Action(Act.MARK, State.ABORTED, why)
-        if phase.fatal:
-            return Action(Act.FAIL, State.FAILED, 'cancel failed: {}'.format(verdict.detail))
-        return Action(Act.ABORT, State.ABORTING, by_source=_abort_by_source(phase, obs))
+        return _plan_cancel(task, verdict, obs)
     if phase.fatal:
         return Action(Act.FAIL, State.FAILED, verdict.detail)
     if phase == Phase.NOT_PREPARED:
@@ -394,6 +377,31 @@ def plan_phase(task: Task, verdict: Verdict, obs: Optional[Observation],
         return Action(Act.ABORT, None, by_source=_abort_by_source(phase, obs))
     assert phase in (Phase.PREPARED, Phase.EXECUTING, Phase.EXECUTED), phase
     return _copy_and_commit(task, phase, hold, verifies=True)
+
+
+def _plan_cancel(task: Task, verdict: Verdict, obs: Optional[Observation]) -> Action:
+    """A cancel, once no half-done step needs finishing first: nothing to
+    undo (a protective snapshot to drop first, rolled back to when no client
+    wrote), a fatal phase, or librbd's abort."""
+    phase = verdict.phase
+    if phase in _NOTHING_TO_UNDO:
+        before_prepare = task.state in (State.QUEUED, State.PREPARING) or (
+            task.state == State.FAILED and task.dest_image_id is None)
+        if phase == Phase.NOT_PREPARED and task.protect_snap is not None:
+            # back to exactly what it was before prepare when no client
+            # wrote to the destination (the runner looked before the abort)
+            return Action(Act.DROP_SNAP, by_source=True,
+                          rollback=task.rollback_source and not before_prepare)
+        if phase == Phase.NOT_PREPARED and not before_prepare:
+            why = 'cancelled: migration aborted, source restored'
+        elif phase == Phase.NOT_PREPARED:
+            why = 'cancelled before prepare'
+        else:
+            why = 'cancelled; nothing to undo: {}'.format(verdict.detail)
+        return Action(Act.MARK, State.ABORTED, why)
+    if phase.fatal:
+        return Action(Act.FAIL, State.FAILED, 'cancel failed: {}'.format(verdict.detail))
+    return Action(Act.ABORT, State.ABORTING, by_source=_abort_by_source(phase, obs))
 
 
 def _copy_and_commit(task: Task, phase: Phase, hold: Optional[Hold], verifies: bool) -> Action:
