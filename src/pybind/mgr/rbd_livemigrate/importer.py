@@ -33,7 +33,7 @@ from .import_guard import ImportGuard
 from .interface import RbdPort
 from .request import AddRequest
 from .source_probe import ConfigGet, probe
-from .spec import ImageSpec
+from .spec import ImageSpec, Layout
 from .table import TaskTable
 from .task import IMPORT_TASK_VERSION, Task
 from .views import Views, import_dry_run_report
@@ -95,14 +95,7 @@ class Importer:
         self.access.authorize(dest.pool, dest.namespace)
         if layout.data_pool is not None:
             self.access.authorize(layout.data_pool, dest.namespace)
-        if not self.adapter.pool_exists(dest.pool):
-            raise NotFound("pool '{}' does not exist: create it or check the spec".format(
-                dest.pool))
-        if layout.data_pool is not None and not self.adapter.pool_exists(layout.data_pool):
-            raise NotFound("data pool '{}' does not exist".format(layout.data_pool))
-        if not self.adapter.namespace_exists(dest.pool, dest.namespace):
-            raise NotFound("namespace '{}' does not exist in pool '{}': create it with rbd "
-                           'namespace create'.format(dest.namespace, dest.pool))
+        self._check_dest(dest, layout)
         self.adder.authorize_touched(dest, dest, layout, [])
         # what librbd would open inside the mgr, judged before anything is
         # probed or sent (file paths come back resolved)
@@ -170,14 +163,7 @@ class Importer:
                                   'task waits until the remote image has no clients')
         req = self.adder.parse(given)
         layout = req.layout
-        if not self.adapter.pool_exists(dest.pool):
-            raise NotFound("pool '{}' does not exist: create it or check the spec".format(
-                dest.pool))
-        if layout.data_pool is not None and not self.adapter.pool_exists(layout.data_pool):
-            raise NotFound("data pool '{}' does not exist".format(layout.data_pool))
-        if not self.adapter.namespace_exists(dest.pool, dest.namespace):
-            raise NotFound("namespace '{}' does not exist in pool '{}': create it with rbd "
-                           'namespace create'.format(dest.namespace, dest.pool))
+        self._check_dest(dest, layout)
         existing = self._existing_remote(dest, src)
         if existing is not None:
             if batch_id is not None and existing.batch_id != batch_id:
@@ -239,6 +225,17 @@ class Importer:
             raise Busy("image '{}' is the source of task {}: choose another destination".format(
                 dest, t.id))
         return None
+
+    def _check_dest(self, dest: ImageSpec, layout: Layout) -> None:
+        """The destination's pool, data pool and namespace exist (ENOENT)."""
+        if not self.adapter.pool_exists(dest.pool):
+            raise NotFound("pool '{}' does not exist: create it or check the spec".format(
+                dest.pool))
+        if layout.data_pool is not None and not self.adapter.pool_exists(layout.data_pool):
+            raise NotFound("data pool '{}' does not exist".format(layout.data_pool))
+        if not self.adapter.namespace_exists(dest.pool, dest.namespace):
+            raise NotFound("namespace '{}' does not exist in pool '{}': create it with rbd "
+                           'namespace create'.format(dest.namespace, dest.pool))
 
     def _existing(self, dest: ImageSpec, spec: Dict[str, Any]) -> Optional[Task]:
         """The live import of the same spec into ``dest`` (returned again), or
