@@ -351,6 +351,11 @@ def test_module_moves_remote_image(pair: Tuple[Cluster, Cluster], rw_user: Tuple
     done = lm.wait(task['id'], timeout=240)
     seen.texts.append(json.dumps(done))
     assert done['source'] == task['source']
+    # verified before commit (the default verify): the remote at the module's
+    # snapshot against the head, each remote snapshot against its copy
+    v = done['verification']
+    assert v['result'] == 'passed' and v['compared'] == ['snap1', 'snap2', 'HEAD'], v
+    assert v['bytes_compared'] > 0, v
     seen.texts.append(seen.ok('status', task['id']))
     seen.texts.append(json.dumps(seen.ok('ls', '--format', 'json')))
     got = sums(dest, 'rbd/mv1')
@@ -415,6 +420,38 @@ def test_module_cancel_leaves_the_remote_untouched(pair: Tuple[Cluster, Cluster]
     assert not rbdtools.image_exists(dest.conf, 'rbd/mv3'), done
     assert sums(remote, 'rbd/mv3') == before
     assert _snaps_on(remote, 'rbd/mv3') == ['snap1']
+    assert rbdtools.trash_names(dest.conf, 'rbd') == []
+
+
+@tentacle
+def test_module_verify_catches_a_damaged_destination(pair: Tuple[Cluster, Cluster],
+                                                     registered: Seen) -> None:
+    """An imported destination damaged behind librbd's back before commit
+    (--manual-commit; a raw rados write of one of its objects): verify,
+    reading the remote at its snapshot, finds it; nothing is committed;
+    cancel removes the destination and leaves the remote as it was."""
+    dest, remote = pair
+    seen = registered
+    rbdtools.create_image(remote.conf, 'rbd/mv4', 16 << 20, 12 << 20, seed='mv4', snaps=1)
+    before = sums(remote, 'rbd/mv4')
+    task = seen.ok('add', 'east:rbd/mv4', 'rbd/mv4', '--manual-commit', '--format', 'json')
+    t = seen.lm.wait(task['id'], states=('executed',), timeout=120)
+    with rbdtools.connect(dest.conf) as r:
+        io = r.open_ioctx('rbd')
+        try:
+            io.write_full('rbd_data.{}.{:016x}'.format(t['dest_image_id'], 1), b'\xee' * 4096)
+        finally:
+            io.close()
+    seen.ok('commit', task['id'])
+    failed = seen.lm.wait(task['id'], states=('failed',), timeout=120)
+    assert 'verification failed' in failed['error'], failed
+    assert 'cancel removes the destination' in failed['error'], failed
+    assert failed['verification']['result'] == 'mismatch', failed
+    seen.ok('cancel', task['id'])
+    seen.lm.wait(task['id'], states=('aborted',), timeout=120)
+    assert not rbdtools.image_exists(dest.conf, 'rbd/mv4')
+    assert sums(remote, 'rbd/mv4') == before
+    assert _snaps_on(remote, 'rbd/mv4') == ['snap1']
     assert rbdtools.trash_names(dest.conf, 'rbd') == []
 
 

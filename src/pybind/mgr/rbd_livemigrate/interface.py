@@ -289,6 +289,16 @@ class VerifyInputs(NamedTuple):
     client_writes: Optional[int]
 
 
+class SourceReader(NamedTuple):
+    """A source the comparison reads through another client (an import's
+    image in another cluster): the snapshot librbd copied from, the image's
+    user snapshots (name, size) oldest first, and ``open(snap)``: the image
+    at a snapshot, read-only, open while the reader is."""
+    snap: str
+    snaps: List[Tuple[str, int]]
+    open: Callable[[Optional[str]], Any]
+
+
 # the label of the comparison of the heads (``verify.Pair``); the head as of
 # prepare is labelled HEAD followed by a note
 HEAD = 'HEAD'
@@ -489,6 +499,16 @@ class RbdPort:
 
     def verify_inputs(self, source: ImageSpec, source_id: str, dest: ImageSpec,
                       protect: Optional[str]) -> 'VerifyInputs':
+        raise NotImplementedError
+
+    def user_snaps(self, spec: ImageSpec) -> List[Tuple[str, int]]:
+        """``spec``'s user snapshots (name, size), oldest first."""
+        raise NotImplementedError
+
+    def compare_with(self, client: Client, reader: SourceReader, dest: ImageSpec,
+                     pairs: List[Any], on_progress: Callable[[int, int], bool]
+                     ) -> Optional[Tuple[str, int, str]]:
+        """``compare``, the source side read through ``reader``."""
         raise NotImplementedError
 
     def compare(self, client: Client, source: ImageSpec, source_id: str, dest: ImageSpec,

@@ -627,4 +627,5 @@ def plan_import(task: Task, verdict: Verdict, hold: Optional[Hold] = None) -> Ac
     if phase not in (Phase.PREPARED, Phase.EXECUTING, Phase.EXECUTED):
         return Action(Act.FAIL, State.FAILED, verdict.detail or 'import is {}'.format(
             phase.value))
-    return _copy_and_commit(task, phase, hold, verifies=False)
+    # an image in another cluster is read at its snapshot; a stream is not read twice
+    return _copy_and_commit(task, phase, hold, verifies=source_spec.is_remote(task.import_spec))

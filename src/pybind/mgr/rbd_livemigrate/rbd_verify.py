@@ -21,7 +21,7 @@ import rbd
 
 from .errors import Interrupted, Transient
 from .interface import Client as ClientBase
-from .interface import VerifyInputs, first_difference, merge_extents, mismatch_line
+from .interface import SourceReader, VerifyInputs, first_difference, merge_extents, mismatch_line
 from .rbd_clients import (RBD_ERRORS, ControlClient, client_addr, open_image, open_ioctx,
                           translate)
 from .rbd_decode import SNAP_NAMESPACE_TRASH
@@ -118,33 +118,53 @@ class Verify(ControlClient):
                 di.flush()
         return written
 
+    def user_snaps(self, spec: ImageSpec) -> List[Tuple[str, int]]:
+        what = "cannot list the snapshots of '{}'".format(spec)
+        with self.controlled() as c, open_image(c, spec, what, read_only=True) as image:
+            return _user_snaps(image)
+
     def compare(self, client: ClientBase, source: ImageSpec, source_id: str, dest: ImageSpec,
                 pairs: List[Any], on_progress: Callable[[int, int], bool]
                 ) -> Optional[Mismatch]:
-        with open_ioctx(client, source) as src_io, open_ioctx(client, dest) as dst_io, \
-                contextlib.ExitStack() as images:
-            try:
-                # every image opened and its extents listed first: the total
-                opened: List[Tuple[Any, 'rbd.Image', 'rbd.Image', Extents]] = []
-                for pair in pairs:
-                    si = rbd.Image(src_io, image_id=source_id, snapshot=pair.src_snap,
-                                   read_only=True)
-                    images.callback(si.close)
-                    di = rbd.Image(dst_io, dest.image, snapshot=pair.dst_snap, read_only=True)
-                    images.callback(di.close)
-                    size, dsize = si.size(), di.size()
-                    osize = 1 << di.stat()['order']
-                    if size != dsize:
-                        return (pair.label, min(size, dsize), mismatch_line(
-                            pair.label, min(size, dsize), osize,
-                            'is {} bytes on the source and {} on the destination'.format(
-                                size, dsize)))
-                    # what either side holds (a side may lack what the other has)
-                    opened.append((pair, si, di, merge_extents(
-                        _allocated(si, size) + _allocated(di, size), size, COMPARE_CHUNK)))
-                return _compare_opened(opened, on_progress)
-            except rbd.Error as e:
-                raise translate(e, "cannot compare '{}' with its source".format(dest))
+        with open_ioctx(client, source) as src_io, contextlib.ExitStack() as images:
+            def open_source(snap: Optional[str]) -> 'rbd.Image':
+                image = rbd.Image(src_io, image_id=source_id, snapshot=snap, read_only=True)
+                images.callback(image.close)
+                return image
+            return _compare_pairs(client, open_source, dest, pairs, on_progress)
+
+    def compare_with(self, client: ClientBase, reader: SourceReader, dest: ImageSpec,
+                     pairs: List[Any], on_progress: Callable[[int, int], bool]
+                     ) -> Optional[Mismatch]:
+        """The source side opened by ``reader`` (which closes what it opened)."""
+        return _compare_pairs(client, reader.open, dest, pairs, on_progress)
+
+
+def _compare_pairs(client: ClientBase, open_source: Callable[[Optional[str]], 'rbd.Image'],
+                   dest: ImageSpec, pairs: List[Any], on_progress: Callable[[int, int], bool]
+                   ) -> Optional[Mismatch]:
+    """Every pair's images opened and their extents listed first (the
+    total), then compared in order."""
+    with open_ioctx(client, dest) as dst_io, contextlib.ExitStack() as images:
+        try:
+            opened: List[Tuple[Any, 'rbd.Image', 'rbd.Image', Extents]] = []
+            for pair in pairs:
+                si = open_source(pair.src_snap)
+                di = rbd.Image(dst_io, dest.image, snapshot=pair.dst_snap, read_only=True)
+                images.callback(di.close)
+                size, dsize = si.size(), di.size()
+                osize = 1 << di.stat()['order']
+                if size != dsize:
+                    return (pair.label, min(size, dsize), mismatch_line(
+                        pair.label, min(size, dsize), osize,
+                        'is {} bytes on the source and {} on the destination'.format(
+                            size, dsize)))
+                # what either side holds (a side may lack what the other has)
+                opened.append((pair, si, di, merge_extents(
+                    _allocated(si, size) + _allocated(di, size), size, COMPARE_CHUNK)))
+            return _compare_opened(opened, on_progress)
+        except rbd.Error as e:
+            raise translate(e, "cannot compare '{}' with its source".format(dest))
 
 
 def _compare_opened(opened: List[Tuple[Any, 'rbd.Image', 'rbd.Image', Extents]],

@@ -12,13 +12,15 @@ the module's own: taken by ``before_prepare``, removed from both ends by
 module's: both are read back from the spec.
 """
 
+import contextlib
 import errno
 import json
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from . import remote_spec
 from .errors import Blocked, InvalidArgument
+from .interface import SourceReader
 from .rbd_remote import RemoteClient
 from .remote_spec import RemoteImageSpec, RemotePoolSpec
 from .remotes import ConfFiles, Remote, RemoteRegistry
@@ -167,6 +169,20 @@ class RemoteSources:
                               'the newer data (stop its clients, then remove the snapshot or '
                               'name a newer one)'.format(where, snap), EBUSY, wait=True)
         self.files.write(remote, key)
+
+    @contextlib.contextmanager
+    def reader(self, spec_text: str) -> Iterator[SourceReader]:
+        """The remote image as verify reads it: the spec's snapshot (what
+        librbd copied), the image's user snapshots, and an opener; one
+        connection, closed (with what it opened) on leaving."""
+        spec = spec_of(spec_text)
+        if spec is None:
+            raise InvalidArgument('not a remote source-spec')
+        remote, key = self._remote_of(spec)
+        pool, ns, image = spec['pool_name'], spec.get('pool_namespace', ''), spec['image_name']
+        with self.client_for(remote, key) as c:
+            yield SourceReader(spec['snap_name'], c.user_snaps(pool, ns, image),
+                               lambda snap: c.open_at(pool, ns, image, snap))
 
     def watchers(self, spec_text: Optional[str]) -> List[str]:
         """The clients of a remote task's image (the scheduler's look at a

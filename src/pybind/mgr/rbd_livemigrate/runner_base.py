@@ -8,11 +8,11 @@ import errno
 import logging
 import threading
 import time
-from typing import Callable, Dict, Optional, Protocol
+from typing import Callable, ContextManager, Dict, Optional, Protocol
 
 from .errors import LiveMigrateError, Transient
 from .hold import Hold
-from .interface import Client, Intent, RbdPort
+from .interface import Client, Intent, RbdPort, SourceReader
 from .planner import Act, Phase
 from .preflight import PoolInfo
 from .runctx import RunContext, RunnerHandle
@@ -54,6 +54,8 @@ class RemoteHooks(Protocol):
     def before_prepare(self, task_id: str, spec_text: str) -> None: ...
 
     def ensure_files(self, spec_text: Optional[str]) -> None: ...
+
+    def reader(self, spec_text: str) -> ContextManager[SourceReader]: ...
 
     def after_end(self, task_id: str, spec_text: Optional[str],
                   remove_dest_snap: Callable[[str], None]) -> None: ...

@@ -6,18 +6,21 @@ found a difference.
 
 import logging
 from dataclasses import replace
-from typing import Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .interface import MigState, Observation
 from .planner import Action
 from .runner_base import RECORD_EVERY_SECONDS, RunnerBase
 from .spec import ImageSpec
 from .task import Task, Verification, VerifyMode, VerifyResult
-from .verify import explain_mismatch, plan_comparison
+from .verify import ComparisonPlan, explain_mismatch, plan_comparison
 
 log = logging.getLogger(__name__)
 
 VERIFY_BAR_AFTER_SECONDS = 1.0
+
+# (pairs, on_progress) -> the first difference (label, offset, message) or None
+Compare = Callable[[List[Any], Callable[[int, int], bool]], Optional[Tuple[str, int, str]]]
 
 
 class Verifying(RunnerBase):
@@ -27,17 +30,46 @@ class Verifying(RunnerBase):
         """Compare the destination with its source before commit (see
         verify.py).  True: it matches; False: the task failed with the first
         difference.  A cancel or shutdown stops it (``Interrupted``)."""
-        started = self._now()
+        if task.import_spec is not None:
+            return self._verify_remote(task, dest)
         source_id = task.source_image_id
         assert source_id is not None
         protect = task.protect_snap
         # one look at both sides: their snapshots and what clients wrote
         inputs = self.adapter.verify_inputs(source, source_id, dest, protect)
-        writes = inputs.client_writes
         unused = (protect is None and task.batch_id is not None and task.verify == VerifyMode.AUTO
                   and not self.adapter.watchers(dest))
-        cmp = plan_comparison(task.verify, inputs.src_snaps, inputs.dst_snaps, protect, writes,
-                              unused)
+        cmp = plan_comparison(task.verify, inputs.src_snaps, inputs.dst_snaps, protect,
+                              inputs.client_writes, unused)
+        return self._compare(task, dest, str(source), cmp, inputs.client_writes,
+                             lambda pairs, on_progress: self.adapter.compare(
+                                 self._client(), source, source_id, dest, pairs, on_progress))
+
+    def _verify_remote(self, task: Task, dest: ImageSpec) -> bool:
+        """An image imported from another cluster: the remote image at the
+        spec's snapshot (what librbd was to copy) against the destination's
+        head, and each remote snapshot against its copy.  The snapshot plays
+        the protective snapshot's part: librbd copied it to the destination,
+        so fast-diff from it there tells what clients wrote since."""
+        assert self.remote is not None and task.import_spec is not None
+        with self.remote.reader(task.import_spec) as reader:
+            snap = reader.snap
+            writes = self.adapter.client_writes(dest, snap)
+            cmp = plan_comparison(task.verify, reader.snaps, self.adapter.user_snaps(dest),
+                                  snap, writes)
+            # the remote's "head" is its snapshot: its HEAD may have moved since
+            cmp = cmp._replace(pairs=[p._replace(src_snap=p.src_snap or snap)
+                                      for p in cmp.pairs])
+            return self._compare(task, dest, 'the remote image at snapshot {}'.format(snap),
+                                 cmp, writes,
+                                 lambda pairs, on_progress: self.adapter.compare_with(
+                                     self._client(), reader, dest, pairs, on_progress))
+
+    def _compare(self, task: Task, dest: ImageSpec, source: str, cmp: ComparisonPlan,
+                 writes: Optional[int], compare: Compare) -> bool:
+        """Run ``cmp`` (``compare(pairs, on_progress)`` reads both sides),
+        keeping ``status`` told; True when it matched."""
+        started = self._now()
         first = Verification(task.verify, VerifyResult.RUNNING, task.dest_image_id,
                              [p.label for p in cmp.pairs], cmp.note, started=started,
                              client_writes=writes)
@@ -69,8 +101,7 @@ class Verifying(RunnerBase):
         if cmp.mismatch is not None:
             found: Optional[Tuple[str, int, str]] = ('', 0, cmp.mismatch)
         else:
-            found = self.adapter.compare(self._client(), source, source_id, dest, cmp.pairs,
-                                         on_progress)
+            found = compare(cmp.pairs, on_progress)
         seconds = self._now() - started
         result = VerifyResult.PASSED if found is None else VerifyResult.MISMATCH
         self._check()
@@ -83,9 +114,11 @@ class Verifying(RunnerBase):
             log.info('task %s: verified %s against %s in %.1fs (%s)', task.id, dest, source,
                      seconds, ', '.join(first.compared) or 'nothing to compare')
             return True
-        self._fail('verification failed: {}; nothing was committed: cancel aborts the '
-                   'migration and gives the source back (see status)'.format(
-                       explain_mismatch(task.verify, found[0], found[2], writes)))
+        back = ('cancel removes the destination and leaves the remote image as it is'
+                if task.import_spec is not None else
+                'cancel aborts the migration and gives the source back')
+        self._fail('verification failed: {}; nothing was committed: {} (see status)'.format(
+            explain_mismatch(task.verify, found[0], found[2], writes), back))
         return False
 
     @staticmethod

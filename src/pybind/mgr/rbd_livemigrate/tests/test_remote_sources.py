@@ -66,6 +66,13 @@ class FakeClient:
     def head_differs(self, pool: str, ns: str, image: str, snap: str) -> bool:
         return self.images[(pool, ns, image)].moved
 
+    def user_snaps(self, pool: str, ns: str, image: str) -> List[Tuple[str, int]]:
+        return [(s, 1) for s in self.images[(pool, ns, image)].snaps]
+
+    def open_at(self, pool: str, ns: str, image: str, snap: Optional[str]) -> str:
+        self.log.append('open {}@{}'.format(image, snap))
+        return image
+
 
 class World:
     def __init__(self, tmp: str, supported: bool = True) -> None:
