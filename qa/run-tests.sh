@@ -31,21 +31,40 @@ if ! command -v tox >/dev/null 2>&1; then
     python3 -m pip install --quiet 'tox>=4'
 fi
 tox -e "${TOXENV:-py3,flake8,mypy,docs}"
+t=qa/standalone/rbd_livemigrate
+# Four heavy files test interrupted librbd steps (lifecycle, faults, the kill -9
+# partial-state sample, reconciliation). To keep CI near 35 minutes on 2 cores, each
+# submission runs three of them: two on the host's release, one on the newest, chosen by
+# the commit (printed below), so every one runs on both within four submissions.
+# All of them everywhere: LM_ALL_HEAVY=1 bash qa/run-tests.sh; the whole suite on one
+# release: LM_RELEASE=tentacle tox -e integration (the host's: tox -e integration).
+heavy=(test_lifecycle.py test_faults.py test_partial_states.py test_reconcile.py)
+rev=$(git rev-parse --short=8 HEAD 2>/dev/null || echo 0)
+at=$(( 16#${rev:0:4} % ${#heavy[@]} ))
+pick=${heavy[$at]}
+host_heavy="${heavy[$(( (at + 1) % 4 ))]} ${heavy[$(( (at + 2) % 4 ))]}"
+if [ -n "${LM_ALL_HEAVY:-}" ]; then
+    host_heavy="${heavy[*]}"
+fi
 if [ $# -gt 0 ]; then
     tox -e integration -- "$@"
 else
-    tox -e integration                  # `--` with nothing after would drop the default paths
+    host_tests=$(for f in "$t"/test_*.py; do
+        b=$(basename "$f")
+        case " ${heavy[*]} " in *" $b "*) case " $host_heavy " in *" $b "*) echo "$f";; esac;;
+                                        *) echo "$f";; esac
+    done)
+    echo "== host: heavy files this submission: $host_heavy (newest release: $pick)"
+    # shellcheck disable=SC2086
+    tox -e integration -- $host_tests
 fi
-t=qa/standalone/rbd_livemigrate
 # the newest release gets the release-sensitive part; an older one that is not the host's
-# (Reef on Debian 12) a core of it, to keep CI near 35 minutes on 2 cores. Of the four
-# heavy files of interrupted steps, one runs on the newest release per submission, chosen
-# by the commit (so every one runs over four submissions; printed below); all four:
-#   LM_RELEASE=tentacle tox -e integration -- qa/standalone/rbd_livemigrate/test_{lifecycle,faults,partial_states,reconcile}.py
-heavy=(test_lifecycle.py test_faults.py test_partial_states.py test_reconcile.py)
-rev=$(git rev-parse --short=8 HEAD 2>/dev/null || echo 0)
-pick=${heavy[$(( 16#${rev:0:4} % ${#heavy[@]} ))]}
-newest="$t/test_acceptance.py $t/$pick $t/test_caps.py
+# (Reef on Debian 12) a core of it.
+newest_heavy=$t/$pick
+if [ -n "${LM_ALL_HEAVY:-}" ]; then
+    newest_heavy=$(printf "$t/%s " "${heavy[@]}")
+fi
+newest="$t/test_acceptance.py $newest_heavy $t/test_caps.py
     $t/test_security.py $t/test_import_security.py
     $t/test_cut_abort.py $t/test_verify.py $t/test_batch_verify.py
     $t/test_cutover.py $t/test_import.py $t/test_dashboard.py $t/test_remote.py"
