@@ -189,7 +189,7 @@ class Importer:
             task = Task(id=task_id, source=str(dest), destination=str(dest), layout=layout,
                         manual_commit=req.manual_commit, priority=req.priority,
                         bandwidth_limit_bytes=req.bandwidth_limit, size_bytes=info['size'],
-                        created=now, import_spec=source_spec.dumps(spec),
+                        created=now, import_spec=source_spec.dumps(spec), verify=req.verify,
                         version=IMPORT_TASK_VERSION, batch_id=batch_id, paused=paused,
                         added_by=self.adder.added_by(batch_id, dest, dest))
             self.table.put(task)

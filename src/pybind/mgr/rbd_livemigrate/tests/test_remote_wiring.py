@@ -16,7 +16,7 @@ from rbd_livemigrate.importer import Importer
 from rbd_livemigrate.pipeline import Runner
 from rbd_livemigrate.remote_spec import RemoteImageSpec
 from rbd_livemigrate.spec import ImageSpec
-from rbd_livemigrate.task import IMPORT_TASK_VERSION, State, Task
+from rbd_livemigrate.task import IMPORT_TASK_VERSION, State, Task, VerifyMode
 
 from test_import import Cluster, FakeImport
 from test_pipeline import worker
@@ -129,6 +129,9 @@ def test_add_makes_an_import_task_naming_the_remote(tmp_path: Any) -> None:
     stored = i.table.get(t['id'])
     assert stored.import_spec is not None and KEY not in stored.import_spec
     assert 'mon_host' not in json.loads(stored.import_spec)
+    # verified before commit like a migration (verify_default, else --verify)
+    assert stored.verify == VerifyMode.AUTO and t['verify'] == 'auto'
+    assert add(i, 'east:rbd/vm2', 'b/vm2', verify='full')['verify'] == 'full'
     assert add(i, 'east:rbd/vm1', 'b/vm1', priority=3)['id'] == t['id']     # again
     assert add(i, 'east:rbd/vm1@s1', 'b/vm1') == -errno.EEXIST             # another source
     assert add(i, 'east:rbd/vm1@s1', 'b/other')['source'] == 'east:rbd/vm1@s1'
