@@ -22,9 +22,10 @@ Measured with Tentacle 20.2.4's binding, two harness clusters:
 - An unresolvable host: EINVAL; an empty mon_host: ENOENT.
 """
 
+import contextlib
 import errno
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import InvalidArgument, LiveMigrateError, NotAuthorized, NotFound, Transient
 
@@ -68,7 +69,7 @@ class RemoteClient:
         self._rbd_mod = rbd_mod
         self._cluster: Any = None
         # what ``open_at`` opened, closed with the connection
-        self._opened: List[Any] = []
+        self._opened_images: List[Any] = []
 
     def __repr__(self) -> str:      # never the key
         return 'RemoteClient({!r}, {!r}, {!r})'.format(self.name, self.mon_host,
@@ -118,9 +119,9 @@ class RemoteClient:
         return self
 
     def close(self) -> None:
-        while self._opened:
+        while self._opened_images:
             try:
-                self._opened.pop().close()
+                self._opened_images.pop().close()
             except Exception:
                 pass
         if self._cluster is not None:
@@ -149,15 +150,33 @@ class RemoteClient:
             io.set_namespace(namespace)
         return io
 
-    def _image(self, pool: str, namespace: str, image: str, snap: Optional[str] = None) -> Any:
+    def _image(self, pool: str, namespace: str, image: str, snap: Optional[str] = None,
+               read_only: bool = True) -> Any:
+        """(ioctx, image) opened; the caller closes both (``_opened`` does)."""
         _, rbd = self._mods()
         io = self._ioctx(pool, namespace)
         try:
-            return io, rbd.Image(io, image, snapshot=snap, read_only=True)
+            return io, rbd.Image(io, image, snapshot=snap, read_only=read_only)
         except Exception as e:
             io.close()
             raise self._error(e, 'image {}{}'.format(image, '@' + snap if snap else '')) \
                 from None
+
+    @contextlib.contextmanager
+    def _opened(self, pool: str, namespace: str, image: str, what: str,
+                snap: Optional[str] = None, read_only: bool = True) -> Iterator[Any]:
+        """The image, open for the block; an error of librbd's inside it
+        becomes a typed one naming ``what`` (the module's own pass through)."""
+        io, img = self._image(pool, namespace, image, snap, read_only)
+        try:
+            yield img
+        except LiveMigrateError:
+            raise
+        except Exception as e:
+            raise self._error(e, what) from None
+        finally:
+            img.close()
+            io.close()
 
     def list_images(self, pool: str, namespace: str = '') -> List[str]:
         _, rbd = self._mods()
@@ -171,37 +190,24 @@ class RemoteClient:
 
     def image_info(self, pool: str, namespace: str, image: str) -> Dict[str, Any]:
         """size, snapshot names, watcher addresses."""
-        io, img = self._image(pool, namespace, image)
-        try:
+        with self._opened(pool, namespace, image, 'image {}'.format(image)) as img:
             return {'size': int(img.size()),
                     'snaps': [s['name'] for s in img.list_snaps()],
                     'watchers': sorted(w['addr'] for w in img.watchers_list())}
-        except LiveMigrateError:
-            raise
-        except Exception as e:
-            raise self._error(e, 'image {}'.format(image)) from None
-        finally:
-            img.close()
-            io.close()
 
     def user_snaps(self, pool: str, namespace: str, image: str) -> List[Tuple[str, int]]:
         """The image's user snapshots (name, size), oldest first."""
-        io, img = self._image(pool, namespace, image)
-        try:
+        with self._opened(pool, namespace, image,
+                          'the snapshots of image {}'.format(image)) as img:
             snaps = [s for s in img.list_snaps() if s.get('namespace', 0) == 0]
             return [(str(s['name']), int(s['size']))
                     for s in sorted(snaps, key=lambda s: s['id'])]
-        except Exception as e:
-            raise self._error(e, 'the snapshots of image {}'.format(image)) from None
-        finally:
-            img.close()
-            io.close()
 
     def open_at(self, pool: str, namespace: str, image: str, snap: Optional[str]) -> Any:
         """The image at ``snap``, read-only, open until the connection closes
         (the comparison reads it on its threads)."""
         io, img = self._image(pool, namespace, image, snap)
-        self._opened.extend([io, img])
+        self._opened_images.extend([io, img])
         return img
 
     def watchers(self, pool: str, namespace: str, image: str) -> List[str]:
@@ -211,12 +217,10 @@ class RemoteClient:
         """Has HEAD changed since ``snap`` (size or any extent)?  librbd's
         import copies the remote HEAD (remote_spec.py): a move is right only
         while this is False."""
-        io, img = self._image(pool, namespace, image)
-        try:
-            snap_img = None
+        with self._opened(pool, namespace, image, 'image {}'.format(image)) as img, \
+                self._opened(pool, namespace, image, 'image {}@{}'.format(image, snap),
+                             snap) as snap_img:
             head_size = int(img.size())
-            _, rbd = self._mods()
-            snap_img = rbd.Image(io, image, snapshot=snap, read_only=True)
             if int(snap_img.size()) != head_size:
                 return True
             changed: List[int] = []
@@ -230,58 +234,34 @@ class RemoteClient:
                 if not changed:
                     raise self._error(e, 'the diff of {}@{}'.format(image, snap)) from None
             return bool(changed)
-        finally:
-            if snap_img is not None:
-                snap_img.close()
-            img.close()
-            io.close()
 
     # -- the module's own snapshot --------------------------------------
 
     def create_snap(self, pool: str, namespace: str, image: str, snap: str) -> bool:
         """True if made now, False if it was there (idempotent)."""
-        _, rbd = self._mods()
-        io = self._ioctx(pool, namespace)
         try:
-            img = rbd.Image(io, image)
-        except Exception as e:
-            io.close()
-            raise self._error(e, 'image {}'.format(image)) from None
-        try:
-            if img.snap_exists(snap) if hasattr(img, 'snap_exists') else \
-                    snap in [s['name'] for s in img.list_snaps()]:
+            with self._opened(pool, namespace, image, 'a snapshot of {}'.format(image),
+                              read_only=False) as img:
+                if snap in [s['name'] for s in img.list_snaps()]:
+                    return False
+                img.create_snap(snap)
+                return True
+        except LiveMigrateError as e:
+            if e.errno == errno.EEXIST:
                 return False
-            img.create_snap(snap)
-            return True
-        except Exception as e:
-            if _errno_of(e) == errno.EEXIST:
-                return False
-            raise self._error(e, 'a snapshot of {}'.format(image)) from None
-        finally:
-            img.close()
-            io.close()
+            raise
 
     def remove_snap(self, pool: str, namespace: str, image: str, snap: str) -> bool:
-        """True if removed now, False if it was gone."""
-        _, rbd = self._mods()
-        io = self._ioctx(pool, namespace)
+        """True if removed now, False if it or its image was gone."""
         try:
-            img = rbd.Image(io, image)
-        except Exception as e:
-            io.close()
-            if _errno_of(e) == errno.ENOENT:
+            with self._opened(pool, namespace, image, 'snapshot {}@{}'.format(image, snap),
+                              read_only=False) as img:
+                img.remove_snap(snap)
+                return True
+        except LiveMigrateError as e:
+            if e.errno == errno.ENOENT:
                 return False
-            raise self._error(e, 'image {}'.format(image)) from None
-        try:
-            img.remove_snap(snap)
-            return True
-        except Exception as e:
-            if _errno_of(e) == errno.ENOENT:
-                return False
-            raise self._error(e, 'snapshot {}@{}'.format(image, snap)) from None
-        finally:
-            img.close()
-            io.close()
+            raise
 
 
 def connect_check(name: str, mon_host: str, client_name: str, key: str,
