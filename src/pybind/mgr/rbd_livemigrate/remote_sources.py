@@ -217,7 +217,7 @@ class RemoteSources:
                     log.info('task %s: removed snapshot %s from remote %s', task_id,
                              spec['snap_name'], remote.name)
             remove_dest_snap(spec['snap_name'])
-        self.tidy()
+        self.tidy(ending=task_id)
 
     # -- files ------------------------------------------------------------
 
@@ -227,12 +227,16 @@ class RemoteSources:
     def start(self) -> None:
         """At serve(): sweep what a killed mgr left, then write the files of
         the remotes live tasks use (their destinations open the remote)."""
-        self.files.sweep()
-        for name in sorted(self.needed()):
+        needed = self.needed()
+        self.files.sweep(keep=needed)
+        for name in sorted(needed):
             try:
                 self.files.write(self.registry.get(name), self.registry.key(name))
             except Exception as e:      # one remote never stops the module
                 log.error('cannot write the files of remote %s: %s', name, e)
 
-    def tidy(self) -> List[str]:
-        return self.files.retain(self.needed())
+    def tidy(self, ending: Optional[str] = None) -> List[str]:
+        """Remove the files no live task needs; ``ending``: a task being ended
+        (still live in the table until its end is recorded) needs none."""
+        return self.files.retain(name for name, ids in self.users_by_remote().items()
+                                 if any(i != ending for i in ids))

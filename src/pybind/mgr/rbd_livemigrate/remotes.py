@@ -264,13 +264,16 @@ class ConfFiles:
         base = remote_spec.cluster_path(self.dir, name)
         return base + CONF_SUFFIX, base + KEYRING_SUFFIX
 
-    def sweep(self) -> List[str]:
-        """At start: remove every conf/keyring left here (a killed mgr's)."""
+    def sweep(self, keep: Iterable[str] = ()) -> List[str]:
+        """At start: remove every conf/keyring left here (a killed mgr's) but
+        those of the remotes in ``keep`` (live tasks need them without a gap:
+        clients opening a destination read them; ``write`` replaces them)."""
+        kept = {f for name in keep for f in self.paths(name)}
         with self._lock:
             self._ensure_dir()
             removed = []
             for fname in sorted(os.listdir(self.dir)):
-                if self._ours(fname):
+                if self._ours(fname) and os.path.join(self.dir, fname) not in kept:
                     try:
                         os.unlink(os.path.join(self.dir, fname))
                         removed.append(fname)

@@ -121,11 +121,32 @@ def _check_batch_id(value: Optional[str]) -> None:
 
 def _check_import_spec(value: Optional[str]) -> None:
     if value is not None:
+        from .remote_spec import is_remote_spec
         from .source_spec import check
         try:
-            check(json.loads(value))
+            spec = json.loads(value)
+            if is_remote_spec(spec):
+                _check_remote_spec(spec)     # another cluster's image (issue 27)
+            else:
+                check(spec)
         except ValueError:
             raise Mismatch()
+
+
+def _check_remote_spec(spec: Dict[str, Any]) -> None:
+    """A remote task's spec is exactly what remote_spec.build_source_spec
+    makes from its own fields (so never a key or a mon_host)."""
+    from .errors import LiveMigrateError
+    from .remote_spec import build_source_spec
+    try:
+        conf_dir, remote = str(spec['cluster_name']).rsplit('/', 1)
+        built = build_source_spec(conf_dir or '/', remote, spec['client_name'],
+                                  spec['pool_name'], spec.get('pool_namespace', ''),
+                                  spec['image_name'], spec['snap_name'])
+    except (KeyError, TypeError, ValueError, LiveMigrateError):
+        raise Mismatch()
+    if built != spec:
+        raise Mismatch()
 
 
 # a task's fields a type alone does not cover (its layout's too)
