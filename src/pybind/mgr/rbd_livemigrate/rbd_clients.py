@@ -21,7 +21,8 @@ import contextlib
 import errno
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import (Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Type,
+                    Union)
 
 import rados
 import rbd
@@ -77,26 +78,17 @@ def client_addr(addrs: str) -> str:
 
 @contextlib.contextmanager
 def open_ioctx(client: ClientBase, spec: Union[ImageSpec, PoolSpec], what: str = '',
-               catch: Tuple[Type[Exception], ...] = ()) -> Iterator[Any]:
+               catch: Tuple[Type[Exception], ...] = (), missing_ok: bool = False
+               ) -> Iterator[Any]:
     """``spec``'s pool and namespace, open for the block; an error of a
     type in ``catch`` leaves it translated (``what`` failed), and the pool
-    is closed.  A missing pool raises ``NotFound`` (``Client.ioctx``)."""
-    io = client.ioctx(spec.pool, spec.namespace)
-    try:
-        yield io
-    except catch as e:
-        raise translate(e, what)
-    finally:
-        io.close()
-
-
-@contextlib.contextmanager
-def open_ioctx_or_none(client: ClientBase, spec: Union[ImageSpec, PoolSpec], what: str = '',
-                       catch: Tuple[Type[Exception], ...] = ()) -> Iterator[Optional[Any]]:
-    """As ``open_ioctx``, but None when the pool is gone (nothing is there)."""
+    is closed.  A missing pool raises ``NotFound`` (``Client.ioctx``), or
+    with ``missing_ok`` gives None (nothing is there)."""
     try:
         io = client.ioctx(spec.pool, spec.namespace)
     except NotFound:
+        if not missing_ok:
+            raise
         yield None
         return
     try:
@@ -105,6 +97,13 @@ def open_ioctx_or_none(client: ClientBase, spec: Union[ImageSpec, PoolSpec], wha
         raise translate(e, what)
     finally:
         io.close()
+
+
+def open_ioctx_or_none(client: ClientBase, spec: Union[ImageSpec, PoolSpec], what: str = '',
+                       catch: Tuple[Type[Exception], ...] = ()
+                       ) -> ContextManager[Optional[Any]]:
+    """As ``open_ioctx``, but None when the pool is gone."""
+    return open_ioctx(client, spec, what, catch, missing_ok=True)
 
 
 @contextlib.contextmanager
