@@ -15,12 +15,15 @@ cutover   ``--cutover-runs`` times per mode (auto, ``--manual-cutover`` + ``cuto
           client (this process) holds the source open, closes it, and opens the destination
           as soon as it exists: that gap from outside, median and worst, beside the module's
           own ``cutover_ms``.
-fleet     ``--fleet-images`` empty and as many written 4 MiB images: one module ``add-pool``
-          (a batch) at max_concurrent ``--fleet-concurrency`` until all are committed, with
-          ``ls`` and ``status <batch>`` timed every second meanwhile, mgr RSS and store
-          writes per task (mon log); then the same images moved by a plain in-process
-          librbd loop on as many threads, each with its own rados client (the limit), and
-          a sample (``--fleet-cli-sample``) by the sequential ``rbd migration`` CLI loop.
+fleet     ``--fleet-images`` empty and ``--fleet-written`` (default as many) written 4 MiB
+          images: one module ``add-pool`` (a batch) at max_concurrent ``--fleet-concurrency``
+          until all are committed, with ``ls`` and ``status <batch>`` timed every second
+          meanwhile through librados, and every ``--fleet-cli-probe-seconds`` through the
+          ``ceph`` CLI (process start included, as an operator types it), mgr RSS (peak
+          sampled every second) and store writes per task (mon log); then the same images
+          moved by a plain in-process librbd loop on as many threads, each with its own
+          rados client (the limit), and a sample (``--fleet-cli-sample``) by the
+          sequential ``rbd migration`` CLI loop.
 pool      ``--images`` images of ``--image-size`` written data: module ``add-pool`` until all
           are committed (``ls --format json`` polled), versus (a) a sequential
           ``rbd migration prepare/execute/commit`` CLI loop over identical images and (b)
@@ -273,6 +276,16 @@ def phase_summary(events: Dict[str, Dict[str, float]], writes: Dict[str, List[fl
                                      'mean': round(statistics.mean(nwrites), 2)}
                                     if nwrites else None)
     return out
+
+
+def fleet_written(args: argparse.Namespace) -> int:
+    """Written images of the fleet: ``--fleet-written``, else as many as empty."""
+    return args.fleet_images if args.fleet_written is None else args.fleet_written
+
+
+def fleet_names(empty: int, written: int) -> List[str]:
+    """The fleet's images: ``fe-*`` empty, then ``fw-*`` written."""
+    return [f'fe-{i:05d}' for i in range(empty)] + [f'fw-{i:05d}' for i in range(written)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1175,6 +1188,20 @@ class Bench:
         return {'session_add': mon.get('session_add', 0), 'paxos_commit':
                 paxos.get('commit', 0), 'paxos_begin': paxos.get('begin', 0)}
 
+    def wait_store_settled(self, max_wait: float = 600.0) -> Optional[float]:
+        """Seconds until the monitor's commits fall to their idle pace (under
+        one a second over 2 s: its own and the mgr's stats); None if not
+        within ``max_wait``."""
+        t0 = time.monotonic()
+        last = self.mon_counters().get('paxos_commit', 0)
+        while time.monotonic() - t0 < max_wait:
+            time.sleep(2.0)
+            now = self.mon_counters().get('paxos_commit', 0)
+            if now - last <= 2:
+                return round(max(0.0, time.monotonic() - t0 - 2.0), 1)
+            last = now
+        return None
+
     def daemon_cpu(self) -> Dict[str, float]:
         """CPU seconds so far of every daemon and of this process (the limit's
         loop runs here)."""
@@ -1203,10 +1230,19 @@ class Bench:
         if len(runs) > 1:
             for key in ('ratio_module_vs_limit', 'module_images_per_second',
                         'limit_images_per_second', 'mgr_rss_settled_growth_mib',
-                        'mgr_rss_peak_growth_mib', 'slowest_ls_seconds'):
+                        'mgr_rss_peak_growth_mib', 'slowest_ls_seconds',
+                        'slowest_status_seconds', 'slowest_cli_ls_seconds',
+                        'slowest_cli_status_seconds'):
                 vals = [r[key] for r in runs if r.get(key) is not None]
                 if vals:
                     res[key + '_spread'] = spread(vals)
+                if vals and key.startswith('slowest_'):
+                    res[key] = max(vals)          # the slowest of every run
+            res['cli_probes'] = sum(r.get('cli_probes', 0) for r in runs)
+            for key in ('median_cli_ls_seconds', 'median_cli_status_seconds'):
+                vals = [r[key] for r in runs if r.get(key) is not None]
+                if vals:
+                    res[key] = median(vals)
             for key in ('cli_sample', 'cli_images_per_second'):
                 if key in runs[-1]:
                     res[key] = runs[-1][key]
@@ -1221,30 +1257,50 @@ class Bench:
         RSS, store writes per task."""
         a = self.args
         n, conc = a.fleet_images, a.fleet_concurrency
-        names = [f'fe-{i:05d}' for i in range(n)] + [f'fw-{i:05d}' for i in range(n)]
-        res: Dict[str, Any] = {'images': len(names), 'concurrency': conc}
-        self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_concurrent', value=str(conc))
-        self.mon('config set', who='mgr', name=f'mgr/{MODULE}/max_history',
-                 value=str(min(10000, 2 * len(names))))
+        names = fleet_names(n, fleet_written(a))
+        res: Dict[str, Any] = {'images': len(names), 'empty': n,
+                               'written': len(names) - n, 'concurrency': conc}
+        settings = {'max_concurrent': str(conc), 'max_history': str(min(10000, 2 * len(names)))}
+        for key, value in settings.items():
+            self.mon('config set', who='mgr', name=f'mgr/{MODULE}/{key}', value=value)
+        self.results.setdefault('module_settings_set', {}).update(settings)
         res['order'] = 'limit, module' if limit_first else 'module, limit'
         limit_s = self.fleet_limit(names, res) if limit_first and not a.fleet_module_only \
             else None
         # module
         mk = self.create_fleet(names[:n], False) + self.create_fleet(names[n:], True)
         self.quiesce()
-        log(f'fleet: {len(names)} images created in {mk:.0f}s; module add-pool')
+        log(f'fleet: {len(names)} images ({n} empty, {len(names) - n} written) created in '
+            f'{mk:.0f}s; module add-pool')
+        # the ceph CLI's own cost (process start, connection, the command
+        # table), on the quiet cluster before the batch
+        idle = []
+        for _ in range(3):
+            t = time.monotonic()
+            self.cluster.command('ceph', 'rbd', 'livemigrate', 'ls', '--format', 'json',
+                                 check=False)
+            idle.append(time.monotonic() - t)
+        res['cli_idle_ls_seconds'] = round(median(idle), 3)
         pid = self.cluster.mgr_pid(self.active_and_standby()[0])
         rss0 = read_rss_kib(pid) if pid else 0
         mgr_cur, mon_cur = self.cursors()
         cpu0 = self.daemon_cpu()
         mon0 = self.mon_counters()
-        lat: Dict[str, List[float]] = {'ls': [], 'status': []}
+        lat: Dict[str, List[float]] = {'ls': [], 'status': [], 'cli_ls': [], 'cli_status': []}
         stop = threading.Event()
         box: Dict[str, str] = {}
 
         peak = [rss0]
 
+        def cli(key: str, *argv: str) -> None:
+            # what an operator types: the ceph CLI, its process start included
+            t = time.monotonic()
+            self.cluster.command('ceph', 'rbd', 'livemigrate', *argv, '--format', 'json',
+                                 check=False)
+            lat[key].append(time.monotonic() - t)
+
         def probe() -> None:
+            next_cli = time.monotonic()
             while not stop.is_set():
                 if pid:
                     peak[0] = max(peak[0], read_rss_kib(pid))
@@ -1256,6 +1312,10 @@ class Bench:
                     self.mgr('rbd livemigrate status', task_or_image=box['batch'],
                              format='json')
                     lat['status'].append(time.monotonic() - t)
+                if 'batch' in box and time.monotonic() >= next_cli:
+                    next_cli = time.monotonic() + a.fleet_cli_probe_seconds
+                    cli('cli_ls', 'ls')
+                    cli('cli_status', 'status', box['batch'])
                 stop.wait(1.0)
         t0, t0_epoch = time.monotonic(), time.time()
         # the references copy only: the module does too (the verify section
@@ -1286,19 +1346,34 @@ class Bench:
         committed = [e['committed'] for e in events.values() if 'committed' in e]
         if len(committed) >= len(names):
             module_s = max(committed) - t0_epoch
+        cpu_end = self.cpu_per_image(cpu0, len(names))
+        # the records written behind (a task's end goes after the records
+        # never stored): how long after the batch's end the store caught up,
+        # and what the whole cost, those writes included
+        res['store_caught_up_after_seconds'] = self.wait_store_settled()
         writes = store_writes(mon_cur.lines())
         per_task = [len(v) for v in writes.values()]
         res['phases'] = phase_summary(events, writes, sorted(events))
-        res['module_cpu_ms_per_image'] = self.cpu_per_image(cpu0, len(names))
+        res['module_cpu_ms_per_image'] = cpu_end
+        res['module_cpu_ms_per_image_store_caught_up'] = self.cpu_per_image(cpu0, len(names))
         res['module_mon_counters'] = {k: v - mon0.get(k, 0)
                                       for k, v in self.mon_counters().items()}
-        log(f'  CPU ms per image: {res["module_cpu_ms_per_image"]}; mon: '
+        log(f'  CPU ms per image: {res["module_cpu_ms_per_image"]} (until the store caught '
+            f'up, {res["store_caught_up_after_seconds"]}s after the end: '
+            f'{res["module_cpu_ms_per_image_store_caught_up"]}); mon: '
             f'{res["module_mon_counters"]}')
         res.update(module_seconds=round(module_s, 2),
                    module_images_per_second=round(len(names) / module_s, 1),
                    slowest_ls_seconds=round(max(lat['ls'] or [0]), 3),
                    slowest_status_seconds=round(max(lat['status'] or [0]), 3),
                    median_ls_seconds=round(median(lat['ls']), 3) if lat['ls'] else None,
+                   cli_probes=len(lat['cli_ls']),
+                   slowest_cli_ls_seconds=round(max(lat['cli_ls'] or [0]), 3),
+                   slowest_cli_status_seconds=round(max(lat['cli_status'] or [0]), 3),
+                   median_cli_ls_seconds=round(median(lat['cli_ls']), 3)
+                   if lat['cli_ls'] else None,
+                   median_cli_status_seconds=round(median(lat['cli_status']), 3)
+                   if lat['cli_status'] else None,
                    store_writes_per_task={'mean': round(statistics.mean(per_task), 2),
                                           'max': max(per_task)} if per_task else None,
                    mgr_rss_growth_mib=round((read_rss_kib(pid) - rss0) / 1024, 1)
@@ -1311,7 +1386,9 @@ class Bench:
             res['mgr_rss_settled_growth_mib'] = round((read_rss_kib(pid) - rss0) / 1024, 1)
         log(f'  module: {module_s:.1f}s ({res["module_images_per_second"]} images/s), '
             f'add-pool returned in {res["add_pool_return_seconds"]}s, slowest ls '
-            f'{res["slowest_ls_seconds"]}s, RSS +{res["mgr_rss_growth_mib"]} MiB (peak '
+            f'{res["slowest_ls_seconds"]}s (ceph CLI: ls {res["slowest_cli_ls_seconds"]}s, '
+            f'status {res["slowest_cli_status_seconds"]}s), RSS +{res["mgr_rss_growth_mib"]} '
+            f'MiB (peak '
             f'+{res["mgr_rss_peak_growth_mib"]}, {FLEET_SETTLE_SECONDS:.0f}s later '
             f'+{res.get("mgr_rss_settled_growth_mib")}), store writes '
             f'per task {res["store_writes_per_task"]}')
@@ -1327,8 +1404,9 @@ class Bench:
             f'limit {res["limit_cpu_ms_per_image"]}')
         if not cli:
             return res
-        # the sequential CLI loop, on a sample
-        sample = names[:a.fleet_cli_sample // 2] + names[n:n + a.fleet_cli_sample // 2]
+        # the sequential CLI loop, on a sample (half empty, half written when both are)
+        half = a.fleet_cli_sample // 2 if len(names) > n else a.fleet_cli_sample
+        sample = names[:half] + names[n:n + a.fleet_cli_sample - half]
         self.create_fleet(sample, False)
         self.quiesce()
         loop = self.run_cli_loop(sample)
@@ -1343,7 +1421,8 @@ class Bench:
         on a fleet made the same way; its images removed after."""
         n = self.args.fleet_images
         self.create_fleet(names[:n], False)
-        self.create_fleet(names[n:], True)
+        if names[n:]:
+            self.create_fleet(names[n:], True)
         self.quiesce()
         cpu0 = self.daemon_cpu()
         rss_before = read_rss_kib(os.getpid())
@@ -1530,7 +1609,8 @@ def report(results: Dict[str, Any]) -> str:
         rows.append(['scale', 'ERROR', s['error'][:60], '', '', ''])
     f = sec.get('fleet')
     if f and 'error' not in f:
-        n = f['images']
+        n = (f'{f["empty"]}+{f["written"]}' if f.get('written') else f'{f["empty"]} empty') \
+            if 'empty' in f else f['images']
         rows.append([f'fleet {n}: add-pool returns', f'{f["add_pool_return_seconds"]:.2f}s',
                      '', '', '< 2 s', verdict(f['add_pool_return_seconds'], 2.0)])
         if 'ratio_module_vs_limit_spread' in f:
@@ -1549,10 +1629,15 @@ def report(results: Dict[str, Any]) -> str:
         else:
             rows.append([f'fleet {n}: images/s module (--fleet-module-only)',
                          f'{f["module_images_per_second"]}/s', '', '', '-', ''])
-        for who in ('module', 'limit'):
-            cpu = f.get(f'{who}_cpu_ms_per_image')
+        for who in ('module', 'limit', 'module_store_caught_up'):
+            key = f'{who}_cpu_ms_per_image' if who != 'module_store_caught_up' else \
+                'module_cpu_ms_per_image_store_caught_up'
+            cpu = f.get(key)
             if cpu:
-                rows.append([f'fleet {n}: {who} CPU ms per image (all daemons)',
+                what = (f'module CPU ms per image until the store caught up '
+                        f'({f.get("store_caught_up_after_seconds")}s after the end)'
+                        if who == 'module_store_caught_up' else f'{who} CPU ms per image')
+                rows.append([f'fleet {n}: {what} (all daemons)',
                              f'{sum(cpu.values()):.0f}', ', '.join(
                                  f'{k} {v:.0f}' for k, v in cpu.items() if v >= 0.5),
                              '', '-', ''])
@@ -1560,19 +1645,30 @@ def report(results: Dict[str, Any]) -> str:
             rows.append([f'fleet {n}: images/s sequential CLI loop', '',
                          f'{f["cli_images_per_second"]}/s ({f["cli_sample"]} sampled)', '',
                          '-', ''])
-        rows.append([f'fleet {n}: slowest ls / status during the run',
+        rows.append([f'fleet {n}: slowest ls / status during the run (librados, every 1 s)',
                      f'{f["slowest_ls_seconds"]}s / {f["slowest_status_seconds"]}s', '', '',
-                     '< 1 s', verdict(max(f['slowest_ls_seconds'],
-                                          f['slowest_status_seconds']), 1.0)])
+                     '< 1 s / < 0.3 s', verdict(max(f['slowest_ls_seconds'],
+                                                    f['slowest_status_seconds'] / 0.3), 1.0)])
+        if f.get('cli_probes'):
+            rows.append([f'fleet {n}: slowest ls / status through the ceph CLI '
+                         f'({f["cli_probes"]} probes)',
+                         f'{f["slowest_cli_ls_seconds"]}s / {f["slowest_cli_status_seconds"]}s',
+                         f'median {f["median_cli_ls_seconds"]}s / '
+                         f'{f["median_cli_status_seconds"]}s; ls on the quiet cluster '
+                         f'{f.get("cli_idle_ls_seconds")}s', '', '< 1 s / < 0.3 s',
+                         verdict(max(f['slowest_cli_ls_seconds'],
+                                     f['slowest_cli_status_seconds'] / 0.3), 1.0)])
         w = f.get('store_writes_per_task') or {}
         rows.append([f'fleet {n}: store writes per task', f'{w.get("mean")} (max {w.get("max")})',
                      '', '', '<= 4', verdict(w.get('max'), 4.0)])
         settled = f.get('mgr_rss_settled_growth_mib', f['mgr_rss_growth_mib'])
-        rows.append([f'fleet {n}: mgr RSS growth, {FLEET_SETTLE_SECONDS:.0f}s after the end',
-                     f'{settled} MiB',
-                     f'at the end {f["mgr_rss_growth_mib"]} MiB, peak '
-                     f'{f.get("mgr_rss_peak_growth_mib")} MiB', '',
-                     '< 100 MB', verdict((settled or 0) * 1.048576, 100.0)])
+        peak = f.get('mgr_rss_peak_growth_mib_spread', {}).get(
+            'max', f.get('mgr_rss_peak_growth_mib'))
+        rows.append([f'fleet {n}: mgr RSS growth at its peak (sampled every second)',
+                     f'{peak} MiB',
+                     f'at the end {f["mgr_rss_growth_mib"]} MiB, '
+                     f'{FLEET_SETTLE_SECONDS:.0f}s after {settled} MiB', '',
+                     '< 100 MB', verdict((peak or 0) * 1.048576, 100.0)])
     elif f:
         rows.append(['fleet', 'ERROR', f['error'][:60], '', '', ''])
     v = sec.get('verify')
@@ -1605,6 +1701,12 @@ def report(results: Dict[str, Any]) -> str:
     busy = collect(results, 'host_busy_fraction')
     host = results.get('host', {})
     lines.append('')
+    t = results.get('cluster_timing', {})
+    lines.append(f"command: {' '.join(results.get('argv', []))}")
+    lines.append(f"cluster timings: {t.get('timing')} (paxos propose interval "
+                 f"{t.get('paxos_propose_interval')} s, mgr stats period "
+                 f"{t.get('mgr_stats_period')} s); module options set by the bench: "
+                 f"{results.get('module_settings_set', {})}")
     lines.append(f"host: {host.get('nproc')} cores; load average at start "
                  f"{host.get('loadavg_start', [0])[0]:.1f}, at end "
                  f"{host.get('loadavg_end', [0])[0]:.1f}; whole-host CPU busy during measured "
@@ -1649,6 +1751,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help='scale: threads writing records (default 8)')
     p.add_argument('--fleet-images', type=int, default=10000,
                    help='fleet: empty images, and as many written (default 10000)')
+    p.add_argument('--fleet-written', type=int, default=None,
+                   help='fleet: written images (default: as many as --fleet-images; 0: '
+                        'empty images only)')
+    p.add_argument('--fleet-cli-probe-seconds', type=float, default=5.0,
+                   help='fleet: ls and status through the ceph CLI this often during the '
+                        'run (default 5)')
     p.add_argument('--fleet-module-only', action='store_true',
                    help='fleet: measure the module only (no limit, no CLI loop)')
     p.add_argument('--fleet-concurrency', type=int, default=8,
