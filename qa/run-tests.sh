@@ -67,7 +67,8 @@ fi
 newest="$t/test_acceptance.py $newest_heavy $t/test_caps.py
     $t/test_security.py $t/test_import_security.py
     $t/test_cut_abort.py $t/test_verify.py $t/test_batch_verify.py
-    $t/test_cutover.py $t/test_import.py $t/test_dashboard.py $t/test_remote.py"
+    $t/test_cutover.py $t/test_import.py $t/test_dashboard.py $t/test_remote.py
+    $t/test_remote_faults.py"
 core="$t/test_acceptance.py $t/test_caps.py $t/test_dashboard.py"
 last=$(/usr/bin/python3 -c 'import sys; sys.path.insert(0, "qa/standalone")
 import release_root as r
