@@ -1292,7 +1292,7 @@ class Bench:
 
         peak = [rss0]
 
-        def cli(key: str, *argv: str) -> None:
+        def cli_probe(key: str, *argv: str) -> None:
             # what an operator types: the ceph CLI, its process start included
             t = time.monotonic()
             self.cluster.command('ceph', 'rbd', 'livemigrate', *argv, '--format', 'json',
@@ -1314,8 +1314,8 @@ class Bench:
                     lat['status'].append(time.monotonic() - t)
                 if 'batch' in box and time.monotonic() >= next_cli:
                     next_cli = time.monotonic() + a.fleet_cli_probe_seconds
-                    cli('cli_ls', 'ls')
-                    cli('cli_status', 'status', box['batch'])
+                    cli_probe('cli_ls', 'ls')
+                    cli_probe('cli_status', 'status', box['batch'])
                 stop.wait(1.0)
         t0, t0_epoch = time.monotonic(), time.time()
         # the references copy only: the module does too (the verify section
