@@ -1260,7 +1260,10 @@ class Bench:
         names = fleet_names(n, fleet_written(a))
         res: Dict[str, Any] = {'images': len(names), 'empty': n,
                                'written': len(names) - n, 'concurrency': conc}
-        settings = {'max_concurrent': str(conc), 'max_history': str(min(10000, 2 * len(names)))}
+        # every repeat's tasks stay in the history: no repeat pays the deletes
+        # of the ones before (a record removed is a monitor commit too)
+        settings = {'max_concurrent': str(conc),
+                    'max_history': str(min(10000, len(names) * (a.repeat + 1)))}
         for key, value in settings.items():
             self.mon('config set', who='mgr', name=f'mgr/{MODULE}/{key}', value=value)
         self.results.setdefault('module_settings_set', {}).update(settings)
