@@ -150,28 +150,14 @@ def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set
             if left is not None and left <= 0:
                 break
             left = (left or 0) - 1
-        if t.paused:
-            waiting[t.id] = 'paused'
+        held = _held(t, now, cluster_block, pool_blocks)
+        if held is not None:
+            waiting[t.id], kind = held
+            if kind == _RETRY:
+                next_tick = min(next_tick, (t.next_retry or now) - now)
+            elif kind == _CLIENTS:
+                recheck[t.id] = t
             continue
-        if t.awaiting_cutover:
-            waiting[t.id] = str(cutover_hold(t))
-            continue
-        if t.next_retry is not None and t.next_retry > now:
-            waiting[t.id] = t.blocked_reason or 'waiting to retry'
-            next_tick = min(next_tick, t.next_retry - now)
-            continue
-        if t.state == State.QUEUED and t.blocked_kind == HoldKind.WATCHERS.value:
-            waiting[t.id] = t.blocked_reason or 'waiting for clients to close the source'
-            recheck[t.id] = t
-            continue
-        if cluster_block:
-            waiting[t.id] = cluster_block
-            continue
-        if pool_blocks:
-            held = next((pool_blocks[p] for p in task_pool_names(t) if p in pool_blocks), None)
-            if held is not None:
-                waiting[t.id] = held
-                continue
         if slots <= 0:
             waiting[t.id] = why_waiting(t, now, opts, None)
             continue
@@ -191,6 +177,29 @@ def decide_ordered(ordered: Iterable[Task], busy_tasks: List[Task], running: Set
     for t in recheck.values():
         waiting.setdefault(t.id, t.blocked_reason or 'waiting for clients to close the source')
     return Decision(cancelled + start, waiting, max(0.05, next_tick), [t.id for t in due])
+
+
+_RETRY, _CLIENTS, _OTHER = 'retry', 'clients', 'other'
+
+
+def _held(t: Task, now: float, cluster_block: Optional[str],
+          pool_blocks: Optional[Dict[str, str]]) -> Optional[Tuple[str, str]]:
+    """Why ``t`` waits whatever the free slots, and of which kind (a retry's
+    time sets the next pass; a task waiting for its source's clients is
+    looked at again); None: it may start."""
+    if t.paused:
+        return 'paused', _OTHER
+    if t.awaiting_cutover:
+        return str(cutover_hold(t)), _OTHER
+    if t.next_retry is not None and t.next_retry > now:
+        return t.blocked_reason or 'waiting to retry', _RETRY
+    if t.state == State.QUEUED and t.blocked_kind == HoldKind.WATCHERS.value:
+        return t.blocked_reason or 'waiting for clients to close the source', _CLIENTS
+    if cluster_block:
+        return cluster_block, _OTHER
+    held = next((pool_blocks[p] for p in task_pool_names(t) if p in pool_blocks), None) \
+        if pool_blocks else None
+    return (held, _OTHER) if held is not None else None
 
 
 def history_to_drop(tasks: Iterable[Task], max_history: int) -> List[str]:
