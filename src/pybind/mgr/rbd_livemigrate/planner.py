@@ -332,15 +332,7 @@ def plan_phase(task: Task, verdict: Verdict, obs: Optional[Observation],
                       'a prepare was cut short before the destination had its header: '
                       'removing that destination')
     if phase == Phase.COMMITTED:
-        if task.protect_snap is not None:
-            # the protective snapshot moved to the destination with the others
-            return Action(Act.DROP_SNAP)
-        if task.state == State.COMMITTED:
-            return Action(Act.WAIT)
-        late = 'cancel came too late: the migration was committed' if cancel else ''
-        if task.layout.flatten:
-            return Action(Act.FLATTEN, State.COMMITTED, late)
-        return Action(Act.MARK, State.COMMITTED, late)
+        return _plan_committed(task)
     if phase == Phase.HALF_COMMITTED:
         # librbd removed the destination's header: the source cannot come back
         return Action(Act.FINISH_COMMIT, State.COMMITTING)
@@ -353,17 +345,7 @@ def plan_phase(task: Task, verdict: Verdict, obs: Optional[Observation],
     if phase.fatal:
         return Action(Act.FAIL, State.FAILED, verdict.detail)
     if phase == Phase.NOT_PREPARED:
-        if task.state not in (State.QUEUED, State.PREPARING):
-            return Action(Act.FAIL, State.FAILED,
-                          'the migration was aborted outside this module (source {} is '
-                          'intact): use retry to start it again'.format(task.source))
-        if task.awaiting_cutover:
-            return Action(Act.WAIT, State.QUEUED, hold=cutover_hold(task))
-        if hold is not None and not task.cutover_requested:
-            # an operator's cutover prepares whatever holds new work: the
-            # copy after it holds like any other
-            return Action(Act.WAIT, hold=hold)
-        return Action(Act.PREPARE, State.PREPARING)
+        return _plan_start(task, hold)
     if phase == Phase.HALF_PREPARED:
         return Action(Act.ABORT, State.QUEUED, 'a prepare was cut short: undoing it',
                       by_source=_abort_by_source(phase, obs))
@@ -377,6 +359,36 @@ def plan_phase(task: Task, verdict: Verdict, obs: Optional[Observation],
         return Action(Act.ABORT, None, by_source=_abort_by_source(phase, obs))
     assert phase in (Phase.PREPARED, Phase.EXECUTING, Phase.EXECUTED), phase
     return _copy_and_commit(task, phase, hold, verifies=True)
+
+
+def _plan_committed(task: Task) -> Action:
+    """Committed: the protective snapshot (it moved to the destination with
+    the others) is dropped, then the record marked (after a flatten)."""
+    if task.protect_snap is not None:
+        return Action(Act.DROP_SNAP)
+    if task.state == State.COMMITTED:
+        return Action(Act.WAIT)
+    late = 'cancel came too late: the migration was committed' if task.cancel_requested else ''
+    if task.layout.flatten:
+        return Action(Act.FLATTEN, State.COMMITTED, late)
+    return Action(Act.MARK, State.COMMITTED, late)
+
+
+def _plan_start(task: Task, hold: Optional[Hold]) -> Action:
+    """Nothing of the migration exists yet: prepare, unless the record says
+    it went further (then an abort happened outside the module), or it
+    waits for its operator's cutover or a hold."""
+    if task.state not in (State.QUEUED, State.PREPARING):
+        return Action(Act.FAIL, State.FAILED,
+                      'the migration was aborted outside this module (source {} is '
+                      'intact): use retry to start it again'.format(task.source))
+    if task.awaiting_cutover:
+        return Action(Act.WAIT, State.QUEUED, hold=cutover_hold(task))
+    if hold is not None and not task.cutover_requested:
+        # an operator's cutover prepares whatever holds new work: the
+        # copy after it holds like any other
+        return Action(Act.WAIT, hold=hold)
+    return Action(Act.PREPARE, State.PREPARING)
 
 
 def _plan_cancel(task: Task, verdict: Verdict, obs: Optional[Observation]) -> Action:
