@@ -52,7 +52,7 @@ import enum
 import errno
 from typing import List, NamedTuple, Optional
 
-from . import source_spec
+from . import remote_spec, source_spec
 from .errors import Blocked
 from .hold import Hold, HoldKind
 from .interface import End, HeaderType, MigrationHeader, MigState, Observation, TrashSource
@@ -640,4 +640,5 @@ def plan_import(task: Task, verdict: Verdict, hold: Optional[Hold] = None) -> Ac
         return Action(Act.FAIL, State.FAILED, verdict.detail or 'import is {}'.format(
             phase.value))
     # an image in another cluster is read at its snapshot; a stream is not read twice
-    return _copy_and_commit(task, phase, hold, verifies=source_spec.is_remote(task.import_spec))
+    remote = remote_spec.spec_of(task.import_spec) is not None
+    return _copy_and_commit(task, phase, hold, verifies=remote)

@@ -14,7 +14,6 @@ module's: both are read back from the spec.
 
 import contextlib
 import errno
-import json
 import logging
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
@@ -22,7 +21,7 @@ from . import remote_spec
 from .errors import Blocked, InvalidArgument
 from .interface import SourceReader
 from .rbd_remote import RemoteClient
-from .remote_spec import RemoteImageSpec, RemotePoolSpec
+from .remote_spec import RemoteImageSpec, RemotePoolSpec, spec_of
 from .remotes import ConfFiles, Remote, RemoteRegistry
 
 log = logging.getLogger(__name__)
@@ -34,17 +33,6 @@ MAX_SHOWN = 3
 ClientFor = Callable[[Remote, str], RemoteClient]
 # (task id, import_spec JSON) of every task that is not over
 LiveSpecs = Callable[[], Iterable[Tuple[str, Optional[str]]]]
-
-
-def spec_of(text: Optional[str]) -> Optional[Dict[str, Any]]:
-    """A task's import_spec if it is a remote one, else None."""
-    if not text:
-        return None
-    try:
-        spec = json.loads(text)
-    except ValueError:
-        return None
-    return spec if remote_spec.is_remote_spec(spec) else None
 
 
 def own_snap(task_id: str, spec: Dict[str, Any]) -> bool:

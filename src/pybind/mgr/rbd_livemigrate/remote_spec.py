@@ -62,6 +62,7 @@ measured with ``rbd migration prepare --import-only`` between two Tentacle
 
 import base64
 import binascii
+import json
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
@@ -258,6 +259,17 @@ def build_source_spec(conf_dir: str, remote: str, client_name: str, pool: str,
 
 def is_remote_spec(spec: Any) -> bool:
     return isinstance(spec, dict) and spec.get('type') == 'native' and 'cluster_name' in spec
+
+
+def spec_of(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    """A task's import_spec if it is a remote one, else None."""
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    return spec if is_remote_spec(spec) else None
 
 
 def remote_of_spec(spec: Dict[str, Any]) -> Optional[str]:

@@ -171,16 +171,6 @@ def dumps(spec: Dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(',', ':'))
 
 
-def is_remote(text: Optional[str]) -> bool:
-    """Is ``text`` (a task's import_spec) an image in another cluster?"""
-    if not text:
-        return False
-    try:
-        return remote_spec.is_remote_spec(json.loads(text))
-    except ValueError:
-        return False
-
-
 def same(a: str, b: str) -> bool:
     """Do two spec texts say the same (librbd re-serialises what it stores)?"""
     try:
