@@ -501,8 +501,11 @@ class RbdPort:
                       protect: Optional[str]) -> 'VerifyInputs':
         raise NotImplementedError
 
-    def user_snaps(self, spec: ImageSpec) -> List[Tuple[str, int]]:
-        """``spec``'s user snapshots (name, size), oldest first."""
+    def dest_inputs(self, dest: ImageSpec, protect: str
+                    ) -> Tuple[List[Tuple[str, int]], Optional[int]]:
+        """One look at ``dest``: its user snapshots (name, size) oldest
+        first, and the objects clients wrote since snapshot ``protect``
+        (``client_writes``)."""
         raise NotImplementedError
 
     def compare_with(self, client: Client, reader: SourceReader, dest: ImageSpec,

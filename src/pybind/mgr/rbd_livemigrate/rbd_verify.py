@@ -118,10 +118,11 @@ class Verify(ControlClient):
                 di.flush()
         return written
 
-    def user_snaps(self, spec: ImageSpec) -> List[Tuple[str, int]]:
-        what = "cannot list the snapshots of '{}'".format(spec)
-        with self.controlled() as c, open_image(c, spec, what, read_only=True) as image:
-            return _user_snaps(image)
+    def dest_inputs(self, dest: ImageSpec, protect: str
+                    ) -> Tuple[List[Tuple[str, int]], Optional[int]]:
+        what = "cannot open '{}' to compare it".format(dest)
+        with self.controlled() as c, open_image(c, dest, what, read_only=True) as image:
+            return _user_snaps(image), _client_writes(image, protect)
 
     def compare(self, client: ClientBase, source: ImageSpec, source_id: str, dest: ImageSpec,
                 pairs: List[Any], on_progress: Callable[[int, int], bool]

@@ -54,9 +54,8 @@ class Verifying(RunnerBase):
         assert self.remote is not None and task.import_spec is not None
         with self.remote.reader(task.import_spec) as reader:
             snap = reader.snap
-            writes = self.adapter.client_writes(dest, snap)
-            cmp = plan_comparison(task.verify, reader.snaps, self.adapter.user_snaps(dest),
-                                  snap, writes)
+            dst_snaps, writes = self.adapter.dest_inputs(dest, snap)
+            cmp = plan_comparison(task.verify, reader.snaps, dst_snaps, snap, writes)
             # the remote's "head" is its snapshot: its HEAD may have moved since
             cmp = cmp._replace(pairs=[p._replace(src_snap=p.src_snap or snap)
                                       for p in cmp.pairs])

@@ -26,12 +26,10 @@ class Verifying(FakeRemoteImport):
         self.pairs: List[Tuple[str, Optional[str], Optional[str]]] = []
         self.opened_at: List[Optional[str]] = []
 
-    def user_snaps(self, spec: ImageSpec) -> List[Tuple[str, int]]:
-        return list(self.dest_snaps)
-
-    def client_writes(self, dest: ImageSpec, protect: str) -> Optional[int]:
+    def dest_inputs(self, dest: ImageSpec, protect: str
+                    ) -> Tuple[List[Tuple[str, int]], Optional[int]]:
         self.calls.append('client writes since ' + protect)
-        return self.writes
+        return list(self.dest_snaps), self.writes
 
     def compare_with(self, client: Any, reader: SourceReader, dest: ImageSpec,
                      pairs: List[Any], on_progress: Any) -> Optional[Tuple[str, int, str]]:
